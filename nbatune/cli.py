@@ -1,0 +1,131 @@
+"""Command line: ``nbatune run | report | ask | dataset``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nbatune", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run the comparison (base, full, LoRA, QLoRA)")
+    r.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set train.max_steps=20 (repeatable)")
+    r.add_argument("--methods", default=None, help="comma-separated subset, e.g. lora,qlora")
+
+    rep = sub.add_parser("report", help="rebuild report.md/html and plots from a run's results.json")
+    rep.add_argument("run_dir")
+
+    a = sub.add_parser("ask", help="ask a saved model or adapter from a run one question")
+    a.add_argument("run_dir")
+    a.add_argument("question")
+    a.add_argument("--method", default="lora", choices=["base", "full", "lora", "qlora"])
+    a.add_argument("--max-new-tokens", type=int, default=64)
+
+    d = sub.add_parser("dataset", help="build, inspect or validate instruction data")
+    dsub = d.add_subparsers(dest="action", required=True)
+    b = dsub.add_parser("build", help="write the built-in dataset (JSONL + card)")
+    b.add_argument("--out", default="data/nba")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--train-size", type=int, default=3200)
+    b.add_argument("--val-size", type=int, default=160)
+    b.add_argument("--test-size", type=int, default=320)
+    i = dsub.add_parser("inspect", help="show the built-in dataset's card and a few examples")
+    i.add_argument("--seed", type=int, default=0)
+    v = dsub.add_parser("validate", help="check a user dataset file; exit 1 with the reasons if invalid")
+    v.add_argument("path")
+    v.add_argument("--format", default="auto")
+
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"run": _run, "report": _report, "ask": _ask, "dataset": _dataset}[args.cmd](args)
+    except Exception as e:  # a CLI user wants the message, not a traceback
+        from .config import ConfigError
+        from .data.loading import DataError
+        from .modeling import ModelLoadError
+
+        if isinstance(e, (ConfigError, DataError, ModelLoadError, FileNotFoundError, FileExistsError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _run(args) -> int:
+    from .compare import Comparison
+    from .report import table
+
+    cmp = Comparison(args.config, args.overrides)
+    cmp.setup()
+    res = cmp.execute(args.methods.split(",") if args.methods else None)
+    if res.get("status") == "disabled":
+        print(res["message"])
+        return 0
+    print("\n" + table(res) + "\n")
+    print(res["comparison"]["recommendation"])
+    print(f"\nresults: {res['run_dir']}/results.json\nreport:  {res['report']['markdown']} and report.html")
+    failed = [m for m in ("base", "full", "lora", "qlora") if isinstance(res.get(m), dict) and res[m]["status"] == "failed"]
+    return 1 if failed else 0
+
+
+def _report(args) -> int:
+    from .report import rebuild, table
+
+    res = rebuild(args.run_dir)
+    print(table(res))
+    print(f"\nreport: {res['report']['markdown']}")
+    return 0
+
+
+def _ask(args) -> int:
+    from .inference import load_from_run
+
+    model, tok, rt, system = load_from_run(args.run_dir, args.method)
+    from .evaluation import generate_answers
+
+    rec = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": args.question},
+                        {"role": "assistant", "content": ""}]}
+    print(generate_answers(model, tok, [rec], rt, args.max_new_tokens, 1, desc="thinking")[0])
+    return 0
+
+
+def _dataset(args) -> int:
+    from .data import builtin
+
+    if args.action == "build":
+        splits = builtin.build(args.seed, args.train_size, args.val_size, args.test_size)
+        out = builtin.write(splits, args.out)
+        print(builtin.card(splits))
+        print(f"written to {out}")
+        return 0
+    if args.action == "inspect":
+        splits = builtin.build(args.seed)
+        print(builtin.card(splits))
+        return 0
+    from .data.loading import DataError, detect_format, to_record, _read_source
+
+    try:
+        raw = _read_source(args.path)
+        fmt = args.format if args.format != "auto" else detect_format(raw["train"], args.path)
+        n = 0
+        for split, rows in raw.items():
+            for j, row in enumerate(rows):
+                to_record(row, fmt, j, split, "", args.path)
+                n += 1
+        if n == 0:
+            raise DataError(f"{args.path}: dataset is empty (0 rows)")
+    except DataError as e:
+        print(f"invalid: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"path": args.path, "format": fmt, "rows": {s: len(r) for s, r in raw.items()}, "valid": True}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The comparison recipe: ``setup()`` once, then for each technique load -> train -> save ->
+evaluate -> free, and a report at the end. A technique that fails is recorded as failed with its
+reason; the others still run, and ``results.json`` is rewritten atomically after each one."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from . import evaluation, report
+from .config import RunConfig, load_config
+from .data.loading import load_splits
+from .data.tokenize import tokenize_records
+from .measure import PeakMemory, dir_size, free_memory, weights_bytes
+from .modeling import check_bitsandbytes, count_parameters, load_model, load_tokenizer, resolve_model_path
+from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
+from .runtime import resolve
+from .training import train
+
+log = logging.getLogger(__name__)
+
+
+class Comparison:
+    """Fine-tune one base model three ways on the same data and compare.
+
+    Args:
+        config: None (configs/default.yaml), a YAML path, a dict, or a ``RunConfig``.
+        overrides: dotted ``key=value`` strings applied on top, e.g. ``["train.max_steps=20"]``.
+
+    Raises:
+        ConfigError: invalid configuration (all problems listed), before anything is loaded.
+    """
+
+    def __init__(self, config=None, overrides: list[str] | None = None):
+        self.cfg: RunConfig = load_config(config, overrides)
+        self.run_dir: Path | None = None
+        self.results: dict = {}
+        self._ready = False
+
+    # ---- setup ------------------------------------------------------------------------------
+    def setup(self) -> "Comparison":
+        """Resolve device and precision, load and tokenize the data, resolve the base model and
+        tokenizer, and create the run directory. Data and environment errors surface here, before
+        any model weights are loaded."""
+        from transformers import set_seed
+
+        cfg = self.cfg
+        set_seed(cfg.seed)
+        self.rt = resolve(cfg.train.device, cfg.train.precision)
+        if "qlora" in cfg.methods:
+            check_bitsandbytes()
+        self.records = load_splits(cfg.data, cfg.model, cfg.seed)
+        self.model_path = resolve_model_path(cfg.model)
+        self.tokenizer = load_tokenizer(self.model_path, cfg.model)
+        self.train_rows, train_stats = tokenize_records(self.records["train"], self.tokenizer, cfg.model.max_length,
+                                                        cfg.data.overlong, "train")
+        val_records = self.records["validation"][: cfg.eval.max_val_examples]
+        self.val_rows, val_stats = tokenize_records(val_records, self.tokenizer, cfg.model.max_length, "drop",
+                                                    "validation")
+        self.test_records = self.records["test"][: cfg.eval.max_test_examples]
+        self.dataset_info = {
+            "source": cfg.data.source,
+            "sizes": {s: len(r) for s, r in self.records.items()},
+            "test_evaluated": len(self.test_records),
+            "train_tokenization": train_stats.to_dict(),
+            "validation_tokenization": val_stats.to_dict(),
+            "train_tokens_per_epoch": sum(r["length"] for r in self.train_rows),
+        }
+        self.run_dir = self._make_run_dir()
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self._ready = True
+        return self
+
+    def _make_run_dir(self) -> Path:
+        root = Path(self.cfg.output_dir)
+        name = self.cfg.run_name or f"{self.cfg.mode}-{datetime.now():%Y%m%d-%H%M%S}"
+        path = root / name
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise FileExistsError(f"output directory {path} already exists; choose another run_name or remove it") from None
+        except OSError as e:
+            raise OSError(f"output_dir: cannot create {path} ({e.strerror}); choose a writable output_dir") from e
+        return path
+
+    # ---- execute ----------------------------------------------------------------------------
+    def execute(self, methods: list[str] | None = None) -> dict:
+        """Evaluate the base model, then run each technique; return the comparison dict (also
+        written to ``<run_dir>/results.json``)."""
+        if not self.cfg.enabled:
+            return {"status": "disabled", "message": "config.enabled is false: nothing was run"}
+        if not self._ready:
+            self.setup()
+        methods = list(methods or self.cfg.methods)
+        bad = [m for m in methods if m not in ("full", "lora", "qlora")]
+        if bad:
+            raise ValueError(f"methods: {bad} are not techniques (allowed: full, lora, qlora)")
+        t0 = time.perf_counter()
+        self.results = {"schema_version": SCHEMA_VERSION, "run_dir": str(self.run_dir), "config": self.cfg.to_dict(),
+                        "environment": environment(self.rt.describe()), "dataset": self.dataset_info,
+                        "model_path": self.model_path,
+                        "test_questions": [{"question": r["messages"][-2]["content"], "answer": r["answer"],
+                                            "category": r["category"]} for r in self.test_records]}
+        order = (["base"] if self.cfg.evaluate_base else []) + methods
+        for m in order:
+            log.info("=== %s ===", m)
+            self.results[m] = self._run_method(m).to_dict()
+            self._write()
+        self.results["total_seconds"] = time.perf_counter() - t0
+        self.results["comparison"] = report.comparison(self.results)
+        self._write()
+        self.results["report"] = report.write_all(self.results, self.run_dir)
+        self._write()
+        return self.results
+
+    def _write(self):
+        write_json_atomic(self.run_dir / "results.json", self.results)
+
+    def _run_method(self, method: str) -> MethodResult:
+        res = MethodResult(method=method)
+        model = None
+        try:
+            gc_on = self.cfg.train.gradient_checkpointing.get(method, False)
+            with PeakMemory(self.rt.device) as mem:
+                model = load_model(self.model_path, method, self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
+                                   self.cfg.seed, gradient_checkpointing=gc_on)
+                res.trainable_params, res.total_params = count_parameters(model)
+                res.weights_bytes = weights_bytes(model)
+                if method != "base":
+                    out = train(model, self.tokenizer, self.train_rows, method, self.cfg.train, self.rt,
+                                self.run_dir / method / "checkpoints", self.cfg.seed)
+                    res.loss_curve, res.final_train_loss, res.steps = out.loss_curve, out.final_loss, out.steps
+                    res.train_seconds, res.train_tokens = out.seconds, out.real_tokens
+                    res.tokens_per_second = out.tokens_per_second
+            if method == "base":
+                res.trainable_params = 0
+            res.trainable_pct = 100 * res.trainable_params / res.total_params if res.total_params else 0.0
+            res.peak_memory_bytes = mem.peak_bytes
+            if method == "base":
+                res.saved_path = self.model_path
+            else:
+                res.saved_path = str(self._save(model, method))
+                res.saved_bytes = dir_size(res.saved_path)
+            ev = evaluation.evaluate_model(model, self.tokenizer, self.val_rows, self.test_records, self.rt,
+                                           self.cfg.eval)
+            res.eval_loss, res.perplexity = ev["eval_loss"], ev["perplexity"]
+            res.accuracy, res.accuracy_ci95 = ev["accuracy"], list(ev["accuracy_ci95"])
+            res.per_category, res.predictions, res.correct = ev["per_category"], ev["predictions"], ev["correct"]
+            res.eval_seconds = ev["eval_seconds"]
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # one technique failing must not lose the others
+            log.error("%s failed: %s", method, e)
+            res.status, res.error = Status.FAILED, f"{type(e).__name__}: {e}"
+            (self.run_dir / f"{method}-error.txt").write_text(traceback.format_exc())
+        finally:
+            del model
+            free_memory()
+        return res
+
+    def _save(self, model, method: str) -> Path:
+        """Full model: a standalone safetensors checkpoint. LoRA/QLoRA: the adapter only."""
+        path = self.run_dir / method / ("model" if method == "full" else "adapter")
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+    def cleanup(self) -> None:
+        free_memory()

@@ -1,0 +1,313 @@
+"""Configuration: one small dataclass per concern, loaded from YAML, a dict, or dotted overrides.
+
+Every field has a type, a default and a one-line help string. Unknown keys and bad values are
+collected and raised together as one ``ConfigError`` that names each field, its value and what is
+allowed, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+METHODS = ("full", "lora", "qlora")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """One or more invalid configuration values; the message lists every problem found."""
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("embedded:smollm2-135m-instruct",
+                           "Base model: 'embedded:smollm2-135m-instruct', a local checkpoint directory, or a hub id.")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) when name_or_path is a hub id.")
+    trust_remote_code: bool = _f(False, "Allow model code from the checkpoint to run. Off: only set it for code you trust.")
+    cache_dir: str | None = _f(None, "Where the embedded model is converted to safetensors. Default: ~/.cache/nbatune.")
+    system_prompt: str = _f("You are a concise NBA analytics assistant.",
+                            "System message put in every chat. Short on purpose: every token costs training time.")
+    max_length: int = _f(320, "Longest tokenized example; longer ones are truncated or dropped (data.overlong).")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("builtin", "'builtin' (the NBA dataset), or a JSON/JSONL/CSV/Parquet file, a saved datasets "
+                                "directory, or a hub dataset id.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "nba"] = _f(
+        "auto", "Row format of a user dataset; 'auto' detects it from the columns.")
+    train_size: int = _f(3200, "Built-in dataset: training examples.")
+    val_size: int = _f(160, "Built-in dataset: validation examples (eval loss and perplexity).")
+    test_size: int = _f(320, "Built-in dataset: test examples (answer accuracy).")
+    test_fraction: float = _f(0.1, "User data without a test split: fraction carved out, deterministically from the seed.")
+    overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples longer than model.max_length.")
+
+
+@dataclass
+class LoraSettings:
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora).")
+    dropout: float = _f(0.0, "Dropout on the LoRA input. 0 is faster and fine for short runs.")
+    target_modules: str | list[str] = _f("all-linear", "Modules that get adapters; 'all-linear' = every linear "
+                                                       "layer except the output head (QLoRA paper).")
+    use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA), passed through to PEFT.")
+    use_rslora: bool = _f(False, "Rank-stabilised scaling alpha / sqrt(r), passed through to PEFT.")
+    init_lora_weights: bool | str = _f(True, "PEFT init: true, 'gaussian', 'pissa', 'olora', 'loftq', ...")
+
+
+@dataclass
+class QuantSettings:
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = _f("nf4", "4-bit data type (NF4 in the QLoRA paper).")
+    bnb_4bit_use_double_quant: bool = _f(True, "Quantize the quantization constants too (saves ~0.4 bit/param).")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _f(120, "Optimizer steps per method. Same for every method: same data, same token budget.")
+    batch_size: int = _f(16, "Examples per micro-batch.")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.")
+    learning_rate: dict[str, float] = _f({"full": 1e-4, "lora": 2e-3, "qlora": 2e-3},
+                                         "Peak learning rate per method (adapters want a ~10-20x higher rate).")
+    optimizer: dict[str, str] = _f({"full": "adamw_torch", "lora": "adamw_torch", "qlora": "adamw_torch"},
+                                   "Optimizer per method: adamw_torch, adamw_8bit or paged_adamw_8bit.")
+    gradient_checkpointing: dict[str, bool] = _f({"full": False, "lora": False, "qlora": True},
+                                                 "Recompute activations in backward: less memory, ~30% slower.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = _f("cosine", "LR schedule.")
+    warmup_ratio: float = _f(0.05, "Fraction of steps spent warming up the learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = _f(
+        "auto", "auto: bf16 on CUDA when supported (else fp16), bf16 autocast on CPUs with native bf16, else fp32.")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: CUDA when available, else CPU.")
+    group_by_length: bool = _f(True, "Batch examples of similar length together so little compute goes to padding.")
+    logging_steps: int = _f(5, "Log the training loss every this many steps (also the NaN check interval).")
+    save_steps: int = _f(0, "Checkpoint every this many steps (0: only the final model).")
+    report_to: list[str] = _f([], "Extra loggers, as in transformers: 'tensorboard', 'wandb'.")
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = _f(64, "Greedy generation length for test answers.")
+    batch_size: int = _f(32, "Prompts per generation batch.")
+    max_test_examples: int | None = _f(None, "Evaluate on at most this many test examples (None: all).")
+    max_val_examples: int | None = _f(None, "Eval loss on at most this many validation examples (None: all).")
+    num_samples: int = _f(6, "Side-by-side sample answers in the report.")
+
+
+@dataclass
+class RunConfig:
+    """The whole job. ``enabled`` and ``mode`` come from the design card: ``enabled: false`` makes
+    ``execute()`` return without training; ``mode`` names the preset the run started from."""
+
+    enabled: bool = _f(True, "Set false to make execute() a no-op that says so.")
+    mode: Literal["production", "quick", "test"] = _f("production", "Preset: production = configs/default.yaml "
+                                                                    "sizes, quick = configs/quick.yaml, test = tiny.")
+    seed: int = _f(42, "One seed for data order, initialisation of adapters and the built-in dataset.")
+    methods: list[str] = _f(list(METHODS), "Which techniques to run, in order: full, lora, qlora.")
+    evaluate_base: bool = _f(True, "Also evaluate the untouched base model.")
+    output_dir: str = _f("runs", "Each run writes to a new timestamped folder under this directory.")
+    run_name: str | None = _f(None, "Folder name for this run (default: <mode>-<timestamp>). Must not exist yet.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+def load_config(config: None | str | Path | dict | RunConfig = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a validated ``RunConfig``.
+
+    Args:
+        config: None (configs/default.yaml if present, else the dataclass defaults), a YAML path, a
+            dict of (nested) fields, or a ``RunConfig``. A dict's ``mode`` picks the preset it is laid over.
+        overrides: dotted ``key=value`` strings applied last, e.g. ``train.max_steps=10``.
+
+    Raises:
+        ConfigError: unknown keys, wrong types or out-of-range values, all listed at once.
+        FileNotFoundError: the YAML path does not exist.
+    """
+    if isinstance(config, RunConfig):
+        data = config.to_dict()
+    elif isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path} (shipped configs: {', '.join(shipped_configs())})")
+        data = _merge(_preset_dict("production"), yaml.safe_load(path.read_text()) or {})
+    elif isinstance(config, dict):
+        data = _merge(_preset_dict(config.get("mode", "production")), config)
+    elif config is None:
+        data = _preset_dict("production")
+    else:
+        raise ConfigError(f"config must be None, a YAML path, a dict or a RunConfig, not {type(config).__name__}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    errors: list[str] = []
+    cfg = _build(RunConfig, data, "", errors)
+    if not errors:
+        validate(cfg, errors)
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    return cfg
+
+
+PRESET_FILES = {"production": "default.yaml", "quick": "quick.yaml", "test": None}
+
+
+def _preset_dict(mode: str) -> dict:
+    name = PRESET_FILES.get(mode)
+    path = CONFIG_DIR / name if name else None
+    if path is None or not path.is_file():
+        return {"mode": mode} if mode in PRESET_FILES else {}
+    base = yaml.safe_load(path.read_text()) or {}
+    return base
+
+
+def shipped_configs() -> list[str]:
+    return sorted(str(p.relative_to(CONFIG_DIR.parent)) for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _build(cls, data: Any, prefix: str, errors: list[str]):
+    if not isinstance(data, dict):
+        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            errors.append(f"{prefix}{k}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, tp = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, value, f"{prefix}{f.name}.", errors)
+        elif f.name in ("learning_rate", "optimizer", "gradient_checkpointing") and isinstance(value, dict):
+            merged = {**getattr(defaults, f.name), **value}
+            kwargs[f.name] = {m: _check(v, typing.get_args(tp)[1], f"{prefix}{f.name}.{m}", errors)
+                              for m, v in merged.items()}
+            for m in value:
+                if m not in METHODS:
+                    errors.append(f"{prefix}{f.name}.{m}: unknown method (allowed: {', '.join(METHODS)})")
+        else:
+            kwargs[f.name] = _check(value, tp, prefix + f.name, errors)
+    return cls(**kwargs)
+
+
+def _check(value, tp, name: str, errors: list[str]):
+    """Coerce ints to floats where a float is wanted; report anything that does not fit ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            errors.append(f"{name}: {value!r} is not allowed (allowed: {', '.join(map(repr, args))})")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for a in args:
+            sub: list[str] = []
+            out = _check(value, a, name, sub)
+            if not sub:
+                return out
+        errors.append(f"{name}: {value!r} has the wrong type (expected {_tname(tp)})")
+        return value
+    if tp is type(None):
+        if value is not None:
+            errors.append(f"{name}: expected None")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{name}: expected a list, got {value!r}")
+            return value
+        return [_check(v, args[0], f"{name}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{name}: expected a mapping, got {value!r}")
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-4" as a string
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        errors.append(f"{name}: {value!r} has the wrong type (expected {tp.__name__})")
+    return value
+
+
+def _tname(tp) -> str:
+    return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(tp)) or getattr(tp, "__name__", str(tp))
+
+
+def validate(cfg: RunConfig, errors: list[str]) -> None:
+    """Range and cross-field checks (types were checked while building)."""
+    def need(cond: bool, msg: str):
+        if not cond:
+            errors.append(msg)
+
+    for m in cfg.methods:
+        need(m in METHODS, f"methods: {m!r} is not a method (allowed: {', '.join(METHODS)})")
+    need(len(set(cfg.methods)) == len(cfg.methods), f"methods: {cfg.methods} lists a method twice")
+    t = cfg.train
+    need(t.max_steps >= 1, f"train.max_steps: {t.max_steps} must be >= 1")
+    need(t.batch_size >= 1, f"train.batch_size: {t.batch_size} must be >= 1")
+    need(t.grad_accum >= 1, f"train.grad_accum: {t.grad_accum} must be >= 1")
+    need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
+    need(t.logging_steps >= 1, f"train.logging_steps: {t.logging_steps} must be >= 1")
+    need(t.save_steps >= 0, f"train.save_steps: {t.save_steps} must be >= 0")
+    for m, lr in t.learning_rate.items():
+        need(isinstance(lr, float) and 0 < lr < 1, f"train.learning_rate.{m}: {lr!r} must be a number in (0, 1)")
+    for m, opt in t.optimizer.items():
+        need(opt in ("adamw_torch", "adamw_8bit", "paged_adamw_8bit"),
+             f"train.optimizer.{m}: {opt!r} is not allowed (allowed: 'adamw_torch', 'adamw_8bit', 'paged_adamw_8bit')")
+    for r in t.report_to:
+        need(r in ("tensorboard", "wandb", "mlflow", "none"),
+             f"train.report_to: {r!r} is not allowed (allowed: 'tensorboard', 'wandb', 'mlflow')")
+    lo = cfg.lora
+    need(lo.r >= 1, f"lora.r: {lo.r} must be >= 1")
+    need(lo.alpha >= 1, f"lora.alpha: {lo.alpha} must be >= 1")
+    need(0 <= lo.dropout < 1, f"lora.dropout: {lo.dropout} must be in [0, 1)")
+    need(cfg.model.max_length >= 16, f"model.max_length: {cfg.model.max_length} must be >= 16")
+    d = cfg.data
+    for name in ("train_size", "val_size", "test_size"):
+        need(getattr(d, name) >= 1, f"data.{name}: {getattr(d, name)} must be >= 1")
+    need(0 < d.test_fraction < 0.5, f"data.test_fraction: {d.test_fraction} must be in (0, 0.5)")
+    e = cfg.eval
+    need(e.max_new_tokens >= 1, f"eval.max_new_tokens: {e.max_new_tokens} must be >= 1")
+    need(e.batch_size >= 1, f"eval.batch_size: {e.batch_size} must be >= 1")
+    if cfg.run_name is not None:
+        need(bool(cfg.run_name) and "/" not in cfg.run_name and cfg.run_name not in (".", ".."),
+             f"run_name: {cfg.run_name!r} must be a plain folder name")

@@ -1,0 +1,420 @@
+"""The built-in NBA analytics instruction dataset.
+
+How the split is made (no leakage by construction, and re-checked by ``check_no_leakage``):
+
+* Every task has several phrasings. The last ``HELDOUT_PHRASINGS`` of each task's list are
+  reserved: validation and test questions use only those, training uses only the others, so no
+  test question text can appear in training.
+* History facts (champions, Finals opponents and results, Finals MVPs, MVPs) are all taught in
+  training under the training phrasings; validation and test ask about sampled facts with the
+  reserved phrasings, disjoint between validation and test.
+* Stat lines are drawn fresh from a seeded generator. A line used in training is never used in
+  validation or test (keys are compared), and validation and test lines are disjoint too.
+* Everything derives from one ``random.Random(seed)``: same seed, byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import analytics as A
+from .facts import CHAMPIONS, FINALS_MVPS, MVPS, league, season_label
+
+HELDOUT_PHRASINGS = 2
+FAMILY_WEIGHTS = {"history": 0.45, "compute": 0.35, "definition": 0.12, "compare": 0.08}
+
+
+@dataclass
+class Example:
+    id: str
+    category: str
+    instruction: str
+    input: str
+    output: str
+    answer: str  # canonical short answer the evaluation checks
+    answer_type: str  # "name" | "number" | "choice" | "text"
+    tolerance: float  # absolute tolerance for numbers, 0 otherwise
+    key: str  # what must never be shared between train and test (fact or stat line)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- history facts ---------------------------------------------------------------------------
+
+def _fact_items() -> dict[str, list[dict]]:
+    items: dict[str, list[dict]] = {"champion": [], "finals_opponent": [], "finals_result": [],
+                                    "finals_mvp": [], "mvp": []}
+    for y, (champ, opp, res) in CHAMPIONS.items():
+        f = {"Y": y, "S": season_label(y), "L": league(y), "C": champ, "O": opp}
+        items["champion"].append({**f, "answer": champ, "type": "name"})
+        items["finals_opponent"].append({**f, "answer": opp, "type": "name"})
+        items["finals_result"].append({**f, "answer": res, "type": "text"})
+    for y, name in FINALS_MVPS.items():
+        items["finals_mvp"].append({"Y": y, "S": season_label(y), "L": "NBA", "answer": name, "type": "name"})
+    for y, name in MVPS.items():
+        items["mvp"].append({"Y": y, "S": season_label(y), "L": "NBA", "answer": name, "type": "name"})
+    return items
+
+
+FACT_PHRASINGS: dict[str, list[str]] = {
+    "champion": [
+        "Which team won the {Y} {L} championship?",
+        "Who won the {L} title in the {S} season?",
+        "Name the {L} champion of {Y}.",
+        "Which franchise won the {L} Finals in {Y}?",
+        "Who were the {L} champions in {Y}?",
+        "The {S} {L} season ended with which team holding the trophy?",
+    ],
+    "finals_opponent": [
+        "Who did the {C} beat in the {Y} {L} Finals?",
+        "Which team lost the {Y} {L} Finals?",
+        "Who was the runner-up in the {S} {L} season?",
+        "Name the team the {C} defeated for the {Y} title.",
+        "Which team reached the {Y} {L} Finals but lost to the {C}?",
+        "In the {S} Finals, who was the losing finalist?",
+    ],
+    "finals_result": [
+        "What was the series result of the {Y} {L} Finals?",
+        "By what series score did the {C} win the {Y} Finals?",
+        "How did the {Y} {L} Finals between the {C} and the {O} end, in games?",
+        "Give the {S} Finals series score, winner's wins first.",
+        "What was the final series tally when the {C} beat the {O} in {Y}?",
+        "How many games to how many did the {Y} {L} Finals finish?",
+    ],
+    "finals_mvp": [
+        "Who was the {Y} NBA Finals MVP?",
+        "Who won Finals MVP in the {S} season?",
+        "Name the Finals Most Valuable Player of {Y}.",
+        "Which player was named MVP of the {Y} NBA Finals?",
+        "Who took home the Finals MVP award in {Y}?",
+        "The {S} Finals MVP went to which player?",
+    ],
+    "mvp": [
+        "Who won the {Y} NBA MVP award?",
+        "Who was the regular-season MVP in {S}?",
+        "Name the NBA Most Valuable Player for the {S} season.",
+        "Which player was voted league MVP in {Y}?",
+        "Who was named the NBA's Most Valuable Player for {Y}?",
+        "The {S} regular-season MVP award went to whom?",
+    ],
+}
+
+
+# ---- computed analytics ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ComputeTask:
+    category: str
+    make: Callable[[random.Random], object]  # stat line generator
+    value: Callable[[object], float]
+    fmt: str  # how the answer is written, e.g. "{:.1f}%"
+    tolerance: float
+    work: Callable[[object], str]  # the worked formula shown in the answer, before "= value"
+    phrasings: tuple[str, ...]
+
+
+def _p(line):  # short names keep the worked formulas readable
+    return line
+
+
+COMPUTE_TASKS: list[ComputeTask] = [
+    ComputeTask("true_shooting", A.random_player_line, A.true_shooting_pct, "{:.1f}%", 1.0,
+                lambda p: f"TS% = PTS / (2 x (FGA + 0.44 x FTA)) = {p.pts} / (2 x ({p.fga} + 0.44 x {p.fta}))",
+                ("Compute this player's true shooting percentage.", "What is the TS% for this stat line?",
+                 "Calculate true shooting % from the box score below.", "Find the player's TS%.",
+                 "Work out the true shooting percentage of this line.",
+                 "How efficient was this scorer by true shooting percentage?")),
+    ComputeTask("effective_fg", A.random_player_line, A.effective_fg_pct, "{:.1f}%", 1.0,
+                lambda p: f"eFG% = (FGM + 0.5 x 3PM) / FGA = ({p.fgm} + 0.5 x {p.tpm}) / {p.fga}",
+                ("Compute this player's effective field goal percentage.", "What is the eFG% for this line?",
+                 "Calculate eFG% from the box score below.", "Find the player's effective FG%.",
+                 "Work out the effective field goal percentage here.",
+                 "What effective field goal percentage does this line give?")),
+    ComputeTask("points_per_shot", A.random_player_line, A.points_per_shot, "{:.2f}", 0.05,
+                lambda p: f"PTS / FGA = {p.pts} / {p.fga}",
+                ("Compute points per shot attempt (PTS / FGA).", "How many points per field goal attempt?",
+                 "Calculate this player's points per shot.", "Find PTS per FGA for this line.",
+                 "What is the points-per-shot-attempt figure here?",
+                 "Give points scored per field goal attempt for this game.")),
+    ComputeTask("assist_turnover", A.random_player_line, A.assist_to_turnover, "{:.2f}", 0.05,
+                lambda p: f"AST / TOV = {p.ast} / {p.tov}",
+                ("Compute the assist-to-turnover ratio.", "What is this player's AST/TO ratio?",
+                 "Calculate assists per turnover.", "Find the assist to turnover ratio for this line.",
+                 "Work out the AST:TOV ratio here.", "How many assists per turnover did the player have?")),
+    ComputeTask("game_score", A.random_player_line, A.game_score, "{:.1f}", 0.5,
+                lambda p: "GmSc = PTS + 0.4 FGM - 0.7 FGA - 0.4 (FTA - FTM) + 0.7 ORB + 0.3 DRB + STL + 0.7 AST "
+                          "+ 0.7 BLK - 0.4 PF - TOV",
+                ("Compute John Hollinger's game score for this line.", "What is the game score (GmSc)?",
+                 "Calculate Hollinger game score from the box score.", "Find this player's GmSc.",
+                 "Work out the Hollinger game score of this performance.",
+                 "What game score does this box score produce?")),
+    ComputeTask("possessions", A.random_team_game, A.possessions, "{:.1f}", 1.0,
+                lambda t: f"POSS = FGA - OREB + TOV + 0.44 x FTA = {t.fga} - {t.orb} + {t.tov} + 0.44 x {t.fta}",
+                ("Estimate the team's possessions.", "How many possessions did this team use?",
+                 "Calculate possessions from these team totals.", "Find the possession estimate.",
+                 "Work out this team's number of possessions.",
+                 "Roughly how many possessions does this box score imply?")),
+    ComputeTask("offensive_rating", A.random_team_game, A.offensive_rating, "{:.1f}", 1.5,
+                lambda t: f"ORtg = 100 x PTS / POSS = 100 x {t.pts} / {A.possessions(t):.2f}",
+                ("Compute the team's offensive rating.", "What is the ORtg (points per 100 possessions)?",
+                 "Calculate offensive rating from these totals.", "Find this team's offensive rating.",
+                 "Work out points scored per 100 possessions.", "How many points per 100 possessions did they score?")),
+    ComputeTask("defensive_rating", A.random_team_game, A.defensive_rating, "{:.1f}", 1.5,
+                lambda t: f"DRtg = 100 x OPP PTS / POSS = 100 x {t.opp_pts} / {A.possessions(t):.2f}",
+                ("Compute the team's defensive rating.", "What is the DRtg (points allowed per 100 possessions)?",
+                 "Calculate defensive rating from these totals.", "Find this team's defensive rating.",
+                 "Work out points allowed per 100 possessions.",
+                 "How many points per 100 possessions did they allow?")),
+    ComputeTask("net_rating", A.random_team_game, A.net_rating, "{:.1f}", 1.5,
+                lambda t: f"NetRtg = 100 x (PTS - OPP PTS) / POSS = 100 x ({t.pts} - {t.opp_pts}) / "
+                          f"{A.possessions(t):.2f}",
+                ("Compute the team's net rating.", "What is the net rating for this game?",
+                 "Calculate net rating (ORtg - DRtg).", "Find this team's net rating.",
+                 "Work out the point differential per 100 possessions.",
+                 "What was the team's net rating per 100 possessions?")),
+    ComputeTask("pace", A.random_team_game, A.pace, "{:.1f}", 1.0,
+                lambda t: f"Pace = 48 x POSS / (MIN / 5) = 48 x {A.possessions(t):.2f} / ({t.minutes} / 5)",
+                ("Compute the pace (possessions per 48 minutes).", "What was the pace of this game?",
+                 "Calculate pace from these team totals.", "Find the team's pace.",
+                 "Work out possessions per 48 minutes.", "How fast was the game, by pace?")),
+    ComputeTask("win_pct", A.random_team_season, A.win_pct, "{:.3f}", 0.01,
+                lambda s: f"W / (W + L) = {s.wins} / ({s.wins} + {s.losses})",
+                ("Compute the team's winning percentage.", "What is the win% for this season?",
+                 "Calculate winning percentage.", "Find this team's win percentage.",
+                 "Work out the team's winning percentage for the season.",
+                 "What fraction of games did the team win?")),
+    ComputeTask("pythagorean_wins", A.random_team_season, A.pythagorean_wins, "{:.1f}", 1.5,
+                lambda s: f"G x PTS^14 / (PTS^14 + OPP^14) = 82 x {s.pts}^14 / ({s.pts}^14 + {s.opp_pts}^14)",
+                ("Compute Pythagorean expected wins (exponent 14).", "How many wins does the Pythagorean formula expect?",
+                 "Calculate the team's expected wins from points scored and allowed.",
+                 "Find the Pythagorean win total (exponent 14).",
+                 "Work out expected wins with the Pythagorean expectation.",
+                 "Given points for and against, how many games should this team have won?")),
+]
+
+
+# ---- definitions -----------------------------------------------------------------------------
+
+METRICS: list[tuple[str, str, str, str]] = [
+    # (abbreviation, full name, formula, what it measures)
+    ("TS%", "true shooting percentage", "PTS / (2 x (FGA + 0.44 x FTA))",
+     "scoring efficiency that credits threes and free throws"),
+    ("eFG%", "effective field goal percentage", "(FGM + 0.5 x 3PM) / FGA",
+     "field goal efficiency that gives a three 1.5 times the weight of a two"),
+    ("GmSc", "game score", "PTS + 0.4 FGM - 0.7 FGA - 0.4 (FTA - FTM) + 0.7 ORB + 0.3 DRB + STL + 0.7 AST + "
+     "0.7 BLK - 0.4 PF - TOV", "a single-number summary of one game's box-score productivity"),
+    ("ORtg", "offensive rating", "100 x PTS / POSS", "points scored per 100 possessions"),
+    ("DRtg", "defensive rating", "100 x OPP PTS / POSS", "points allowed per 100 possessions"),
+    ("NetRtg", "net rating", "ORtg - DRtg", "point differential per 100 possessions"),
+    ("POSS", "possessions", "FGA - OREB + TOV + 0.44 x FTA", "how many times a team had the ball"),
+    ("Pace", "pace", "48 x POSS / (MIN / 5)", "possessions per 48 minutes"),
+    ("AST/TO", "assist-to-turnover ratio", "AST / TOV", "ball security relative to playmaking"),
+    ("W%", "winning percentage", "W / (W + L)", "the share of games won"),
+    ("PythW", "Pythagorean wins", "G x PTS^14 / (PTS^14 + OPP^14)", "wins expected from points scored and allowed"),
+    ("USG%", "usage percentage", "100 x ((FGA + 0.44 x FTA + TOV) x (Tm MP / 5)) / (MP x (Tm FGA + 0.44 x Tm FTA + Tm TOV))",
+     "the share of team plays a player finishes while on the floor"),
+    ("PER", "player efficiency rating", "Hollinger's per-minute, pace-adjusted rating scaled so league average is 15",
+     "per-minute overall productivity"),
+    ("BPM", "box plus/minus", "a regression estimate of points per 100 possessions above an average player",
+     "a player's box-score contribution relative to average"),
+    ("WS", "win shares", "offensive win shares + defensive win shares", "wins credited to a player"),
+    ("VORP", "value over replacement player", "(BPM - (-2.0)) x (% of possessions played) x (team games / 82)",
+     "contribution above a replacement-level player"),
+]
+
+DEFINITION_PHRASINGS: dict[str, list[str]] = {
+    "definition_abbrev": [
+        "What does {abbr} stand for?", "Spell out the stat abbreviation {abbr}.",
+        "In basketball analytics, what is {abbr}?", "Expand the abbreviation {abbr}.",
+        "What is the full name of the metric abbreviated {abbr}?", "{abbr} is short for what?",
+    ],
+    "definition_formula": [
+        "Which metric is computed as {formula}?", "Name the statistic with the formula {formula}.",
+        "What stat does the formula {formula} define?", "Identify the metric: {formula}.",
+        "Which basketball statistic equals {formula}?", "The formula {formula} gives which metric?",
+    ],
+    "definition_meaning": [
+        "Which metric measures {meaning}?", "Name the stat that captures {meaning}.",
+        "What statistic describes {meaning}?", "Which analytics number tells you {meaning}?",
+        "If you want {meaning}, which metric do you look at?", "What do analysts call the measure of {meaning}?",
+    ],
+}
+
+COMPARE_PHRASINGS = [
+    "Which player scored more efficiently by true shooting percentage, Player A or Player B? Explain briefly.",
+    "By TS%, who was the more efficient scorer: Player A or Player B?",
+    "Compare the two lines. Which player had the higher true shooting percentage?",
+    "Who shot more efficiently, counting threes and free throws (TS%): A or B?",
+    "Between Player A and Player B, whose scoring was more efficient by TS%, and why?",
+    "Judge scoring efficiency with true shooting percentage: Player A or Player B?",
+]
+
+
+# ---- builder ---------------------------------------------------------------------------------
+
+def _split_phrasings(phrasings) -> tuple[list[str], list[str]]:
+    phrasings = list(phrasings)
+    return phrasings[:-HELDOUT_PHRASINGS], phrasings[-HELDOUT_PHRASINGS:]
+
+
+def _history(rng: random.Random, split: str, n: int, used: set[str]) -> list[Example]:
+    items = _fact_items()
+    pairs = []
+    for cat, facts in items.items():
+        train_ph, held_ph = _split_phrasings(FACT_PHRASINGS[cat])
+        for f in facts:
+            for ph in (train_ph if split == "train" else held_ph):
+                pairs.append((cat, f, ph))
+    rng.shuffle(pairs)
+    if split != "train":
+        # one question per fact and split, so validation and test never ask the same fact the same way
+        pairs = [p for p in pairs if f"{p[0]}:{p[1]['Y']}" not in used]
+    out, seen_facts = [], set()
+    for cat, f, ph in pairs:
+        fact_key = f"{cat}:{f['Y']}"
+        if split != "train" and fact_key in seen_facts:
+            continue
+        seen_facts.add(fact_key)
+        out.append(Example("", cat, ph.format(**f), "", f["answer"], f["answer"], f["type"], 0.0, fact_key))
+        if len(out) == n:
+            break
+    used.update(seen_facts if split != "train" else ())
+    return out
+
+
+def _compute(rng: random.Random, split: str, n: int, used_lines: set[str]) -> list[Example]:
+    out = []
+    for i in range(n):
+        task = COMPUTE_TASKS[i % len(COMPUTE_TASKS)]
+        train_ph, held_ph = _split_phrasings(task.phrasings)
+        while True:
+            line = task.make(rng)
+            key = f"{type(line).__name__}:{line.key()}"
+            if key not in used_lines:
+                break
+        used_lines.add(key)
+        value = task.value(line)
+        answer = task.fmt.format(value)
+        question = rng.choice(train_ph if split == "train" else held_ph)
+        out.append(Example("", task.category, question, line.text(), f"{task.work(line)} = {answer}", answer,
+                           "number", task.tolerance, key))
+    return out
+
+
+def _definitions(rng: random.Random, split: str, n: int) -> list[Example]:
+    out = []
+    for i in range(n):
+        cat = list(DEFINITION_PHRASINGS)[i % len(DEFINITION_PHRASINGS)]
+        abbr, name, formula, meaning = rng.choice(METRICS)
+        train_ph, held_ph = _split_phrasings(DEFINITION_PHRASINGS[cat])
+        q = rng.choice(train_ph if split == "train" else held_ph).format(abbr=abbr, formula=formula, meaning=meaning)
+        q = q[0].upper() + q[1:]
+        out.append(Example("", cat, q, "", name[0].upper() + name[1:], name, "name", 0.0, f"{cat}:{abbr}"))
+    return out
+
+
+def _compare(rng: random.Random, split: str, n: int, used_lines: set[str]) -> list[Example]:
+    out = []
+    train_ph, held_ph = _split_phrasings(COMPARE_PHRASINGS)
+    while len(out) < n:
+        a, b = A.random_player_line(rng), A.random_player_line(rng)
+        ta, tb = A.true_shooting_pct(a), A.true_shooting_pct(b)
+        key = f"compare:{a.key()}:{b.key()}"
+        if abs(ta - tb) < 2.0 or key in used_lines:  # a near tie is not a fair question
+            continue
+        used_lines.add(key)
+        winner = "Player A" if ta > tb else "Player B"
+        output = f"{winner} (TS% {max(ta, tb):.1f}% vs {min(ta, tb):.1f}%)"
+        out.append(Example("", "compare_efficiency", rng.choice(train_ph if split == "train" else held_ph),
+                           f"Player A: {a.text()}\nPlayer B: {b.text()}", output, winner, "choice", 0.0, key))
+    return out
+
+
+def _family_sizes(n: int) -> dict[str, int]:
+    sizes = {f: int(round(n * w)) for f, w in FAMILY_WEIGHTS.items()}
+    sizes["history"] += n - sum(sizes.values())
+    return sizes
+
+
+def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size: int = 320) -> dict[str, list[Example]]:
+    """Build the dataset. Same arguments, same examples in the same order.
+
+    Args:
+        seed: the one seed everything derives from. Default: 0.
+        train_size / val_size / test_size: examples per split, spread over the task families by
+            ``FAMILY_WEIGHTS``. Default: 3200 / 160 / 320.
+    """
+    rng = random.Random(seed)
+    used_lines: set[str] = set()
+    used_facts: set[str] = set()
+    splits: dict[str, list[Example]] = {}
+    for split, n in (("train", train_size), ("validation", val_size), ("test", test_size)):
+        sizes = _family_sizes(n)
+        rows = (_history(rng, split, sizes["history"], used_facts) + _compute(rng, split, sizes["compute"], used_lines)
+                + _definitions(rng, split, sizes["definition"]) + _compare(rng, split, sizes["compare"], used_lines))
+        rng.shuffle(rows)
+        for i, ex in enumerate(rows):
+            ex.id = f"{split}-{i:05d}"
+        splits[split] = rows
+    check_no_leakage(splits)
+    return splits
+
+
+def check_no_leakage(splits: dict[str, list[Example]]) -> None:
+    """Raise if a held-out question text or stat line also occurs in training."""
+    def texts(rows):
+        return {(e.instruction, e.input) for e in rows}
+
+    def lines(rows):
+        return {e.key for e in rows if e.answer_type in ("number", "choice")}
+
+    train = splits["train"]
+    for name in ("validation", "test"):
+        held = splits.get(name, [])
+        if texts(train) & texts(held) or lines(train) & lines(held):
+            raise AssertionError(f"built-in dataset leaks between train and {name}")
+
+
+def write(splits: dict[str, list[Example]], out_dir: str | Path) -> Path:
+    """Write ``<split>.jsonl`` files and ``DATASET_CARD.md``; return the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for ex in rows:
+                f.write(json.dumps(ex.to_dict(), ensure_ascii=False, sort_keys=True) + "\n")
+    (out / "DATASET_CARD.md").write_text(card(splits), encoding="utf-8")
+    return out
+
+
+def card(splits: dict[str, list[Example]]) -> str:
+    cats = sorted({e.category for rows in splits.values() for e in rows})
+    counts = {s: Counter(e.category for e in rows) for s, rows in splits.items()}
+    lines = ["# NBA analytics instruction dataset (built-in)", "",
+             "Built by `nbatune.data.builtin.build`; see its module docstring for how the split is made.", "",
+             "| category | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for c in cats:
+        lines.append(f"| {c} | " + " | ".join(str(counts[s][c]) for s in splits) + " |")
+    lines.append("| **total** | " + " | ".join(str(len(r)) for r in splits.values()) + " |")
+    digest = hashlib.sha256(json.dumps({s: [e.to_dict() for e in r] for s, r in splits.items()},
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    lines += ["", f"Content hash: `{digest}`", "", "## Answers", "",
+              "History answers are the facts in `nbatune/data/facts.py` (checked against Basketball-Reference "
+              "tables). Computed answers come from `nbatune/data/analytics.py`, rounded as shown; the evaluation "
+              "accepts numbers within each task's stated tolerance.", "", "## Examples", ""]
+    shown = set()
+    for e in splits.get("test", []):
+        if e.category in shown:
+            continue
+        shown.add(e.category)
+        q = e.instruction + (f"\n{e.input}" if e.input else "")
+        lines.append(f"- **{e.category}**: {q!r} -> {e.output!r} (checked: `{e.answer}`"
+                     + (f" ± {e.tolerance}" if e.tolerance else "") + ")")
+    return "\n".join(lines) + "\n"

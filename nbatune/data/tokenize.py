@@ -1,0 +1,89 @@
+"""Chat records -> token ids with the loss on the answer only."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .loading import DataError
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass
+class TokenizeStats:
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kept": self.kept, "truncated": self.truncated, "dropped": self.dropped, "reasons": dict(self.reasons)}
+
+
+def render(tok, messages: list[dict]) -> tuple[str, str]:
+    """(prompt text up to the assistant header, answer text) using the model's own chat template."""
+    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise DataError(f"the chat template of {tok.name_or_path!r} does not render the prompt as a prefix of the "
+                        "full conversation, so the answer cannot be separated from the prompt")
+    return prompt, full[len(prompt):]
+
+
+def tokenize_records(records: list[dict], tok, max_length: int, overlong: str, split: str) -> tuple[list[dict], TokenizeStats]:
+    """Each row gets ``input_ids``, ``labels`` (prompt masked with -100) and ``length``.
+
+    Raises:
+        DataError: nothing is left after preprocessing (the message counts what was dropped and why).
+    """
+    rows, stats = [], TokenizeStats()
+    for rec in records:
+        prompt, answer = render(tok, rec["messages"])
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tok(answer, add_special_tokens=False)["input_ids"]
+        ids = p_ids + a_ids
+        if len(ids) > max_length:
+            if overlong == "drop" or len(p_ids) >= max_length:
+                reason = "longer than model.max_length" if overlong == "drop" else "prompt alone exceeds max_length"
+                stats.dropped += 1
+                stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
+                continue
+            stats.truncated += 1
+            ids = ids[:max_length]
+        labels = [IGNORE] * len(p_ids) + ids[len(p_ids):]
+        rows.append({"input_ids": ids, "labels": labels, "length": len(ids)})
+    stats.kept = len(rows)
+    if stats.truncated or stats.dropped:
+        log.warning("%s: %d examples truncated, %d dropped (model.max_length=%d)", split, stats.truncated,
+                    stats.dropped, max_length)
+    if not rows:
+        why = ", ".join(f"{k}: {v}" for k, v in stats.reasons.items()) or "no rows"
+        raise DataError(f"{split} dataset is empty after preprocessing ({stats.dropped} dropped: {why})")
+    return rows, stats
+
+
+class PadCollator:
+    """Right-pads a batch. Padding gets label -100 and attention 0; a pad id equal to EOS is harmless
+    because labels come from the template, not from the pad id."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        n = max(len(b["input_ids"]) for b in batch)
+        if self.multiple:
+            n = -(-n // self.multiple) * self.multiple
+        ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            L = len(b["input_ids"])
+            ids[i, :L] = torch.tensor(b["input_ids"])
+            labels[i, :L] = torch.tensor(b["labels"])
+            mask[i, :L] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -1,0 +1,128 @@
+"""Evaluation, identical for the base model and every technique: eval loss and perplexity on the
+validation split, greedy-answer accuracy on the test split with confidence intervals."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.tokenize import PadCollator, render
+from .runtime import Runtime
+from .training import answer_only_loss
+
+METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "nba_answer_match"
+
+
+@lru_cache(maxsize=1)
+def answer_metric():
+    import evaluate
+
+    return evaluate.load(str(METRIC_DIR))
+
+
+@torch.no_grad()
+def eval_loss(model, tokenizer, rows: list[dict], rt: Runtime, batch_size: int = 16) -> dict:
+    """Mean cross-entropy per answer token over ``rows`` (tokenized), and its perplexity."""
+    model.eval()
+    collate = PadCollator(tokenizer.pad_token_id)
+    total, count = 0.0, 0
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])
+    for s in tqdm(range(0, len(rows), batch_size), desc="eval loss", leave=False):
+        batch = {k: v.to(_device(model)) for k, v in collate([rows[i] for i in order[s:s + batch_size]]).items()}
+        with rt.autocast():
+            loss, n = answer_only_loss(model, batch, num_items=1)
+        total += float(loss)
+        count += int(n)
+    mean = total / max(count, 1)
+    return {"eval_loss": mean, "perplexity": math.exp(min(mean, 50))}
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new_tokens: int = 64,
+                     batch_size: int = 32, desc: str = "answers") -> list[str]:
+    """Greedy answers for each record's prompt, in order. Batched with left padding."""
+    model.eval()
+    prompts = [render(tokenizer, r["messages"])[0] for r in records]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    stop = [i for i in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+            if isinstance(i, int) and i >= 0]
+    try:
+        for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+            idx = order[s:s + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(_device(model))
+            with rt.autocast():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
+            for j, i in enumerate(idx):
+                out[i] = tokenizer.decode(gen[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def score(records: list[dict], predictions: list[str]) -> dict:
+    """Accuracy overall and per category, each with a 95% Wilson interval, plus per-example flags."""
+    res = answer_metric().compute(predictions=predictions, references=[r["answer"] for r in records],
+                                  answer_types=[r["answer_type"] for r in records],
+                                  tolerances=[r["tolerance"] for r in records])
+    correct = [bool(c) for c in res["correct"]]
+    by_cat: dict[str, list[bool]] = defaultdict(list)
+    for r, c in zip(records, correct):
+        by_cat[r["category"]].append(c)
+    k, n = sum(correct), len(correct)
+    return {
+        "accuracy": k / n if n else 0.0,
+        "accuracy_ci95": wilson(k, n),
+        "n": n,
+        "per_category": {c: {"accuracy": sum(v) / len(v), "n": len(v), "ci95": wilson(sum(v), len(v))}
+                         for c, v in sorted(by_cat.items())},
+        "correct": correct,
+    }
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes out of n."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference(a: list[bool], b: list[bool], iters: int = 2000, seed: int = 0) -> dict:
+    """Accuracy difference a - b on the same test questions, with a paired-bootstrap 95% interval.
+    ``within_noise`` is True when the interval contains 0."""
+    n = len(a)
+    if n == 0 or n != len(b):
+        return {"diff": 0.0, "ci95": (0.0, 0.0), "within_noise": True}
+    rng = random.Random(seed)
+    d = [int(x) - int(y) for x, y in zip(a, b)]
+    stats = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(iters))
+    lo, hi = stats[int(0.025 * iters)], stats[int(0.975 * iters) - 1]
+    return {"diff": sum(d) / n, "ci95": (lo, hi), "within_noise": lo <= 0 <= hi}
+
+
+def evaluate_model(model, tokenizer, val_rows, test_records, rt: Runtime, eval_cfg) -> dict:
+    """Everything the comparison needs about one model's quality, plus how long it took."""
+    t0 = time.perf_counter()
+    loss = eval_loss(model, tokenizer, val_rows, rt, batch_size=max(1, eval_cfg.batch_size // 2))
+    preds = generate_answers(model, tokenizer, test_records, rt, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    acc = score(test_records, preds)
+    return {**loss, **acc, "predictions": preds, "eval_seconds": time.perf_counter() - t0}
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device

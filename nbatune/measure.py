@@ -1,0 +1,76 @@
+"""Memory and disk measurements, the same rules for every method."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+
+class PeakMemory:
+    """Peak memory while the block runs, in bytes above the level when it started.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (reset at entry). CPU: process RSS sampled every
+    ``interval`` seconds by a background thread, so a very short spike can be missed.
+    """
+
+    def __init__(self, device: str, interval: float = 0.02):
+        self.device, self.interval = device, interval
+        self.peak_bytes = 0
+        self.baseline_bytes = 0
+
+    def __enter__(self):
+        free_memory()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline_bytes = torch.cuda.memory_allocated()
+        else:
+            self._proc = psutil.Process(os.getpid())
+            self.baseline_bytes = self._proc.memory_info().rss
+            self._max = self.baseline_bytes
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._max = max(self._max, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self.baseline_bytes
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._max = max(self._max, self._proc.memory_info().rss)
+            self.peak_bytes = self._max - self.baseline_bytes
+        return False
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def dir_size(path: str | Path) -> int:
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
+
+
+def weights_bytes(model) -> int:
+    """Bytes held by parameters and buffers (a 4-bit weight counts its packed storage)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total

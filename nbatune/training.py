@@ -1,0 +1,125 @@
+"""The one training path for all three techniques: a transformers ``Trainer`` whose loss runs the
+output head only where there is an answer token to predict."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .config import TrainConfig
+from .data.tokenize import IGNORE, PadCollator
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the step."""
+
+
+def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None):
+    """Cross-entropy over answer tokens; returns (loss, number of predicted tokens).
+
+    The 49k-way output head is the single largest matmul per token for small models, so it is run
+    only at positions that predict an answer token (``logits_to_keep`` takes an index tensor).
+    """
+    labels = inputs["labels"]
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)  # position t predicts token t+1
+    keep = (targets != IGNORE).any(0).nonzero().squeeze(1)
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+    logits = out.logits.float()
+    targets = targets[:, keep]
+    n = (targets != IGNORE).sum()
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss / (num_items if num_items is not None else n.clamp(min=1)), n
+
+
+class AnswerOnlyTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # our loss is normalised by num_items_in_batch itself
+        self.real_tokens = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
+        self.real_tokens += int(inputs["attention_mask"].sum())
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}; "
+                                     "lower the learning rate or check the data")
+        return (loss, None) if return_outputs else loss
+
+
+class _FailOnNonFiniteLog(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kw):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss at step {state.global_step}")
+
+
+@dataclass
+class TrainOutcome:
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+    final_loss: float = float("nan")
+    steps: int = 0
+    seconds: float = 0.0
+    real_tokens: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.real_tokens / self.seconds if self.seconds else 0.0
+
+
+def training_arguments(method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path, seed: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate[method],
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=int(round(cfg.warmup_ratio * cfg.max_steps)),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optimizer[method],
+        bf16=rt.precision == "bf16",
+        fp16=rt.precision == "fp16",
+        use_cpu=rt.device == "cpu",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        report_to=cfg.report_to or "none",
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path,
+          seed: int) -> TrainOutcome:
+    """Train ``model`` in place for ``cfg.max_steps`` optimizer steps.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or inf.
+    """
+    import datasets
+
+    args = training_arguments(method, cfg, rt, out_dir, seed)
+    trainer = AnswerOnlyTrainer(
+        model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
+        data_collator=PadCollator(tokenizer.pad_token_id, 8 if rt.device == "cuda" else None),
+        callbacks=[_FailOnNonFiniteLog()],
+    )
+    result = trainer.train()
+    curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    return TrainOutcome(loss_curve=curve, final_loss=curve[-1][1] if curve else result.training_loss,
+                        steps=trainer.state.global_step, seconds=result.metrics["train_runtime"],
+                        real_tokens=trainer.real_tokens)
