@@ -289,7 +289,7 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
     need(t.logging_steps >= 1, f"train.logging_steps: {t.logging_steps} must be >= 1")
     need(t.save_steps >= 0, f"train.save_steps: {t.save_steps} must be >= 0")
     for m, lr in t.learning_rate.items():
-        need(isinstance(lr, float) and 0 < lr < 1, f"train.learning_rate.{m}: {lr!r} must be a number in (0, 1)")
+        need(isinstance(lr, float) and 0 < lr < float("inf"), f"train.learning_rate.{m}: {lr!r} must be a positive number")
     for m, opt in t.optimizer.items():
         need(opt in ("adamw_torch", "adamw_8bit", "paged_adamw_8bit"),
              f"train.optimizer.{m}: {opt!r} is not allowed (allowed: 'adamw_torch', 'adamw_8bit', 'paged_adamw_8bit')")

@@ -151,6 +151,7 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
         kwargs["dtype"] = rt.dtype
     if rt.device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    check_causal_lm(path, cfg)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as e:
@@ -163,6 +164,24 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def check_causal_lm(path: str, cfg: ModelConfig) -> None:
+    """Refuse checkpoints whose declared architecture is not a causal LM (an encoder such as BERT would
+    otherwise load as ``BertLMHeadModel`` with a randomly initialised head, and train without complaint)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise _explain(path, cfg, e) from e
+    archs = getattr(config, "architectures", None) or []
+    if getattr(config, "is_encoder_decoder", False) or (archs and not any(a.endswith(CAUSAL_SUFFIXES) for a in archs)):
+        raise ModelLoadError(f"{path} is not a causal language model checkpoint (architectures: {', '.join(archs)}); "
+                             "use a decoder-only model such as LlamaForCausalLM")
 
 
 def quantization_config(quant: QuantSettings, rt: Runtime):

@@ -8,7 +8,11 @@ stat line independently.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+
+PLAYER_FIELDS = ("min", "pts", "fg", "3p", "ft", "oreb", "dreb", "ast", "stl", "blk", "tov", "pf")
+TEAM_FIELDS = ("pts", "fg", "3p", "ft", "oreb", "tov", "opp", "min")
 
 
 @dataclass(frozen=True)
@@ -35,15 +39,15 @@ class PlayerLine:
     def pts(self) -> int:
         return 2 * self.fgm + self.tpm + self.ftm
 
-    def text(self) -> str:
-        return (
-            f"{self.minutes} MIN, {self.pts} PTS, {self.fgm}-{self.fga} FG, {self.tpm}-{self.tpa} 3P, "
-            f"{self.ftm}-{self.fta} FT, {self.orb} OREB, {self.drb} DREB, {self.ast} AST, {self.stl} STL, "
-            f"{self.blk} BLK, {self.tov} TOV, {self.pf} PF"
-        )
-
-    def key(self) -> tuple:
-        return tuple(asdict(self).values())
+    def text(self, fields: tuple[str, ...] = PLAYER_FIELDS) -> str:
+        """The line in box-score notation, limited to ``fields`` (every digit costs a token)."""
+        parts = {
+            "min": f"{self.minutes} MIN", "pts": f"{self.pts} PTS", "fg": f"{self.fgm}-{self.fga} FG",
+            "3p": f"{self.tpm}-{self.tpa} 3P", "ft": f"{self.ftm}-{self.fta} FT", "oreb": f"{self.orb} OREB",
+            "dreb": f"{self.drb} DREB", "ast": f"{self.ast} AST", "stl": f"{self.stl} STL", "blk": f"{self.blk} BLK",
+            "tov": f"{self.tov} TOV", "pf": f"{self.pf} PF",
+        }
+        return ", ".join(parts[f] for f in fields)
 
 
 @dataclass(frozen=True)
@@ -66,15 +70,13 @@ class TeamGame:
     def pts(self) -> int:
         return 2 * self.fgm + self.tpm + self.ftm
 
-    def text(self) -> str:
-        ot = "" if self.minutes == 240 else f" ({(self.minutes - 240) // 25}OT)"
-        return (
-            f"{self.pts} PTS, {self.fgm}-{self.fga} FG, {self.tpm}-{self.tpa} 3P, {self.ftm}-{self.fta} FT, "
-            f"{self.orb} OREB, {self.tov} TOV; opponent scored {self.opp_pts}; {self.minutes} team minutes{ot}"
-        )
-
-    def key(self) -> tuple:
-        return tuple(asdict(self).values())
+    def text(self, fields: tuple[str, ...] = TEAM_FIELDS) -> str:
+        parts = {
+            "pts": f"{self.pts} PTS", "fg": f"{self.fgm}-{self.fga} FG", "3p": f"{self.tpm}-{self.tpa} 3P",
+            "ft": f"{self.ftm}-{self.fta} FT", "oreb": f"{self.orb} OREB", "tov": f"{self.tov} TOV",
+            "opp": f"{self.opp_pts} OPP PTS", "min": f"{self.minutes} team MIN",
+        }
+        return ", ".join(parts[f] for f in fields)
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,10 @@ class TeamSeason:
     pts: int
     opp_pts: int
 
-    def text(self) -> str:
-        return f"{self.wins}-{self.losses} record, {self.pts} points scored, {self.opp_pts} points allowed"
-
-    def key(self) -> tuple:
-        return (self.wins, self.losses, self.pts, self.opp_pts)
+    def text(self, fields: tuple[str, ...] = ("record", "points")) -> str:
+        parts = {"record": f"{self.wins}-{self.losses} record",
+                 "points": f"{self.pts} points scored, {self.opp_pts} points allowed"}
+        return ", ".join(parts[f] for f in fields)
 
 
 # ---- player formulas -------------------------------------------------------------------------
@@ -176,6 +177,13 @@ def random_team_game(rng: random.Random) -> TeamGame:
     return TeamGame(fgm=two_m + tpm, fga=fga, tpm=tpm, tpa=tpa, ftm=ftm, fta=fta, orb=rng.randint(6, 15),
                     tov=rng.randint(9, 18), opp_pts=max(80, pts + rng.randint(-18, 18)),
                     minutes=240 + 25 * overtimes)
+
+
+def random_partial_record(rng: random.Random) -> TeamSeason:
+    """A record part-way through a season (points are not shown with it)."""
+    games = rng.randint(10, 82)
+    wins = sum(rng.random() < rng.uniform(0.2, 0.8) for _ in range(games))
+    return TeamSeason(wins=wins, losses=games - wins, pts=0, opp_pts=0)
 
 
 def random_team_season(rng: random.Random) -> TeamSeason:

@@ -116,12 +116,10 @@ class ComputeTask:
     value: Callable[[object], float]
     fmt: str  # how the answer is written, e.g. "{:.1f}%"
     tolerance: float
-    work: Callable[[object], str]  # the worked formula shown in the answer, before "= value"
+    work: Callable[[object], str]  # the formula with this line's numbers (documentation and tests)
     phrasings: tuple[str, ...]
-
-
-def _p(line):  # short names keep the worked formulas readable
-    return line
+    label: str  # how the answer names the metric: "TS% = 55.0%"
+    fields: tuple[str, ...]  # the stats shown: what the formula needs, as an analyst would ask
 
 
 COMPUTE_TASKS: list[ComputeTask] = [
@@ -130,73 +128,73 @@ COMPUTE_TASKS: list[ComputeTask] = [
                 ("Compute this player's true shooting percentage.", "What is the TS% for this stat line?",
                  "Calculate true shooting % from the box score below.", "Find the player's TS%.",
                  "Work out the true shooting percentage of this line.",
-                 "How efficient was this scorer by true shooting percentage?")),
+                 "How efficient was this scorer by true shooting percentage?"), 'TS%', ("pts", "fg", "ft")),
     ComputeTask("effective_fg", A.random_player_line, A.effective_fg_pct, "{:.1f}%", 1.0,
                 lambda p: f"eFG% = (FGM + 0.5 x 3PM) / FGA = ({p.fgm} + 0.5 x {p.tpm}) / {p.fga}",
                 ("Compute this player's effective field goal percentage.", "What is the eFG% for this line?",
                  "Calculate eFG% from the box score below.", "Find the player's effective FG%.",
                  "Work out the effective field goal percentage here.",
-                 "What effective field goal percentage does this line give?")),
+                 "What effective field goal percentage does this line give?"), 'eFG%', ("pts", "fg", "3p")),
     ComputeTask("points_per_shot", A.random_player_line, A.points_per_shot, "{:.2f}", 0.05,
                 lambda p: f"PTS / FGA = {p.pts} / {p.fga}",
                 ("Compute points per shot attempt (PTS / FGA).", "How many points per field goal attempt?",
                  "Calculate this player's points per shot.", "Find PTS per FGA for this line.",
                  "What is the points-per-shot-attempt figure here?",
-                 "Give points scored per field goal attempt for this game.")),
+                 "Give points scored per field goal attempt for this game."), 'PTS/FGA', ("pts", "fg")),
     ComputeTask("assist_turnover", A.random_player_line, A.assist_to_turnover, "{:.2f}", 0.05,
                 lambda p: f"AST / TOV = {p.ast} / {p.tov}",
                 ("Compute the assist-to-turnover ratio.", "What is this player's AST/TO ratio?",
                  "Calculate assists per turnover.", "Find the assist to turnover ratio for this line.",
-                 "Work out the AST:TOV ratio here.", "How many assists per turnover did the player have?")),
+                 "Work out the AST:TOV ratio here.", "How many assists per turnover did the player have?"), 'AST/TO', ("pts", "ast", "tov")),
     ComputeTask("game_score", A.random_player_line, A.game_score, "{:.1f}", 0.5,
                 lambda p: "GmSc = PTS + 0.4 FGM - 0.7 FGA - 0.4 (FTA - FTM) + 0.7 ORB + 0.3 DRB + STL + 0.7 AST "
                           "+ 0.7 BLK - 0.4 PF - TOV",
                 ("Compute John Hollinger's game score for this line.", "What is the game score (GmSc)?",
                  "Calculate Hollinger game score from the box score.", "Find this player's GmSc.",
                  "Work out the Hollinger game score of this performance.",
-                 "What game score does this box score produce?")),
+                 "What game score does this box score produce?"), 'GmSc', A.PLAYER_FIELDS[1:]),
     ComputeTask("possessions", A.random_team_game, A.possessions, "{:.1f}", 1.0,
                 lambda t: f"POSS = FGA - OREB + TOV + 0.44 x FTA = {t.fga} - {t.orb} + {t.tov} + 0.44 x {t.fta}",
                 ("Estimate the team's possessions.", "How many possessions did this team use?",
                  "Calculate possessions from these team totals.", "Find the possession estimate.",
                  "Work out this team's number of possessions.",
-                 "Roughly how many possessions does this box score imply?")),
+                 "Roughly how many possessions does this box score imply?"), 'POSS', ("fg", "ft", "oreb", "tov")),
     ComputeTask("offensive_rating", A.random_team_game, A.offensive_rating, "{:.1f}", 1.5,
                 lambda t: f"ORtg = 100 x PTS / POSS = 100 x {t.pts} / {A.possessions(t):.2f}",
                 ("Compute the team's offensive rating.", "What is the ORtg (points per 100 possessions)?",
                  "Calculate offensive rating from these totals.", "Find this team's offensive rating.",
-                 "Work out points scored per 100 possessions.", "How many points per 100 possessions did they score?")),
+                 "Work out points scored per 100 possessions.", "How many points per 100 possessions did they score?"), 'ORtg', ("pts", "fg", "ft", "oreb", "tov")),
     ComputeTask("defensive_rating", A.random_team_game, A.defensive_rating, "{:.1f}", 1.5,
                 lambda t: f"DRtg = 100 x OPP PTS / POSS = 100 x {t.opp_pts} / {A.possessions(t):.2f}",
                 ("Compute the team's defensive rating.", "What is the DRtg (points allowed per 100 possessions)?",
                  "Calculate defensive rating from these totals.", "Find this team's defensive rating.",
                  "Work out points allowed per 100 possessions.",
-                 "How many points per 100 possessions did they allow?")),
+                 "How many points per 100 possessions did they allow?"), 'DRtg', ("opp", "fg", "ft", "oreb", "tov")),
     ComputeTask("net_rating", A.random_team_game, A.net_rating, "{:.1f}", 1.5,
                 lambda t: f"NetRtg = 100 x (PTS - OPP PTS) / POSS = 100 x ({t.pts} - {t.opp_pts}) / "
                           f"{A.possessions(t):.2f}",
                 ("Compute the team's net rating.", "What is the net rating for this game?",
                  "Calculate net rating (ORtg - DRtg).", "Find this team's net rating.",
                  "Work out the point differential per 100 possessions.",
-                 "What was the team's net rating per 100 possessions?")),
+                 "What was the team's net rating per 100 possessions?"), 'NetRtg', ("pts", "opp", "fg", "ft", "oreb", "tov")),
     ComputeTask("pace", A.random_team_game, A.pace, "{:.1f}", 1.0,
                 lambda t: f"Pace = 48 x POSS / (MIN / 5) = 48 x {A.possessions(t):.2f} / ({t.minutes} / 5)",
                 ("Compute the pace (possessions per 48 minutes).", "What was the pace of this game?",
                  "Calculate pace from these team totals.", "Find the team's pace.",
-                 "Work out possessions per 48 minutes.", "How fast was the game, by pace?")),
-    ComputeTask("win_pct", A.random_team_season, A.win_pct, "{:.3f}", 0.01,
+                 "Work out possessions per 48 minutes.", "How fast was the game, by pace?"), 'Pace', ("fg", "ft", "oreb", "tov", "min")),
+    ComputeTask("win_pct", A.random_partial_record, A.win_pct, "{:.3f}", 0.01,
                 lambda s: f"W / (W + L) = {s.wins} / ({s.wins} + {s.losses})",
                 ("Compute the team's winning percentage.", "What is the win% for this season?",
                  "Calculate winning percentage.", "Find this team's win percentage.",
                  "Work out the team's winning percentage for the season.",
-                 "What fraction of games did the team win?")),
+                 "What fraction of games did the team win?"), 'W%', ("record",)),
     ComputeTask("pythagorean_wins", A.random_team_season, A.pythagorean_wins, "{:.1f}", 1.5,
                 lambda s: f"G x PTS^14 / (PTS^14 + OPP^14) = 82 x {s.pts}^14 / ({s.pts}^14 + {s.opp_pts}^14)",
                 ("Compute Pythagorean expected wins (exponent 14).", "How many wins does the Pythagorean formula expect?",
                  "Calculate the team's expected wins from points scored and allowed.",
                  "Find the Pythagorean win total (exponent 14).",
                  "Work out expected wins with the Pythagorean expectation.",
-                 "Given points for and against, how many games should this team have won?")),
+                 "Given points for and against, how many games should this team have won?"), 'Pythagorean wins', ("record", "points")),
 ]
 
 
@@ -247,6 +245,7 @@ DEFINITION_PHRASINGS: dict[str, list[str]] = {
     ],
 }
 
+COMPARE_FIELDS = ("pts", "fg", "3p", "ft")
 COMPARE_PHRASINGS = [
     "Which player scored more efficiently by true shooting percentage, Player A or Player B? Explain briefly.",
     "By TS%, who was the more efficient scorer: Player A or Player B?",
@@ -294,17 +293,18 @@ def _compute(rng: random.Random, split: str, n: int, used_lines: set[str]) -> li
     for i in range(n):
         task = COMPUTE_TASKS[i % len(COMPUTE_TASKS)]
         train_ph, held_ph = _split_phrasings(task.phrasings)
-        while True:
+        while True:  # the shown text is the key: a test input never appears in training, under any task
             line = task.make(rng)
-            key = f"{type(line).__name__}:{line.key()}"
-            if key not in used_lines:
+            shown = line.text(task.fields)
+            if shown not in used_lines:
                 break
-        used_lines.add(key)
-        value = task.value(line)
-        answer = task.fmt.format(value)
+        used_lines.add(shown)
+        answer = task.fmt.format(task.value(line))
         question = rng.choice(train_ph if split == "train" else held_ph)
-        out.append(Example("", task.category, question, line.text(), f"{task.work(line)} = {answer}", answer,
-                           "number", task.tolerance, key))
+        # The answer states the metric and the value only: worked arithmetic would triple the tokens to
+        # train and generate, and a small model cannot do the division reliably anyway.
+        out.append(Example("", task.category, question, shown, f"{task.label} = {answer}", answer,
+                           "number", task.tolerance, shown))
     return out
 
 
@@ -312,7 +312,8 @@ def _definitions(rng: random.Random, split: str, n: int) -> list[Example]:
     out = []
     for i in range(n):
         cat = list(DEFINITION_PHRASINGS)[i % len(DEFINITION_PHRASINGS)]
-        abbr, name, formula, meaning = rng.choice(METRICS)
+        pool = [m for m in METRICS if cat != "definition_abbrev" or m[0].lower() not in m[1].lower().replace(" ", "")]
+        abbr, name, formula, meaning = rng.choice(pool)
         train_ph, held_ph = _split_phrasings(DEFINITION_PHRASINGS[cat])
         q = rng.choice(train_ph if split == "train" else held_ph).format(abbr=abbr, formula=formula, meaning=meaning)
         q = q[0].upper() + q[1:]
@@ -326,14 +327,14 @@ def _compare(rng: random.Random, split: str, n: int, used_lines: set[str]) -> li
     while len(out) < n:
         a, b = A.random_player_line(rng), A.random_player_line(rng)
         ta, tb = A.true_shooting_pct(a), A.true_shooting_pct(b)
-        key = f"compare:{a.key()}:{b.key()}"
-        if abs(ta - tb) < 2.0 or key in used_lines:  # a near tie is not a fair question
+        shown = f"Player A: {a.text(COMPARE_FIELDS)}\nPlayer B: {b.text(COMPARE_FIELDS)}"
+        if abs(ta - tb) < 2.0 or shown in used_lines:  # a near tie is not a fair question
             continue
-        used_lines.add(key)
+        used_lines.add(shown)
         winner = "Player A" if ta > tb else "Player B"
         output = f"{winner} (TS% {max(ta, tb):.1f}% vs {min(ta, tb):.1f}%)"
         out.append(Example("", "compare_efficiency", rng.choice(train_ph if split == "train" else held_ph),
-                           f"Player A: {a.text()}\nPlayer B: {b.text()}", output, winner, "choice", 0.0, key))
+                           shown, output, winner, "choice", 0.0, shown))
     return out
 
 

@@ -143,6 +143,8 @@ def _read_source(source: str) -> dict[str, list[dict]]:
         elif path.suffix in kinds:
             if not path.is_file():
                 raise DataError(f"data.source: file not found: {path}")
+            if path.stat().st_size == 0:
+                raise DataError(f"{path}: dataset is empty (0 rows)")
             ds = {"train": datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")}
         elif path.suffix or source.startswith((".", "/", "~")):
             raise DataError(f"data.source: {source} is not a file type we read (allowed: .json, .jsonl, .csv, "
@@ -153,7 +155,7 @@ def _read_source(source: str) -> dict[str, list[dict]]:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"data.source: could not read {source!r}: {str(e).splitlines()[0][:300]}. A hub dataset id "
+        raise DataError(f"data.source: could not read {source!r}: {(str(e).splitlines() or [type(e).__name__])[0][:300]}. A hub dataset id "
                         "needs network; files need a .json/.jsonl/.csv/.parquet suffix") from e
     if isinstance(ds, datasets.Dataset):
         ds = {"train": ds}

@@ -1,0 +1,211 @@
+"""Behaviour of the facade and of the three techniques, on a tiny random Llama (CPU, offline).
+
+The integration test at the bottom (marked slow; `make test` and CI run it) uses the real
+embedded SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from implement_rec_036 import ConfigError, ImplementImplementFullFinetuningLoraAndQloraTechniques
+from nbatune.config import load_config
+from nbatune.data.loading import load_splits
+from nbatune.data.tokenize import IGNORE, PadCollator, tokenize_records
+from nbatune.modeling import load_model, load_tokenizer
+from nbatune.runtime import Runtime
+from nbatune.training import answer_only_loss, train
+
+FP32 = Runtime("cpu", "fp32")
+METHOD_KEYS = {"trainable_params", "total_params", "loss_curve", "final_train_loss", "eval_loss", "perplexity",
+               "accuracy", "accuracy_ci95", "train_seconds", "eval_seconds", "tokens_per_second",
+               "peak_memory_bytes", "saved_bytes", "saved_path", "status", "per_category"}
+
+
+@pytest.fixture(scope="module")
+def executed(tiny_model_dir, tmp_path_factory):
+    """One full setup()/execute() of base + full + LoRA + QLoRA on the tiny model."""
+    tmp = tmp_path_factory.mktemp("facade")
+    impl = ImplementImplementFullFinetuningLoraAndQloraTechniques(config=tiny_config(tiny_model_dir, tmp))
+    impl.setup()
+    return impl, impl.execute()
+
+
+def _parts(model_dir, tmp_path, method, **over):
+    cfg = load_config(tiny_config(model_dir, tmp_path, **over))
+    tok = load_tokenizer(str(model_dir), cfg.model)
+    recs = load_splits(cfg.data, cfg.model, cfg.seed)
+    rows, _ = tokenize_records(recs["train"], tok, cfg.model.max_length, "truncate", "train")
+    model = load_model(str(model_dir), method, cfg.model, FP32, cfg.lora, cfg.quant, cfg.seed,
+                       cfg.train.gradient_checkpointing[method])
+    return cfg, tok, rows, model
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# ---- the facade -------------------------------------------------------------------------------
+
+def test_execute_returns_every_method_with_documented_keys(executed):
+    impl, res = executed
+    for m in ("base", "full", "lora", "qlora"):
+        assert res[m]["status"] == "ok", res[m].get("error")
+        assert METHOD_KEYS <= set(res[m]), METHOD_KEYS - set(res[m])
+        assert 0.0 <= res[m]["accuracy"] <= 1.0
+        lo, hi = res[m]["accuracy_ci95"]
+        assert 0.0 <= lo <= res[m]["accuracy"] <= hi <= 1.0
+        assert math.isfinite(res[m]["eval_loss"]) and res[m]["perplexity"] == pytest.approx(math.exp(res[m]["eval_loss"]))
+    for m in ("full", "lora", "qlora"):
+        r = res[m]
+        assert r["train_seconds"] > 0 and r["tokens_per_second"] > 0 and r["peak_memory_bytes"] > 0
+        assert len(r["loss_curve"]) == 4 and all(math.isfinite(loss) for _, loss in r["loss_curve"])
+        assert Path(r["saved_path"]).is_dir() and r["saved_bytes"] > 0
+    assert res["full"]["trainable_params"] == res["full"]["total_params"]
+    assert res["lora"]["trainable_params"] == res["qlora"]["trainable_params"] < res["full"]["trainable_params"]
+    assert res["base"]["trainable_params"] == 0
+    assert {"config", "environment", "dataset", "comparison", "report"} <= set(res)
+
+
+def test_results_json_matches_returned_dict(executed):
+    impl, res = executed
+    on_disk = json.loads((Path(res["run_dir"]) / "results.json").read_text())
+    assert on_disk["schema_version"] == 1
+    for m in ("full", "lora", "qlora"):
+        assert on_disk[m]["accuracy"] == res[m]["accuracy"]
+
+
+def test_lora_saves_only_an_adapter_in_safetensors(executed):
+    _, res = executed
+    files = {p.name for p in Path(res["lora"]["saved_path"]).iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files
+    assert "model.safetensors" not in files
+    run = Path(res["run_dir"])
+    assert not [p for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+
+
+def test_seed_example_config_is_accepted():
+    cfg = load_config({"enabled": True, "mode": "production"})
+    assert cfg.enabled and cfg.mode == "production" and cfg.methods == ["full", "lora", "qlora"]
+
+
+def test_disabled_config_runs_nothing(tmp_path):
+    impl = ImplementImplementFullFinetuningLoraAndQloraTechniques({"enabled": False, "output_dir": str(tmp_path)})
+    assert impl.execute()["status"] == "disabled"
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_key_and_wrong_type_are_named_together():
+    with pytest.raises(ConfigError) as e:
+        ImplementImplementFullFinetuningLoraAndQloraTechniques({"train": {"max_stepz": 3, "batch_size": "8"}})
+    msg = str(e.value)
+    assert "train.max_stepz: unknown key" in msg and "max_steps" in msg
+    assert "train.batch_size: '8' has the wrong type (expected int)" in msg
+
+
+# ---- what each technique trains -----------------------------------------------------------------
+
+def test_full_finetuning_changes_every_parameter(tiny_model_dir, tmp_path):
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, "full")
+    before = _snapshot(model)
+    train(model, tok, rows, "full", cfg.train, FP32, tmp_path / "ckpt", cfg.seed)
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
+    assert not unchanged
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapters_train_and_base_weights_stay_bit_identical(tiny_model_dir, tmp_path, method):
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, method)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    train(model, tok, rows, method, cfg.train, FP32, tmp_path / "ckpt", cfg.seed)
+    for n, p in model.named_parameters():
+        if n in trainable:
+            if "lora_B" in n:  # B starts at zero, so any training moves it
+                assert not torch.equal(p, before[n]), n
+        else:
+            assert torch.equal(p, before[n]), f"base weight {n} changed"
+
+
+def test_qlora_linear_layers_really_are_4bit(tiny_model_dir, tmp_path):
+    import bitsandbytes as bnb
+
+    *_, model = _parts(tiny_model_dir, tmp_path, "qlora")
+    linears = [m for n, m in model.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                    "up_proj", "down_proj"))]
+    assert len(linears) == 2 * 7
+    for m in linears:
+        assert isinstance(m.base_layer, bnb.nn.Linear4bit)
+        assert m.base_layer.weight.__class__.__name__ == "Params4bit"
+        assert m.base_layer.weight.quant_state.quant_type == "nf4"
+        assert m.base_layer.weight.quant_state.nested  # double quantization
+
+
+def test_lora_trainable_count_matches_closed_form(tiny_model_dir, tmp_path):
+    *_, model = _parts(tiny_model_dir, tmp_path, "lora")
+    r, h, i, kv = 16, 64, 128, 32  # kv: 2 kv heads x 16 head dim
+    per_layer = r * ((h + h) + (h + kv) + (h + kv) + (h + h) + 2 * (h + i) + (i + h))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * per_layer
+
+
+def test_loss_goes_down_on_a_repeated_batch(tiny_model_dir, tmp_path):
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, "full")
+    batch = PadCollator(tok.pad_token_id)(rows[:8])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = answer_only_loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_prompt_tokens_are_excluded_from_the_loss(tiny_model_dir, tmp_path):
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, "full")
+    row = rows[0]
+    n_prompt = row["labels"].index(next(x for x in row["labels"] if x != IGNORE))
+    assert all(x == IGNORE for x in row["labels"][:n_prompt]) and n_prompt > 5
+    batch = PadCollator(tok.pad_token_id)([row])
+    loss_a, n_a = answer_only_loss(model, batch)
+    assert n_a == len(row["input_ids"]) - n_prompt
+    # Reference: full-vocab loss over answer positions only, computed the slow, obvious way.
+    logits = model(input_ids=batch["input_ids"]).logits[0, :-1]
+    tgt = torch.tensor(row["labels"][1:])
+    ref = torch.nn.functional.cross_entropy(logits[tgt != IGNORE], tgt[tgt != IGNORE])
+    torch.testing.assert_close(loss_a, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_final_eos_is_a_label_even_though_pad_equals_eos(tiny_model_dir, tmp_path):
+    cfg, tok, rows, _ = _parts(tiny_model_dir, tmp_path, "full")
+    assert tok.pad_token_id == tok.eos_token_id
+    assert tok.eos_token_id in [x for x in rows[0]["labels"] if x != IGNORE]
+
+
+# ---- integration on the real embedded model -----------------------------------------------------
+
+@pytest.mark.slow
+def test_embedded_smollm2_runs_all_three_techniques(tmp_path):
+    pytest.importorskip("gguf")
+    impl = ImplementImplementFullFinetuningLoraAndQloraTechniques(
+        config="configs/quick.yaml",
+        overrides=[f"output_dir={tmp_path}", "train.max_steps=4", "train.batch_size=4", "train.logging_steps=1",
+                   "eval.max_test_examples=8", "data.val_size=8", "eval.max_new_tokens=16"])
+    impl.setup()
+    res = impl.execute()
+    for m in ("base", "full", "lora", "qlora"):
+        assert res[m]["status"] == "ok", res[m].get("error")
+    assert res["full"]["total_params"] == 134_515_008  # SmolLM2-135M, tied embeddings counted once
+    for m in ("full", "lora", "qlora"):
+        assert len(res[m]["loss_curve"]) == 4
+        # four steps already teach the answer format: validation loss falls below the untouched model's
+        assert res[m]["eval_loss"] < res["base"]["eval_loss"], (m, res[m]["eval_loss"], res["base"]["eval_loss"])
+    assert (Path(res["run_dir"]) / "report.html").is_file()

@@ -1,0 +1,109 @@
+"""What a run leaves behind: loadable with plain transformers/PEFT, and a report that rebuilds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from nbatune.compare import Comparison
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("artifacts")
+    cmp = Comparison(tiny_config(tiny_model_dir, tmp, methods=["full", "lora"]))
+    cmp.setup()
+    res = cmp.execute()
+    return cmp, res
+
+
+def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_logits(run, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cmp, res = run
+    ids = torch.tensor([cmp.train_rows[0]["input_ids"]])
+    # the model as trained, rebuilt in memory from the same base and the saved weights
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, res["lora"]["saved_path"]).eval()
+    adapter_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in adapter_b), "the saved adapter must hold trained (non-zero) B weights"
+    with torch.no_grad():
+        a = reloaded(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)(input_ids=ids).logits
+    assert not torch.allclose(a, plain), "the adapter must change the output"
+    from nbatune.inference import merge_adapter
+
+    merged_dir = merge_adapter(res["run_dir"], "lora")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, a, rtol=1e-4, atol=1e-4)
+    assert (Path(merged_dir) / "model.safetensors").is_file()
+
+
+def test_full_model_reloads_with_plain_transformers(run):
+    from transformers import AutoModelForCausalLM
+
+    _, res = run
+    model = AutoModelForCausalLM.from_pretrained(res["full"]["saved_path"])
+    assert sum(p.numel() for p in model.parameters()) == res["full"]["total_params"]
+
+
+def test_report_rebuilds_from_saved_results_without_retraining(run):
+    from nbatune.report import rebuild, table
+
+    _, res = run
+    run_dir = Path(res["run_dir"])
+    first = (run_dir / "report.md").read_text()
+    (run_dir / "report.md").unlink()
+    again = rebuild(run_dir)
+    assert (run_dir / "report.md").read_text() == first
+    assert table(again) in first
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+    for png in ("loss_curves.png", "accuracy_per_category.png", "cost_bars.png"):
+        assert (run_dir / png).stat().st_size > 1000
+
+
+def test_two_runs_never_share_an_output_directory(run, tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, run_name="same")
+    Comparison(cfg).setup()
+    with pytest.raises(FileExistsError, match="already exists"):
+        Comparison(cfg).setup()
+
+
+def test_a_failing_method_is_recorded_and_the_others_still_run(tiny_model_dir, tmp_path):
+    # a learning rate that blows the weights up makes 'full' fail on a real non-finite loss
+    cfg = tiny_config(tiny_model_dir, tmp_path, methods=["full", "lora"], evaluate_base=False)
+    cfg["train"]["learning_rate"]["full"] = 1e9
+    cfg["train"]["max_steps"] = 12
+    cfg["train"]["lr_scheduler"] = "constant"
+    res = Comparison(cfg).execute()
+    assert res["full"]["status"] == "failed" and "non-finite loss" in res["full"]["error"]
+    assert "at step 2" in res["full"]["error"]  # caught at the first step after the blow-up, not at the end
+    assert res["lora"]["status"] == "ok"
+    on_disk = json.loads((Path(res["run_dir"]) / "results.json").read_text())
+    assert on_disk["full"]["status"] == "failed" and on_disk["lora"]["accuracy"] is not None
+    assert (Path(res["run_dir"]) / "full-error.txt").is_file()
+
+
+def test_results_json_is_written_atomically(tmp_path, monkeypatch):
+    import os
+
+    from nbatune.results import write_json_atomic
+
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"v": 1})
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        write_json_atomic(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

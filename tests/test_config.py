@@ -1,0 +1,90 @@
+"""Configs: every shipped YAML validates, overrides apply, and errors name field, value and choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nbatune.config import CONFIG_DIR, ConfigError, RunConfig, load_config
+
+SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    text = path.read_text()
+    assert text.startswith("#") and "Run:" in text.split("\n\n")[0], "each shipped YAML opens with its run command"
+
+
+def test_quick_config_only_holds_diffs_on_top_of_default():
+    quick, default = load_config(CONFIG_DIR / "quick.yaml"), load_config(CONFIG_DIR / "default.yaml")
+    assert quick.train.max_steps < default.train.max_steps
+    assert quick.lora == default.lora and quick.train.learning_rate == default.train.learning_rate
+
+
+def test_none_dict_and_object_give_the_same_defaults():
+    a = load_config(None)
+    assert load_config({}).to_dict() == a.to_dict() == load_config(a).to_dict()
+
+
+def test_dotted_overrides_apply_last():
+    cfg = load_config(None, ["train.max_steps=7", "train.learning_rate.full=3e-5", "methods=[lora]"])
+    assert cfg.train.max_steps == 7 and cfg.train.learning_rate["full"] == 3e-5 and cfg.methods == ["lora"]
+    assert cfg.train.learning_rate["lora"] == load_config(None).train.learning_rate["lora"]
+
+
+def test_all_errors_are_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config({"methods": ["full", "dpo"], "train": {"precision": "int3", "max_steps": 0},
+                     "lora": {"r": 0}, "bogus": 1})
+    msg = str(e.value)
+    for needle in ("bogus: unknown key", "train.precision: 'int3' is not allowed (allowed: 'auto', 'bf16', 'fp16', 'fp32')"):
+        assert needle in msg
+    # range checks only run once types are right, so fix types and look again
+    with pytest.raises(ConfigError) as e:
+        load_config({"methods": ["full", "dpo"], "train": {"max_steps": 0}, "lora": {"r": 0}})
+    msg = str(e.value)
+    assert "methods: 'dpo' is not a method (allowed: full, lora, qlora)" in msg
+    assert "train.max_steps: 0 must be >= 1" in msg and "lora.r: 0 must be >= 1" in msg
+
+
+def test_unknown_method_in_a_per_method_table():
+    with pytest.raises(ConfigError, match=r"train.learning_rate.dora: unknown method"):
+        load_config({"train": {"learning_rate": {"dora": 1e-3}}})
+
+
+def test_missing_config_file_names_the_shipped_ones(tmp_path):
+    with pytest.raises(FileNotFoundError, match="configs/default.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_scientific_notation_is_a_float(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  learning_rate: {full: 1e-4}\n")
+    assert load_config(p).train.learning_rate["full"] == 1e-4
+
+
+def test_precision_errors_come_before_any_model_loads(monkeypatch):
+    import torch
+
+    from nbatune.runtime import PrecisionError, resolve
+
+    with pytest.raises(PrecisionError, match="fp16 training is not supported on CPU; use 'bf16' or 'fp32'"):
+        resolve("cpu", "fp16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PrecisionError, match="no CUDA device"):
+        resolve("cuda", "auto")
+    monkeypatch.setattr("nbatune.runtime.cpu_has_native_bf16", lambda: False)
+    assert resolve("auto", "auto").precision == "fp32"
+
+
+def test_importing_the_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, nbatune; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "False", out.stderr

@@ -1,0 +1,253 @@
+"""The built-in dataset and user datasets."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from nbatune.config import DataConfig, ModelConfig
+from nbatune.data import builtin
+from nbatune.data.loading import DataError, load_splits
+from nbatune.data.tokenize import tokenize_records
+
+
+@pytest.fixture(scope="module")
+def default_build():
+    return builtin.build()
+
+
+def test_default_build_meets_the_sizes(default_build):
+    assert len(default_build["train"]) >= 3000 and len(default_build["test"]) >= 300
+    cats = {e.category for e in default_build["test"]}
+    assert {"champion", "finals_mvp", "mvp", "true_shooting", "pythagorean_wins", "compare_efficiency",
+            "definition_abbrev"} <= cats
+
+
+def test_build_is_byte_identical_for_the_same_seed(tmp_path):
+    a, b = builtin.write(builtin.build(seed=3), tmp_path / "a"), builtin.write(builtin.build(seed=3), tmp_path / "b")
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "DATASET_CARD.md"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / "test.jsonl").read_bytes() != builtin.write(builtin.build(seed=4), tmp_path / "c").joinpath(
+        "test.jsonl").read_bytes()
+
+
+def test_no_question_text_or_stat_line_is_shared_between_train_and_test(default_build):
+    train_q = {(e.instruction, e.input) for e in default_build["train"]}
+    train_lines = {e.input for e in default_build["train"] if e.input}
+    assert len(train_lines) > 1000
+    for split in ("validation", "test"):
+        for e in default_build[split]:
+            assert (e.instruction, e.input) not in train_q
+            assert not e.input or e.input not in train_lines
+    # and the question wording itself is held out, not just the combination
+    train_instr = {e.instruction for e in default_build["train"]}
+    assert not train_instr & {e.instruction for e in default_build["test"]}
+
+
+def test_every_history_fact_is_taught_in_training(default_build):
+    taught = {e.key for e in default_build["train"]}
+    assert {e.key for e in default_build["test"] if e.answer_type == "name" and ":" in e.key} <= taught | {
+        e.key for e in default_build["test"] if e.category.startswith("definition")}
+
+
+# ---- independent recomputation of every computed answer ------------------------------------------
+
+def _parse(text: str) -> dict:
+    """Read any subset of box-score stats back out of the shown text, independently of the generator."""
+    out = {}
+    for made, att, kind in re.findall(r"(\d+)-(\d+) (FG|3P|FT)", text):
+        k = {"FG": "fg", "3P": "tp", "FT": "ft"}[kind]
+        out[k + "m"], out[k + "a"] = int(made), int(att)
+    for num, kind in re.findall(r"(-?\d+) (OPP PTS|team MIN|MIN|PTS|OREB|DREB|AST|STL|BLK|TOV|PF)", text):
+        out[{"OPP PTS": "opp", "team MIN": "mins"}.get(kind, kind.lower())] = int(num)
+    if "pts" in out and "fgm" in out and "tpm" in out and "ftm" in out:
+        assert out["pts"] == 2 * out["fgm"] + out["tpm"] + out["ftm"], text
+    return out
+
+
+def _expected(cat: str, text: str) -> float:
+    if cat == "win_pct":
+        w, l = map(int, re.match(r"(\d+)-(\d+) record", text).groups())
+        return w / (w + l)
+    if cat == "pythagorean_wins":
+        w, l, pf, pa = map(int, re.match(r"(\d+)-(\d+) record, (\d+) points scored, (\d+) points allowed", text).groups())
+        return (w + l) / (1 + (pa / pf) ** 14)
+    if cat in ("possessions", "offensive_rating", "defensive_rating", "net_rating", "pace"):
+        t = _parse(text)
+        poss = t["fga"] - t["oreb"] + t["tov"] + 0.44 * t["fta"]
+        return {"possessions": lambda: poss, "offensive_rating": lambda: 100 * t["pts"] / poss,
+                "defensive_rating": lambda: 100 * t["opp"] / poss,
+                "net_rating": lambda: 100 * (t["pts"] - t["opp"]) / poss,
+                "pace": lambda: 240 * poss / t["mins"]}[cat]()
+    p = _parse(text)
+    formulas = {
+        "true_shooting": lambda: 50 * p["pts"] / (p["fga"] + 0.44 * p["fta"]),
+        "effective_fg": lambda: 100 * (p["fgm"] + p["tpm"] / 2) / p["fga"],
+        "points_per_shot": lambda: p["pts"] / p["fga"],
+        "assist_turnover": lambda: p["ast"] / p["tov"],
+        "game_score": lambda: p["pts"] + 0.4 * p["fgm"] - 0.7 * p["fga"] - 0.4 * (p["fta"] - p["ftm"])
+        + 0.7 * p["oreb"] + 0.3 * p["dreb"] + p["stl"] + 0.7 * p["ast"] + 0.7 * p["blk"] - 0.4 * p["pf"] - p["tov"],
+    }
+    return formulas[cat]()
+
+
+def test_every_computed_answer_recomputes_from_its_stat_line(default_build):
+    checked = 0
+    for rows in default_build.values():
+        for e in rows:
+            if e.answer_type != "number":
+                continue
+            want = _expected(e.category, e.input)
+            got = float(e.answer.rstrip("%"))
+            decimals = len(e.answer.rstrip("%").split(".")[1])
+            assert got == pytest.approx(want, abs=0.5 * 10 ** -decimals + 1e-9), (e.category, e.input, e.answer)
+            checked += 1
+    assert checked > 1000
+
+
+def test_stat_lines_are_internally_consistent(default_build):
+    for e in default_build["train"]:
+        if e.category in ("game_score", "compare_efficiency"):
+            for line in e.input.splitlines():
+                p = _parse(line)  # also asserts PTS = 2*FGM + 3PM + FTM
+                assert p["fgm"] <= p["fga"] and p["tpm"] <= p["tpa"] <= p["fga"] and p["ftm"] <= p["fta"]
+                assert p["tpm"] <= p["fgm"]
+
+
+def test_compare_answers_name_the_higher_true_shooting(default_build):
+    for e in default_build["test"]:
+        if e.category == "compare_efficiency":
+            a, b = (_parse(x.split(": ", 1)[1]) for x in e.input.splitlines())
+            ts = [x["pts"] / (x["fga"] + 0.44 * x["fta"]) for x in (a, b)]
+            assert e.answer == ("Player A" if ts[0] > ts[1] else "Player B")
+
+
+# ---- user datasets --------------------------------------------------------------------------------
+
+ROWS = {
+    "alpaca": [{"instruction": f"Who won title {i}?", "input": "", "output": f"Team {i}"} for i in range(12)],
+    "sharegpt": [{"conversations": [{"from": "human", "value": f"Q{i}?"}, {"from": "gpt", "value": f"A{i}"}]}
+                 for i in range(12)],
+    "messages": [{"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}"}]}
+                 for i in range(12)],
+    "prompt_completion": [{"prompt": f"Q{i}?", "completion": f"A{i}"} for i in range(12)],
+}
+
+
+def _write(rows, path):
+    import datasets
+
+    ds = datasets.Dataset.from_list(rows)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif path.suffix == ".csv":
+        ds.to_csv(str(path))
+    elif path.suffix == ".parquet":
+        ds.to_parquet(str(path))
+    else:
+        ds.save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.parametrize("fmt", list(ROWS))
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", "saved"])
+def test_user_formats_load_with_a_carved_test_split(fmt, suffix, tmp_path, caplog):
+    path = _write(ROWS[fmt], tmp_path / f"data{suffix if suffix != 'saved' else ''}")
+    splits = load_splits(DataConfig(source=str(path), test_fraction=0.25), ModelConfig(), seed=1)
+    assert len(splits["test"]) == 3 and len(splits["validation"]) >= 1
+    assert sum(len(s) for s in splits.values()) == 12
+    for rec in splits["train"]:
+        assert rec["messages"][0]["role"] == "system" and rec["messages"][-1]["role"] == "assistant"
+    assert "carved" in caplog.text
+    again = load_splits(DataConfig(source=str(path), test_fraction=0.25), ModelConfig(), seed=1)
+    assert [r["id"] for r in again["test"]] == [r["id"] for r in splits["test"]]
+
+
+def test_csv_alpaca_loads(tmp_path):
+    path = _write(ROWS["alpaca"], tmp_path / "d.csv")
+    splits = load_splits(DataConfig(source=str(path)), ModelConfig(), seed=0)
+    assert splits["train"][0]["messages"][-1]["content"].startswith("Team")
+
+
+def test_user_data_trains_through_setup(tiny_model_dir, tmp_path):
+    from conftest import tiny_config
+    from nbatune.compare import Comparison
+
+    path = _write(ROWS["alpaca"] * 3, tmp_path / "d.jsonl")
+    cfg = tiny_config(tiny_model_dir, tmp_path, **{"data.source": str(path), "train.max_steps": 2,
+                                                   "methods": ["lora"], "evaluate_base": False})
+    res = Comparison(cfg).execute()
+    assert res["lora"]["status"] == "ok", res["lora"]["error"]
+    assert res["dataset"]["sizes"]["test"] == 4
+
+
+@pytest.mark.parametrize("rows,needle", [
+    ([{"question": "q", "reply": "a"}], "cannot tell the format from the columns ['question', 'reply']"),
+    ([{"instruction": "q", "output": ""}] * 4, "row 0: column 'output' is empty"),
+    ([{"conversations": [{"from": "alien", "value": "x"}]}] * 4, "unknown ShareGPT speaker 'alien'"),
+    ([{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}] * 4,
+     "must end with an assistant turn"),
+])
+def test_bad_user_rows_name_the_problem(rows, needle, tmp_path):
+    path = _write(rows, tmp_path / "bad.jsonl")
+    with pytest.raises(DataError, match=re.escape(needle)):
+        load_splits(DataConfig(source=str(path)), ModelConfig(), seed=0)
+
+
+def test_missing_file_and_unknown_type_are_clear(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_splits(DataConfig(source=str(tmp_path / "nope.jsonl")), ModelConfig(), seed=0)
+    (tmp_path / "data.txt").write_text("x")
+    with pytest.raises(DataError, match="not a file type we read"):
+        load_splits(DataConfig(source=str(tmp_path / "data.txt")), ModelConfig(), seed=0)
+
+
+def test_empty_file_is_an_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_splits(DataConfig(source=str(tmp_path / "empty.jsonl")), ModelConfig(), seed=0)
+
+
+def test_forced_format_must_fit_the_columns(tmp_path):
+    path = _write(ROWS["alpaca"], tmp_path / "d.jsonl")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['messages'\]"):
+        load_splits(DataConfig(source=str(path), format="messages"), ModelConfig(), seed=0)
+
+
+def test_overlong_examples_are_counted_and_truncated_or_dropped(tiny_model_dir):
+    from nbatune.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir), ModelConfig())
+    recs = load_splits(DataConfig(train_size=40, val_size=4, test_size=4), ModelConfig(), 0)["train"]
+    full, _ = tokenize_records(recs, tok, 10_000, "truncate", "train")
+    lengths = sorted(r["length"] for r in full)
+    cut = lengths[len(lengths) // 2]  # half the examples are longer than this
+    longer = sum(n > cut for n in lengths)
+    rows, stats = tokenize_records(recs, tok, cut, "truncate", "train")
+    assert 0 < stats.truncated + stats.dropped == longer and all(len(r["input_ids"]) <= cut for r in rows)
+    rows, stats = tokenize_records(recs, tok, cut, "drop", "train")
+    assert stats.dropped == longer and stats.kept == len(rows) == len(recs) - longer
+
+
+def test_everything_dropped_gives_a_counted_error(tiny_model_dir):
+    from nbatune.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir), ModelConfig())
+    recs = load_splits(DataConfig(train_size=10, val_size=2, test_size=2), ModelConfig(), 0)["train"]
+    with pytest.raises(DataError, match=r"train dataset is empty after preprocessing \(10 dropped: "):
+        tokenize_records(recs, tok, 16, "drop", "train")
+
+
+def test_missing_chat_template_falls_back_to_chatml(tmp_path, caplog):
+    from conftest import tiny_tokenizer
+    from nbatune.modeling import load_tokenizer
+
+    tiny_tokenizer(chat_template=None).save_pretrained(tmp_path)
+    tok = load_tokenizer(str(tmp_path), ModelConfig())
+    assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                                               add_generation_prompt=True)
+    assert "no chat template" in caplog.text

