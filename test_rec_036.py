@@ -184,6 +184,27 @@ def test_prompt_tokens_are_excluded_from_the_loss(tiny_model_dir, tmp_path):
     torch.testing.assert_close(loss_a, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_packed_batches_give_the_same_loss_and_gradients_as_padded(tiny_model_dir, tmp_path):
+    from nbatune.data.tokenize import PackedCollator
+
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, "full")
+    batch = rows[:12]
+    packed = PackedCollator(tok.pad_token_id, row_tokens=96)(batch)
+    assert packed["input_ids"].shape[0] < len(batch)  # several examples share a row
+    assert int(packed["real_tokens"]) == sum(len(r["input_ids"]) for r in batch)
+    padded = PadCollator(tok.pad_token_id)(batch)
+    grads = []
+    for inputs in (padded, {k: v for k, v in packed.items() if k != "real_tokens"}):
+        model.zero_grad()
+        loss, n = answer_only_loss(model, inputs)
+        loss.backward()
+        grads.append((loss.detach(), n, model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (la, na, ga), (lb, nb, gb) = grads
+    assert na == nb
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
 def test_final_eos_is_a_label_even_though_pad_equals_eos(tiny_model_dir, tmp_path):
     cfg, tok, rows, _ = _parts(tiny_model_dir, tmp_path, "full")
     assert tok.pad_token_id == tok.eos_token_id

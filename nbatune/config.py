@@ -90,7 +90,10 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = _f(
         "auto", "auto: bf16 on CUDA when supported (else fp16), bf16 autocast on CPUs with native bf16, else fp32.")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: CUDA when available, else CPU.")
-    group_by_length: bool = _f(True, "Batch examples of similar length together so little compute goes to padding.")
+    batching: Literal["packed", "grouped", "padded"] = _f(
+        "packed", "packed: random batches packed padding-free (examples never attend to each other); grouped: "
+                  "batches of similar length (little padding, but batches of one task); padded: random, padded.")
+    pack_row_tokens: int = _f(256, "packed: tokens per packed row (attention cost grows with it).")
     logging_steps: int = _f(5, "Log the training loss every this many steps (also the NaN check interval).")
     save_steps: int = _f(0, "Checkpoint every this many steps (0: only the final model).")
     report_to: list[str] = _f([], "Extra loggers, as in transformers: 'tensorboard', 'wandb'.")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import TrainConfig
-from .data.tokenize import IGNORE, PadCollator
+from .data.tokenize import IGNORE, PackedCollator, PadCollator
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
     labels = inputs["labels"]
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)  # position t predicts token t+1
     keep = (targets != IGNORE).any(0).nonzero().squeeze(1)
-    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+    # padded batches carry an attention mask; packed ones carry position_ids (and must not carry a mask)
+    extra = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+    out = model(input_ids=inputs["input_ids"], logits_to_keep=keep, **extra)
     logits = out.logits.float()
     targets = targets[:, keep]
     n = (targets != IGNORE).sum()
@@ -47,8 +49,9 @@ class AnswerOnlyTrainer(Trainer):
         self.real_tokens = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        real = inputs.pop("real_tokens", None)
         loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
-        self.real_tokens += int(inputs["attention_mask"].sum())
+        self.real_tokens += int(real if real is not None else inputs["attention_mask"].sum())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}; "
                                      "lower the learning rate or check the data")
@@ -96,7 +99,7 @@ def training_arguments(method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path
         report_to=cfg.report_to or "none",
         seed=seed,
         data_seed=seed,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if cfg.batching == "grouped" else "random",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -113,9 +116,10 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     import datasets
 
     args = training_arguments(method, cfg, rt, out_dir, seed)
+    collator = (PackedCollator(tokenizer.pad_token_id, cfg.pack_row_tokens) if cfg.batching == "packed"
+                else PadCollator(tokenizer.pad_token_id, 8 if rt.device == "cuda" else None))
     trainer = AnswerOnlyTrainer(
-        model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
-        data_collator=PadCollator(tokenizer.pad_token_id, 8 if rt.device == "cuda" else None),
+        model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows), data_collator=collator,
         callbacks=[_FailOnNonFiniteLog()],
     )
     result = trainer.train()

@@ -107,3 +107,28 @@ def test_results_json_is_written_atomically(tmp_path, monkeypatch):
         write_json_atomic(path, {"v": 2})
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs_end_to_end(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    root = Path(__file__).parent.parent
+    monkeypatch.setenv("NBATUNE_QUICKSTART_OVERRIDES", f"output_dir={tmp_path} train.max_steps=3 train.batch_size=4 "
+                                                        "eval.max_test_examples=8 data.val_size=8 eval.max_new_tokens=12")
+    nb = nbformat.read(root / "examples" / "quickstart.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
+                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "QLoRA (4-bit)" in outputs and "lora:" in outputs
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_training_metrics_reach_tensorboard_when_asked(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = tiny_config(tiny_model_dir, tmp_path, methods=["lora"], evaluate_base=False,
+                      **{"train.report_to": ["tensorboard"], "train.max_steps": 2})
+    res = Comparison(cfg).execute()
+    assert res["lora"]["status"] == "ok", res["lora"]["error"]
+    events = list(Path(res["run_dir"]).rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0

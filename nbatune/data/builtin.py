@@ -50,7 +50,7 @@ class Example:
 
 def _fact_items() -> dict[str, list[dict]]:
     items: dict[str, list[dict]] = {"champion": [], "finals_opponent": [], "finals_result": [],
-                                    "finals_mvp": [], "mvp": []}
+                                    "finals_mvp": [], "mvp": [], "season_summary": []}
     for y, (champ, opp, res) in CHAMPIONS.items():
         f = {"Y": y, "S": season_label(y), "L": league(y), "C": champ, "O": opp}
         items["champion"].append({**f, "answer": champ, "type": "name"})
@@ -60,10 +60,26 @@ def _fact_items() -> dict[str, list[dict]]:
         items["finals_mvp"].append({"Y": y, "S": season_label(y), "L": "NBA", "answer": name, "type": "name"})
     for y, name in MVPS.items():
         items["mvp"].append({"Y": y, "S": season_label(y), "L": "NBA", "answer": name, "type": "name"})
+    for y, (champ, opp, res) in CHAMPIONS.items():
+        parts = [f"Champion: {champ}", f"Finals: beat the {opp} {res}"]
+        parts += [f"Finals MVP: {FINALS_MVPS[y]}"] if y in FINALS_MVPS else []
+        parts += [f"MVP: {MVPS[y]}"] if y in MVPS else []
+        items["season_summary"].append({"Y": y, "S": season_label(y), "L": league(y), "answer": champ, "type": "name",
+                                        "output": ". ".join(parts) + "."})
     return items
 
 
+# Season summaries are training-only: one example teaches up to five facts (about 4x fewer tokens per
+# fact than single questions), and the test still asks single facts with held-out phrasings.
+TRAIN_ONLY = {"season_summary"}
+
 FACT_PHRASINGS: dict[str, list[str]] = {
+    "season_summary": [
+        "Summarize the {Y} {L} season: champion, Finals result and MVPs.",
+        "Give the key facts of the {S} {L} season.",
+        "Recap the {Y} {L} title race and awards.",
+        "What happened in the {S} {L} season?",
+    ],
     "champion": [
         "Which team won the {Y} {L} championship?",
         "Who won the {L} title in the {S} season?",
@@ -267,11 +283,15 @@ def _history(rng: random.Random, split: str, n: int, used: set[str]) -> list[Exa
     items = _fact_items()
     pairs = []
     for cat, facts in items.items():
-        train_ph, held_ph = _split_phrasings(FACT_PHRASINGS[cat])
+        if split != "train" and cat in TRAIN_ONLY:
+            continue
+        train_ph, held_ph = (FACT_PHRASINGS[cat], []) if cat in TRAIN_ONLY else _split_phrasings(FACT_PHRASINGS[cat])
         for f in facts:
-            for ph in (train_ph if split == "train" else held_ph):
-                pairs.append((cat, f, ph))
-    rng.shuffle(pairs)
+            phs = list(train_ph if split == "train" else held_ph)
+            rng.shuffle(phs)
+            # rank 0 comes first: when n is smaller than all pairs, every fact is still asked once
+            pairs += [(rank, rng.random(), cat, f, ph) for rank, ph in enumerate(phs)]
+    pairs = [p[2:] for p in sorted(pairs, key=lambda p: p[:2])]
     if split != "train":
         # one question per fact and split, so validation and test never ask the same fact the same way
         pairs = [p for p in pairs if f"{p[0]}:{p[1]['Y']}" not in used]
@@ -281,7 +301,8 @@ def _history(rng: random.Random, split: str, n: int, used: set[str]) -> list[Exa
         if split != "train" and fact_key in seen_facts:
             continue
         seen_facts.add(fact_key)
-        out.append(Example("", cat, ph.format(**f), "", f["answer"], f["answer"], f["type"], 0.0, fact_key))
+        out.append(Example("", cat, ph.format(**f), "", f.get("output", f["answer"]), f["answer"], f["type"], 0.0,
+                           fact_key))
         if len(out) == n:
             break
     used.update(seen_facts if split != "train" else ())
