@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set train.max_steps=20 (repeatable)")
     r.add_argument("--methods", default=None, help="comma-separated subset, e.g. lora,qlora")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run named by --set run_name=... (finished methods are kept)")
 
     rep = sub.add_parser("report", help="rebuild report.md/html and plots from a run's results.json")
     rep.add_argument("run_dir")
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from .data.loading import DataError
         from .modeling import ModelLoadError
 
-        if isinstance(e, (ConfigError, DataError, ModelLoadError, FileNotFoundError, FileExistsError)):
+        from .training import CheckpointError
+
+        if isinstance(e, (ConfigError, DataError, ModelLoadError, CheckpointError, FileNotFoundError, FileExistsError,
+                          ValueError)):
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise
@@ -62,8 +67,12 @@ def _run(args) -> int:
     from .report import table
 
     cmp = Comparison(args.config, args.overrides)
-    cmp.setup()
-    res = cmp.execute(args.methods.split(",") if args.methods else None)
+    cmp.setup(resume=args.resume)
+    try:
+        res = cmp.execute(args.methods.split(",") if args.methods else None, resume=args.resume)
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted: {e or 'checkpoint and results.json saved'}", file=sys.stderr)
+        return 130
     if res.get("status") == "disabled":
         print(res["message"])
         return 0

@@ -4,7 +4,9 @@ reason; the others still run, and ``results.json`` is rewritten atomically after
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import traceback
 from datetime import datetime
@@ -20,7 +22,11 @@ from .measure import PeakMemory, dir_size, free_memory, weights_bytes
 from .modeling import check_bitsandbytes, count_parameters, load_model, load_tokenizer, resolve_model_path
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
 from .runtime import resolve
-from .training import train
+from .training import latest_checkpoint, train
+
+# Fields that may change between an interrupted run and its resumption without changing what is trained.
+RESUME_HARMLESS = ("enabled", "methods", "evaluate_base", "output_dir", "run_name", "eval.", "train.report_to",
+                   "train.logging_steps", "train.save_steps")
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +44,24 @@ class Comparison:
 
     def __init__(self, config=None, overrides: list[str] | None = None):
         self.cfg: RunConfig = load_config(config, overrides)
+        # Under torchrun / accelerate launch every process trains (data-parallel); only rank 0
+        # evaluates, saves and writes results.
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.run_dir: Path | None = None
         self.results: dict = {}
         self._ready = False
 
     # ---- setup ------------------------------------------------------------------------------
-    def setup(self) -> "Comparison":
+    def setup(self, resume: bool = False) -> "Comparison":
         """Resolve device and precision, load and tokenize the data, resolve the base model and
         tokenizer, and create the run directory. Data and environment errors surface here, before
-        any model weights are loaded."""
+        any model weights are loaded.
+
+        Args:
+            resume: reuse the existing folder ``output_dir/run_name`` of an interrupted run; its saved
+                config must match this one on every field that changes what is trained.
+        """
         from transformers import set_seed
 
         cfg = self.cfg
@@ -71,31 +86,67 @@ class Comparison:
             "validation_tokenization": val_stats.to_dict(),
             "train_tokens_per_epoch": sum(r["length"] for r in self.train_rows),
         }
-        self.run_dir = self._make_run_dir()
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.run_dir = self._make_run_dir(resume)
+        if self.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self._ready = True
+        self._resume = resume
         return self
 
-    def _make_run_dir(self) -> Path:
+    def _make_run_dir(self, resume: bool) -> Path:
         root = Path(self.cfg.output_dir)
+        if resume:
+            if not self.cfg.run_name:
+                raise ValueError("resume needs run_name: the folder of the interrupted run under output_dir")
+            path = root / self.cfg.run_name
+            if not (path / "config.yaml").is_file():
+                raise FileNotFoundError(f"resume: no interrupted run in {path} (no config.yaml there)")
+            self._check_resumable(yaml.safe_load((path / "config.yaml").read_text()))
+            return path
+        if self.world_size > 1 and not self.cfg.run_name:
+            raise ValueError("run_name is required when several processes are launched, so that they share one "
+                             "output folder (e.g. --set run_name=ddp-lora)")
         name = self.cfg.run_name or f"{self.cfg.mode}-{datetime.now():%Y%m%d-%H%M%S}"
         path = root / name
         try:
-            path.mkdir(parents=True, exist_ok=False)
+            path.mkdir(parents=True, exist_ok=self.world_size > 1)
         except FileExistsError:
             raise FileExistsError(f"output directory {path} already exists; choose another run_name or remove it") from None
         except OSError as e:
             raise OSError(f"output_dir: cannot create {path} ({e.strerror}); choose a writable output_dir") from e
         return path
 
+    def _check_resumable(self, saved: dict) -> None:
+        def flat(d, prefix=""):
+            out = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k not in (
+                    "learning_rate", "optimizer", "gradient_checkpointing") else {f"{prefix}{k}": v})
+            return out
+
+        now, before = flat(self.cfg.to_dict()), flat(saved)
+        diffs = [f"{k}: saved {before.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(now) | set(before))
+                 if now.get(k) != before.get(k) and not k.startswith(RESUME_HARMLESS)]
+        if diffs:
+            raise ValueError("cannot resume: the config changed what is trained:\n  - " + "\n  - ".join(diffs))
+
     # ---- execute ----------------------------------------------------------------------------
-    def execute(self, methods: list[str] | None = None) -> dict:
+    def execute(self, methods: list[str] | None = None, resume: bool = False) -> dict:
         """Evaluate the base model, then run each technique; return the comparison dict (also
-        written to ``<run_dir>/results.json``)."""
+        written to ``<run_dir>/results.json``).
+
+        Args:
+            methods: a subset of ``full``, ``lora``, ``qlora``. Default: ``config.methods``.
+            resume: continue the interrupted run ``output_dir/run_name``: methods that finished are kept,
+                an interrupted one continues from its last checkpoint, the rest run.
+
+        Raises:
+            KeyboardInterrupt: after the current method saved a checkpoint and results.json was written.
+        """
         if not self.cfg.enabled:
             return {"status": "disabled", "message": "config.enabled is false: nothing was run"}
         if not self._ready:
-            self.setup()
+            self.setup(resume=resume)
         methods = list(methods or self.cfg.methods)
         bad = [m for m in methods if m not in ("full", "lora", "qlora")]
         if bad:
@@ -106,12 +157,25 @@ class Comparison:
                         "model_path": self.model_path,
                         "test_questions": [{"question": r["messages"][-2]["content"], "answer": r["answer"],
                                             "category": r["category"]} for r in self.test_records]}
-        order = (["base"] if self.cfg.evaluate_base else []) + methods
+        previous = {}
+        if resume and (self.run_dir / "results.json").is_file():
+            previous = json.loads((self.run_dir / "results.json").read_text())
+        order = (["base"] if self.cfg.evaluate_base and self.is_main else []) + methods
         for m in order:
+            if previous.get(m, {}).get("status") == Status.OK.value:
+                log.info("=== %s: finished in the interrupted run, kept ===", m)
+                self.results[m] = previous[m]
+                continue
             log.info("=== %s ===", m)
-            self.results[m] = self._run_method(m).to_dict()
+            res = self._run_method(m, resume=resume)
+            self.results[m] = res.to_dict()
             self._write()
+            if res.status == Status.INTERRUPTED:
+                raise KeyboardInterrupt(f"interrupted during {m}; resume with execute(resume=True) and "
+                                        f"run_name={self.run_dir.name!r}")
         self.results["total_seconds"] = time.perf_counter() - t0
+        if not self.is_main:
+            return self.results
         self.results["comparison"] = report.comparison(self.results)
         self._write()
         self.results["report"] = report.write_all(self.results, self.run_dir)
@@ -119,9 +183,10 @@ class Comparison:
         return self.results
 
     def _write(self):
-        write_json_atomic(self.run_dir / "results.json", self.results)
+        if self.is_main:
+            write_json_atomic(self.run_dir / "results.json", self.results)
 
-    def _run_method(self, method: str) -> MethodResult:
+    def _run_method(self, method: str, resume: bool = False) -> MethodResult:
         res = MethodResult(method=method)
         model = None
         try:
@@ -132,8 +197,9 @@ class Comparison:
                 res.trainable_params, res.total_params = count_parameters(model)
                 res.weights_bytes = weights_bytes(model)
                 if method != "base":
-                    out = train(model, self.tokenizer, self.train_rows, method, self.cfg.train, self.rt,
-                                self.run_dir / method / "checkpoints", self.cfg.seed)
+                    ckpt_dir = self.run_dir / method / "checkpoints"
+                    out = train(model, self.tokenizer, self.train_rows, method, self.cfg.train, self.rt, ckpt_dir,
+                                self.cfg.seed, resume=resume and latest_checkpoint(ckpt_dir) is not None)
                     res.loss_curve, res.final_train_loss, res.steps = out.loss_curve, out.final_loss, out.steps
                     res.train_seconds, res.train_tokens = out.seconds, out.real_tokens
                     res.tokens_per_second = out.tokens_per_second
@@ -141,6 +207,8 @@ class Comparison:
                 res.trainable_params = 0
             res.trainable_pct = 100 * res.trainable_params / res.total_params if res.total_params else 0.0
             res.peak_memory_bytes = mem.peak_bytes
+            if not self.is_main:
+                return res
             if method == "base":
                 res.saved_path = self.model_path
             else:
@@ -153,7 +221,7 @@ class Comparison:
             res.per_category, res.predictions, res.correct = ev["per_category"], ev["predictions"], ev["correct"]
             res.eval_seconds = ev["eval_seconds"]
         except KeyboardInterrupt:
-            raise
+            res.status, res.error = Status.INTERRUPTED, "interrupted (Ctrl-C); a checkpoint was saved if a step finished"
         except Exception as e:  # one technique failing must not lose the others
             log.error("%s failed: %s", method, e)
             res.status, res.error = Status.FAILED, f"{type(e).__name__}: {e}"

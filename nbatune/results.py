@@ -16,7 +16,7 @@ SCHEMA_VERSION = 1
 class Status(str, Enum):
     OK = "ok"
     FAILED = "failed"
-    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass

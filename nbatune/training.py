@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,13 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the step."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or unreadable; the message names it and what to do."""
+
+
+STAGING_PREFIX = ".staging-"
 
 
 def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None):
@@ -56,6 +65,25 @@ class AnswerOnlyTrainer(Trainer):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}; "
                                      "lower the learning rate or check the data")
         return (loss, None) if return_outputs else loss
+
+    def _save_checkpoint(self, model, trial):
+        """Write the checkpoint into a hidden staging folder, then rename it into place: a crash while
+        writing leaves the previous checkpoint as the latest complete one, never a half-written folder."""
+        root = self.args.output_dir
+        staging = os.path.join(root, f"{STAGING_PREFIX}{self.state.global_step}")
+        shutil.rmtree(staging, ignore_errors=True)
+        self.args.output_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            self.args.output_dir = root
+        name = f"checkpoint-{self.state.global_step}"
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        os.replace(os.path.join(staging, name), os.path.join(root, name))
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 class _FailOnNonFiniteLog(TrainerCallback):
@@ -106,12 +134,25 @@ def training_arguments(method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path
     )
 
 
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``out_dir`` (staging folders never count)."""
+    out = Path(out_dir)
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+
+
 def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path,
-          seed: int) -> TrainOutcome:
+          seed: int, resume: bool = False) -> TrainOutcome:
     """Train ``model`` in place for ``cfg.max_steps`` optimizer steps.
+
+    Args:
+        resume: continue from the latest complete checkpoint in ``out_dir`` (optimizer, scheduler, RNG
+            and data position included).
 
     Raises:
         NonFiniteLossError: the loss became NaN or inf.
+        CheckpointError: ``resume`` with no checkpoint in ``out_dir``, or an unreadable one.
+        KeyboardInterrupt: after saving a checkpoint of the step reached.
     """
     import datasets
 
@@ -122,7 +163,28 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
         model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows), data_collator=collator,
         callbacks=[_FailOnNonFiniteLog()],
     )
-    result = trainer.train()
+    ckpt = None
+    if resume:
+        ckpt = latest_checkpoint(out_dir)
+        if ckpt is None:
+            raise CheckpointError(f"resume asked for, but there is no complete checkpoint in {out_dir}")
+    for stale in Path(out_dir).glob(f"{STAGING_PREFIX}*"):  # left by a crash mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except KeyboardInterrupt:
+        if trainer.state.global_step > 0:
+            trainer._save_checkpoint(trainer.model, None)
+            log.warning("interrupted: saved checkpoint-%d in %s", trainer.state.global_step, out_dir)
+        raise
+    except Exception as e:
+        if ckpt is not None and trainer.state.global_step <= int(ckpt.name.split("-")[1]):
+            earlier = sorted((p.name for p in Path(out_dir).glob("checkpoint-*") if p != ckpt),
+                             key=lambda n: int(n.split("-")[1]))
+            hint = f"remove it to resume from {earlier[-1]}" if earlier else "remove it to start this method over"
+            raise CheckpointError(f"checkpoint {ckpt} could not be loaded ({type(e).__name__}: "
+                                  f"{str(e)[:200]}); {hint}") from e
+        raise
     curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     return TrainOutcome(loss_curve=curve, final_loss=curve[-1][1] if curve else result.training_loss,
                         steps=trainer.state.global_step, seconds=result.metrics["train_runtime"],

@@ -1,0 +1,213 @@
+"""Faults: a killed process, a corrupt checkpoint, a changed config, Ctrl-C, malicious pickles."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from nbatune.compare import Comparison
+from nbatune.training import CheckpointError, latest_checkpoint
+
+ROOT = Path(__file__).parent.parent
+
+
+def _cfg(model_dir, tmp_path, **over):
+    base = {"methods": ["lora"], "evaluate_base": False, "run_name": "r", "train.max_steps": 8,
+            "train.save_steps": 2, "train.lr_scheduler": "linear"}
+    return tiny_config(model_dir, tmp_path, **{**base, **over})
+
+
+def _slow_child(cfg: dict, delay: float) -> subprocess.Popen:
+    """Run the comparison in a separate process, each training step slowed down so it can be killed mid-run."""
+    code = textwrap.dedent(f"""
+        import json, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from nbatune.training import AnswerOnlyTrainer
+        step = AnswerOnlyTrainer.training_step
+        def slow(self, *a, **k):
+            time.sleep({delay})
+            return step(self, *a, **k)
+        AnswerOnlyTrainer.training_step = slow
+        from nbatune.compare import Comparison
+        Comparison(json.loads({json.dumps(json.dumps(cfg))})).execute()
+    """)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _final_adapter(res) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(res["lora"]["saved_path"]) / "adapter_model.safetensors"))
+
+
+def test_a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tiny_model_dir, tmp_path):
+    straight = Comparison(_cfg(tiny_model_dir, tmp_path / "a")).execute()
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "b")
+    proc = _slow_child(cfg, delay=0.4)
+    ckpt_dir = Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt_dir / "checkpoint-4").is_dir():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # a real kill, mid-run: no handler runs
+    proc.wait()
+    assert (ckpt_dir / "checkpoint-4").is_dir(), proc.stderr.read().decode()[-2000:]
+    assert not (ckpt_dir / "checkpoint-8").exists()
+
+    resumed = Comparison(cfg).execute(resume=True)
+    assert resumed["lora"]["status"] == "ok"
+    steps = [s for s, _ in resumed["lora"]["loss_curve"]]
+    assert steps == list(range(1, 9))
+    losses = [[loss for _, loss in r["lora"]["loss_curve"]] for r in (straight, resumed)]
+    assert losses[1][4:] == pytest.approx(losses[0][4:], abs=1e-5)  # steps 5-8 ran after the kill
+    a, b = _final_adapter(straight), _final_adapter(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_skips_methods_that_already_finished(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tmp_path, methods=["lora", "qlora"], **{"train.save_steps": 0, "train.max_steps": 2})
+    first = Comparison({**cfg, "methods": ["lora"]}).execute()
+    again = Comparison(cfg).execute(resume=True)
+    assert again["lora"]["train_seconds"] == first["lora"]["train_seconds"]  # kept, not retrained
+    assert again["qlora"]["status"] == "ok"
+
+
+def test_resume_refuses_a_config_that_changes_what_is_trained(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tmp_path, **{"train.max_steps": 2, "train.save_steps": 0})
+    Comparison(cfg).execute()
+    changed = {**cfg, "lora": {"r": 8}, "seed": 7}
+    with pytest.raises(ValueError) as e:
+        Comparison(changed).execute(resume=True)
+    assert "lora.r: saved 16, now 8" in str(e.value) and "seed: saved 0, now 7" in str(e.value)
+    Comparison({**cfg, "eval": {"max_new_tokens": 4}}).setup(resume=True)  # harmless fields are fine
+
+
+def test_resume_without_a_checkpoint_names_the_folder(tiny_model_dir, tmp_path):
+    from nbatune.training import train
+
+    cmp = Comparison(_cfg(tiny_model_dir, tmp_path)).setup()
+    from nbatune.modeling import load_model
+
+    model = load_model(cmp.model_path, "lora", cmp.cfg.model, cmp.rt, cmp.cfg.lora, cmp.cfg.quant, 0)
+    with pytest.raises(CheckpointError, match=f"no complete checkpoint in {tmp_path}"):
+        train(model, cmp.tokenizer, cmp.train_rows, "lora", cmp.cfg.train, cmp.rt, tmp_path / "nothing", 0,
+              resume=True)
+
+
+def test_resume_with_no_interrupted_run_is_clear(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no interrupted run in"):
+        Comparison(_cfg(tiny_model_dir, tmp_path, run_name="never")).setup(resume=True)
+
+
+def test_a_truncated_checkpoint_is_named_and_an_earlier_one_suggested(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tmp_path)
+    proc = _slow_child(cfg, delay=0.4)
+    ckpt_dir = Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt_dir / "checkpoint-4").is_dir():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    weights = ckpt_dir / "checkpoint-4" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    res = Comparison(cfg).execute(resume=True)
+    assert res["lora"]["status"] == "failed"
+    assert "checkpoint-4" in res["lora"]["error"] and "resume from checkpoint-2" in res["lora"]["error"]
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    calls = {"n": 0}
+    real = Trainer._save_rng_state
+
+    def failing(self, output_dir):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint fails half-way through
+            raise OSError(28, "No space left on device")
+        return real(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", failing)
+    res = Comparison(_cfg(tiny_model_dir, tmp_path)).execute()
+    assert res["lora"]["status"] == "failed" and "No space left" in res["lora"]["error"]
+    ckpt_dir = Path(res["run_dir"]) / "lora" / "checkpoints"
+    assert latest_checkpoint(ckpt_dir).name == "checkpoint-2"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["checkpoint-2"]  # no half-written folder left
+
+
+def test_ctrl_c_saves_a_checkpoint_and_partial_results_then_resumes(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tmp_path, methods=["lora", "qlora"], **{"train.save_steps": 0})
+    proc = _slow_child(cfg, delay=0.4)
+    run = Path(cfg["output_dir"]) / "r"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "results.json").is_file():
+        time.sleep(0.05)
+    time.sleep(1.5)  # a few steps into the second method
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["lora"]["status"] == "ok" and saved["qlora"]["status"] == "interrupted"
+    assert latest_checkpoint(run / "qlora" / "checkpoints") is not None
+    res = Comparison(cfg).execute(resume=True)
+    assert res["qlora"]["status"] == "ok" and [s for s, _ in res["qlora"]["loss_curve"]][-1] == 8
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('EVIL_SENTINEL', '/tmp/nbatune-evil')}",))
+
+
+def test_a_malicious_pickle_in_a_checkpoint_never_runs(tiny_model_dir, tmp_path, monkeypatch):
+    sentinel = tmp_path / "pwned"
+    monkeypatch.setenv("EVIL_SENTINEL", str(sentinel))
+    cfg = _cfg(tiny_model_dir, tmp_path, **{"train.max_steps": 4})
+    Comparison(cfg).execute()
+    ckpt = Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints" / "checkpoint-2"
+    for name in ("rng_state.pth", "optimizer.pt"):
+        import pickle
+
+        (ckpt / name).write_bytes(pickle.dumps(_Evil()))
+    (Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints" / "checkpoint-4").rename(tmp_path / "moved")
+    results = Path(cfg["output_dir"]) / "r" / "results.json"
+    saved = json.loads(results.read_text())
+    saved["lora"]["status"] = "interrupted"  # so that resume must load the poisoned checkpoint
+    results.write_text(json.dumps(saved))
+    res = Comparison(cfg).execute(resume=True)
+    assert not sentinel.exists()
+    assert res["lora"]["status"] == "failed" and "checkpoint-2" in res["lora"]["error"]
+
+
+def test_package_requires_a_torch_with_safe_loading():
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text()
+    major, minor = map(int, re.search(r'"torch>=(\d+)\.(\d+)"', text).groups())
+    assert (major, minor) >= (2, 6)  # weights_only=True by default from 2.6
+
+
+@pytest.mark.slow
+def test_two_processes_train_different_data_and_end_with_identical_adapters(tiny_model_dir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(ROOT / "tests" / "ddp_worker.py"), str(tiny_model_dir), str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert len(r0["seen"]) == len(r1["seen"]) == 12 and not set(r0["seen"]) & set(r1["seen"])
+    assert r0["adapter"].keys() == r1["adapter"].keys() and r0["adapter"]
+    for k in r0["adapter"]:
+        assert r0["adapter"][k] == pytest.approx(r1["adapter"][k], rel=1e-6, abs=1e-9)
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["lora"]["status"] == "ok"
