@@ -58,6 +58,18 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise), so that the next method's
+    RSS baseline does not contain memory it can silently reuse, which would hide part of its peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def dir_size(path: str | Path) -> int:

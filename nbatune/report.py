@@ -153,8 +153,13 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
         cs = [colors[m] for m in trained]
         for ax, key, title, scale in ((axes[0], "peak_memory_bytes", "Peak memory (MiB)", 2**20),
                                       (axes[1], "tokens_per_second", "Training tokens/s", 1),
-                                      (axes[2], "accuracy", "Test accuracy", 1)):
-            ax.bar(labels, [r[key] / scale for r in trained.values()], color=cs)
+                                      (axes[2], "accuracy", "Test accuracy (95% CI)", 1)):
+            values = [r[key] / scale for r in trained.values()]
+            err = None
+            if key == "accuracy":
+                err = [[v - r["accuracy_ci95"][0] for v, r in zip(values, trained.values())],
+                       [r["accuracy_ci95"][1] - v for v, r in zip(values, trained.values())]]
+            ax.bar(labels, values, color=cs, yerr=err, capsize=4)
             ax.set_title(title)
             ax.tick_params(axis="x", labelsize=8)
         paths["cost_bars"] = _save(fig, out_dir / "cost_bars.png")
