@@ -155,6 +155,33 @@ def test_lora_trainable_count_matches_closed_form(tiny_model_dir, tmp_path):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * per_layer
 
 
+@pytest.mark.parametrize("optimizer", ["adamw_8bit", "paged_adamw_8bit"])
+def test_8bit_optimizers_train_qlora_on_cpu(tiny_model_dir, tmp_path, optimizer):
+    over = {"train.optimizer": {"qlora": optimizer}, "train.max_steps": 2}
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, "qlora", **over)
+    out = train(model, tok, rows, "qlora", cfg.train, FP32, tmp_path / "ckpt", cfg.seed)
+    assert out.steps == 2 and all(math.isfinite(loss) for _, loss in out.loss_curve)
+
+
+@pytest.mark.parametrize("lora", [{"use_dora": True}, {"use_rslora": True}, {"init_lora_weights": "pissa"},
+                                  {"init_lora_weights": "gaussian", "r": 4, "alpha": 8}])
+def test_peft_lora_variants_pass_through_the_config(tiny_model_dir, tmp_path, lora):
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, "lora", lora=lora, **{"train.max_steps": 2})
+    peft_cfg = model.peft_config["default"]
+    for k, v in lora.items():
+        assert getattr(peft_cfg, {"alpha": "lora_alpha"}.get(k, k)) == v
+    out = train(model, tok, rows, "lora", cfg.train, FP32, tmp_path / "ckpt", cfg.seed)
+    assert out.steps == 2
+
+
+def test_same_config_and_seed_give_the_same_losses_and_accuracy(tiny_model_dir, tmp_path):
+    runs = [ImplementImplementFullFinetuningLoraAndQloraTechniques(
+        tiny_config(tiny_model_dir, tmp_path / str(i), methods=["lora"], evaluate_base=False)).execute() for i in (0, 1)]
+    assert runs[0]["lora"]["loss_curve"] == runs[1]["lora"]["loss_curve"]
+    assert runs[0]["lora"]["predictions"] == runs[1]["lora"]["predictions"]
+    assert runs[0]["fingerprint"] == runs[1]["fingerprint"]
+
+
 def test_loss_goes_down_on_a_repeated_batch(tiny_model_dir, tmp_path):
     cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, "full")
     batch = PadCollator(tok.pad_token_id)(rows[:8])
@@ -166,7 +193,7 @@ def test_loss_goes_down_on_a_repeated_batch(tiny_model_dir, tmp_path):
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    assert losses[-1] < 0.2 * losses[0]
+    assert losses[-1] < 0.3 * losses[0] and losses[-1] < min(losses[:5])
 
 
 def test_prompt_tokens_are_excluded_from_the_loss(tiny_model_dir, tmp_path):

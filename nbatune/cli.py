@@ -100,7 +100,8 @@ def _ask(args) -> int:
 
     rec = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": args.question},
                         {"role": "assistant", "content": ""}]}
-    print(generate_answers(model, tok, [rec], rt, args.max_new_tokens, 1, desc="thinking")[0])
+    answer = generate_answers(model, tok, [rec], rt, args.max_new_tokens, 1, desc="thinking")[0]
+    print(answer or "(the model gave an empty answer)")
     return 0
 
 

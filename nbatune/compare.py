@@ -4,6 +4,7 @@ reason; the others still run, and ``results.json`` is rewritten atomically after
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -153,6 +154,7 @@ class Comparison:
             raise ValueError(f"methods: {bad} are not techniques (allowed: full, lora, qlora)")
         t0 = time.perf_counter()
         self.results = {"schema_version": SCHEMA_VERSION, "run_dir": str(self.run_dir), "config": self.cfg.to_dict(),
+                        "fingerprint": self._fingerprint(),
                         "environment": environment(self.rt.describe()), "dataset": self.dataset_info,
                         "model_path": self.model_path,
                         "test_questions": [{"question": r["messages"][-2]["content"], "answer": r["answer"],
@@ -181,6 +183,14 @@ class Comparison:
         self.results["report"] = report.write_all(self.results, self.run_dir)
         self._write()
         return self.results
+
+    def _fingerprint(self) -> dict:
+        """What makes two runs comparable: the same config, data and seed on the same software."""
+        def digest(obj) -> str:
+            return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+        trained = {k: v for k, v in self.cfg.to_dict().items() if k not in ("output_dir", "run_name")}
+        return {"config_sha256": digest(trained), "data_sha256": digest(self.records), "seed": self.cfg.seed}
 
     def _write(self):
         if self.is_main:
@@ -237,6 +247,17 @@ class Comparison:
         model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
+
+    def compare(self, run_dir: str | Path | None = None) -> dict:
+        """Rebuild the comparison, report and plots from a saved run's results.json, without retraining.
+
+        Args:
+            run_dir: the run folder. Default: this object's last run.
+        """
+        target = run_dir or self.run_dir
+        if target is None:
+            raise ValueError("compare() needs a run_dir, or a finished execute() on this object")
+        return report.rebuild(target)
 
     def cleanup(self) -> None:
         free_memory()

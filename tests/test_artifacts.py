@@ -69,6 +69,36 @@ def test_report_rebuilds_from_saved_results_without_retraining(run):
         assert (run_dir / png).stat().st_size > 1000
 
 
+def test_compare_rebuilds_the_same_table_from_a_saved_run(run):
+    from nbatune.report import table
+
+    cmp, res = run
+    again = Comparison({"output_dir": "unused"}).compare(res["run_dir"])
+    assert table(again) == table(res)
+    assert again["comparison"]["recommendation"] == res["comparison"]["recommendation"]
+
+
+def test_cli_asks_a_saved_adapter_a_question(run, capsys):
+    from nbatune.cli import main
+
+    _, res = run
+    assert main(["ask", res["run_dir"], "Who won the 1998 NBA title?", "--method", "lora", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
+def test_cli_validate_exits_1_with_the_reason(tmp_path, capsys):
+    from nbatune.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "reply": "a"}) + "\n")
+    assert main(["dataset", "validate", str(bad)]) == 1
+    assert "cannot tell the format" in capsys.readouterr().err
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    assert main(["dataset", "validate", str(good)]) == 0
+    assert '"format": "alpaca"' in capsys.readouterr().out
+
+
 def test_two_runs_never_share_an_output_directory(run, tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path, run_name="same")
     Comparison(cfg).setup()

@@ -25,6 +25,14 @@ def test_default_build_meets_the_sizes(default_build):
             "definition_abbrev"} <= cats
 
 
+def test_size_knob_is_exact_and_explanations_are_training_only():
+    small = builtin.build(train_size=50, val_size=5, test_size=7)
+    assert [len(small[s]) for s in ("train", "validation", "test")] == [50, 5, 7]
+    full = builtin.build()
+    assert sum(e.category == "metric_caveat" for e in full["train"]) == len(builtin.CAVEATS) * 4
+    assert not any(e.category in ("metric_caveat", "season_summary") for e in full["test"])
+
+
 def test_build_is_byte_identical_for_the_same_seed(tmp_path):
     a, b = builtin.write(builtin.build(seed=3), tmp_path / "a"), builtin.write(builtin.build(seed=3), tmp_path / "b")
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "DATASET_CARD.md"):
@@ -173,11 +181,13 @@ def test_csv_alpaca_loads(tmp_path):
     assert splits["train"][0]["messages"][-1]["content"].startswith("Team")
 
 
-def test_user_data_trains_through_setup(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("fmt,suffix", [(f, ".jsonl") for f in ROWS] + [("alpaca", s) for s in (".json", ".csv",
+                                                                                                 ".parquet", "saved")])
+def test_user_data_trains_through_setup(tiny_model_dir, tmp_path, fmt, suffix):
     from conftest import tiny_config
     from nbatune.compare import Comparison
 
-    path = _write(ROWS["alpaca"] * 3, tmp_path / "d.jsonl")
+    path = _write(ROWS[fmt] * 3, tmp_path / f"d{suffix if suffix != 'saved' else ''}")
     cfg = tiny_config(tiny_model_dir, tmp_path, **{"data.source": str(path), "train.max_steps": 2,
                                                    "methods": ["lora"], "evaluate_base": False})
     res = Comparison(cfg).execute()

@@ -27,8 +27,9 @@ def _cfg(model_dir, tmp_path, **over):
     return tiny_config(model_dir, tmp_path, **{**base, **over})
 
 
-def _slow_child(cfg: dict, delay: float) -> subprocess.Popen:
-    """Run the comparison in a separate process, each training step slowed down so it can be killed mid-run."""
+def _slow_child(cfg: dict, delay: float, steps_file: Path | None = None) -> subprocess.Popen:
+    """Run the comparison in a separate process, each training step slowed down so it can be killed
+    mid-run; with ``steps_file``, one line is appended there after every finished step."""
     code = textwrap.dedent(f"""
         import json, sys, time
         sys.path.insert(0, {str(ROOT)!r})
@@ -36,7 +37,11 @@ def _slow_child(cfg: dict, delay: float) -> subprocess.Popen:
         step = AnswerOnlyTrainer.training_step
         def slow(self, *a, **k):
             time.sleep({delay})
-            return step(self, *a, **k)
+            out = step(self, *a, **k)
+            if {str(steps_file) if steps_file else ''!r}:
+                with open({str(steps_file)!r}, "a") as f:
+                    f.write("step\\n")
+            return out
         AnswerOnlyTrainer.training_step = slow
         from nbatune.compare import Comparison
         Comparison(json.loads({json.dumps(json.dumps(cfg))})).execute()
@@ -148,12 +153,13 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_model_di
 
 def test_ctrl_c_saves_a_checkpoint_and_partial_results_then_resumes(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path, methods=["lora", "qlora"], **{"train.save_steps": 0})
-    proc = _slow_child(cfg, delay=0.4)
+    steps = tmp_path / "steps.txt"
+    proc = _slow_child(cfg, delay=0.4, steps_file=steps)
     run = Path(cfg["output_dir"]) / "r"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "results.json").is_file():
+    deadline = time.time() + 180
+    # LoRA takes 8 steps; interrupt once QLoRA has finished two
+    while time.time() < deadline and (not steps.is_file() or len(steps.read_text().splitlines()) < 10):
         time.sleep(0.05)
-    time.sleep(1.5)  # a few steps into the second method
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) != 0
     saved = json.loads((run / "results.json").read_text())

@@ -243,6 +243,24 @@ METRICS: list[tuple[str, str, str, str]] = [
      "contribution above a replacement-level player"),
 ]
 
+# When a metric misleads: training-only explanations (free text has no single checkable answer).
+CAVEATS: dict[str, str] = {
+    "TS%": "It treats every free-throw trip as 0.44 possessions, so and-ones and technicals bend it, and it "
+           "says nothing about shot difficulty or volume.",
+    "eFG%": "It ignores free throws entirely, so it undersells players who live at the line.",
+    "GmSc": "Its weights are fixed guesses; it rewards volume scoring and barely sees defense.",
+    "ORtg": "It depends on the possession estimate and on teammates and pace of play, not only on the offense.",
+    "DRtg": "Box-score defense is mostly team defense; individual defensive ratings are very noisy.",
+    "NetRtg": "Over a few games it is dominated by garbage time, opponent strength and three-point luck.",
+    "AST/TO": "It favours low-usage passers; a primary creator with many turnovers can still be far more valuable.",
+    "W%": "Early in a season it swings on a handful of close games; point differential predicts better.",
+    "PythW": "It assumes close-game results are luck, so a team that is really good late in games beats it.",
+    "PER": "It rewards high-usage scoring, even inefficient scoring, and captures little defense.",
+    "Pace": "It reflects both teams; a fast opponent raises a slow team's pace.",
+}
+CAVEAT_PHRASINGS = ["When can {abbr} mislead?", "What is the main weakness of {abbr}?",
+                    "Why should analysts be careful with {abbr}?", "What does {abbr} get wrong?"]
+
 DEFINITION_PHRASINGS: dict[str, list[str]] = {
     "definition_abbrev": [
         "What does {abbr} stand for?", "Spell out the stat abbreviation {abbr}.",
@@ -342,6 +360,12 @@ def _definitions(rng: random.Random, split: str, n: int) -> list[Example]:
     return out
 
 
+def _caveats() -> list[Example]:
+    """Every metric caveat in every phrasing: training-only, scored nowhere, small (44 rows)."""
+    return [Example("", "metric_caveat", ph.format(abbr=abbr), "", text, text, "text", 0.0, f"caveat:{abbr}")
+            for abbr, text in CAVEATS.items() for ph in CAVEAT_PHRASINGS]
+
+
 def _compare(rng: random.Random, split: str, n: int, used_lines: set[str]) -> list[Example]:
     out = []
     train_ph, held_ph = _split_phrasings(COMPARE_PHRASINGS)
@@ -379,8 +403,12 @@ def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size:
     splits: dict[str, list[Example]] = {}
     for split, n in (("train", train_size), ("validation", val_size), ("test", test_size)):
         sizes = _family_sizes(n)
+        defs = _definitions(rng, split, sizes["definition"])
+        if split == "train":  # explanations replace up to half the definitions, so the size is kept
+            cav = _caveats()[: len(defs) // 2]
+            defs = defs[: len(defs) - len(cav)] + cav
         rows = (_history(rng, split, sizes["history"], used_facts) + _compute(rng, split, sizes["compute"], used_lines)
-                + _definitions(rng, split, sizes["definition"]) + _compare(rng, split, sizes["compare"], used_lines))
+                + defs + _compare(rng, split, sizes["compare"], used_lines))
         rng.shuffle(rows)
         for i, ex in enumerate(rows):
             ex.id = f"{split}-{i:05d}"
