@@ -25,6 +25,29 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the step."""
 
 
+class OutOfMemoryHint(RuntimeError):
+    """Out of memory, with the measured need and what to change."""
+
+
+def explain_oom(e: BaseException, cfg: TrainConfig, method: str) -> OutOfMemoryHint:
+    import torch
+
+    need = ""
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        need = (f" Peak allocated before failing: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of "
+                f"{total / 2**30:.1f} GiB.")
+    tips = [f"halve train.batch_size ({cfg.batch_size} -> {max(1, cfg.batch_size // 2)}) and double "
+            f"train.grad_accum ({cfg.grad_accum} -> {cfg.grad_accum * 2}) to keep the effective batch"]
+    if not cfg.gradient_checkpointing.get(method):
+        tips.append(f"set train.gradient_checkpointing.{method}: true (about 30% slower, far less activation memory)")
+    if method == "full":
+        tips.append("use lora or qlora, or train.optimizer.full: adamw_8bit (optimizer states 4x smaller)")
+    elif method == "lora":
+        tips.append("use qlora (a 4-bit base takes about a quarter of the weight memory)")
+    return OutOfMemoryHint(f"out of memory while training {method}.{need} Try: " + "; ".join(tips) + ".")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing or unreadable; the message names it and what to do."""
 
@@ -172,6 +195,8 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
         shutil.rmtree(stale, ignore_errors=True)
     try:
         result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except torch.OutOfMemoryError as e:
+        raise explain_oom(e, cfg, method) from e
     except KeyboardInterrupt:
         if trainer.state.global_step > 0:
             trainer._save_checkpoint(trainer.model, None)

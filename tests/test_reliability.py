@@ -217,3 +217,34 @@ def test_two_processes_train_different_data_and_end_with_identical_adapters(tiny
         assert r0["adapter"][k] == pytest.approx(r1["adapter"][k], rel=1e-6, abs=1e-9)
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["lora"]["status"] == "ok"
+
+
+def test_out_of_memory_names_the_need_and_the_fixes(tiny_model_dir, tmp_path, monkeypatch):
+    from nbatune.training import AnswerOnlyTrainer
+
+    def oom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(AnswerOnlyTrainer, "training_step", oom)
+    res = Comparison(_cfg(tiny_model_dir, tmp_path, methods=["lora", "full"], **{"train.save_steps": 0})).execute()
+    for m in ("lora", "full"):
+        err = res[m]["error"]
+        assert res[m]["status"] == "failed" and "out of memory while training" in err
+        assert "halve train.batch_size (8 -> 4) and double train.grad_accum (1 -> 2)" in err
+    assert "use qlora" in res["lora"]["error"] and "adamw_8bit" in res["full"]["error"]
+
+
+def test_an_unwritable_output_directory_is_named_before_training(tiny_model_dir, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions: make the parent a file instead
+            locked.chmod(0o700)
+            locked.rmdir()
+            locked.write_text("not a folder")
+        with pytest.raises(OSError, match="output_dir: cannot create"):
+            Comparison(tiny_config(tiny_model_dir, tmp_path, output_dir=str(locked / "runs"))).setup()
+    finally:
+        if locked.is_dir():
+            locked.chmod(0o700)
