@@ -96,7 +96,7 @@ def category_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def samples(results: dict, records_answers: list[str] | None = None, k: int = 6) -> str:
+def samples(results: dict, k: int = 6) -> str:
     ok = _ok(results)
     if not ok:
         return ""
@@ -191,7 +191,8 @@ def markdown(results: dict) -> str:
         parts.append(f"| {k} | {d['diff']:+.1%} | {d['ci95'][0]:+.1%} to {d['ci95'][1]:+.1%} | "
                      f"{'yes' if d['within_noise'] else 'no'} |")
     parts += ["", "## Accuracy per category", "", category_table(results), "", "## Sample answers", "",
-              samples(results), "", "## Plots", "", "![loss](loss_curves.png)",
+              samples(results, (results.get("config") or {}).get("eval", {}).get("num_samples", 6)), "",
+              "## Plots", "", "![loss](loss_curves.png)",
               "![categories](accuracy_per_category.png)", "![cost](cost_bars.png)", ""]
     return "\n".join(parts)
 
