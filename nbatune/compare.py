@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from . import evaluation, report
-from .config import RunConfig, load_config
+from .config import PER_METHOD_FIELDS, RunConfig, load_config
 from .data.loading import load_splits
 from .data.tokenize import tokenize_records
 from .measure import PeakMemory, dir_size, free_memory, weights_bytes
@@ -91,7 +91,6 @@ class Comparison:
         if self.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self._ready = True
-        self._resume = resume
         return self
 
     def _make_run_dir(self, resume: bool) -> Path:
@@ -121,8 +120,8 @@ class Comparison:
         def flat(d, prefix=""):
             out = {}
             for k, v in d.items():
-                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k not in (
-                    "learning_rate", "optimizer", "gradient_checkpointing") else {f"{prefix}{k}": v})
+                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k not in PER_METHOD_FIELDS
+                           else {f"{prefix}{k}": v})
             return out
 
         now, before = flat(self.cfg.to_dict()), flat(saved)
@@ -213,8 +212,6 @@ class Comparison:
                     res.loss_curve, res.final_train_loss, res.steps = out.loss_curve, out.final_loss, out.steps
                     res.train_seconds, res.train_tokens = out.seconds, out.real_tokens
                     res.tokens_per_second = out.tokens_per_second
-            if method == "base":
-                res.trainable_params = 0
             res.trainable_pct = 100 * res.trainable_params / res.total_params if res.total_params else 0.0
             res.peak_memory_bytes = mem.peak_bytes
             if not self.is_main:

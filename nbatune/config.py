@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 METHODS = ("full", "lora", "qlora")
+PER_METHOD_FIELDS = ("learning_rate", "optimizer", "gradient_checkpointing")  # TrainConfig tables keyed by method
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -220,7 +221,7 @@ def _build(cls, data: Any, prefix: str, errors: list[str]):
         value, tp = data[f.name], hints[f.name]
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = _build(tp, value, f"{prefix}{f.name}.", errors)
-        elif f.name in ("learning_rate", "optimizer", "gradient_checkpointing") and isinstance(value, dict):
+        elif f.name in PER_METHOD_FIELDS and isinstance(value, dict):
             merged = {**getattr(defaults, f.name), **value}
             kwargs[f.name] = {m: _check(v, typing.get_args(tp)[1], f"{prefix}{f.name}.{m}", errors)
                               for m, v in merged.items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data.tokenize import PadCollator, render
+from .data.tokenize import PadCollator, render_prompt
 from .runtime import Runtime
 from .training import answer_only_loss
 
@@ -49,7 +49,7 @@ def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new
                      batch_size: int = 32, desc: str = "answers") -> list[str]:
     """Greedy answers for each record's prompt, in order. Batched with left padding."""
     model.eval()
-    prompts = [render(tokenizer, r["messages"])[0] for r in records]
+    prompts = [render_prompt(tokenizer, r["messages"]) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     side = tokenizer.padding_side

@@ -137,18 +137,12 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
     """
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    if method == "full":
-        kwargs["dtype"] = torch.float32
-    elif method == "lora":
-        kwargs["dtype"] = rt.dtype
-    elif method == "qlora":
-        kwargs["quantization_config"] = quantization_config(quant, rt)
-        kwargs["dtype"] = rt.dtype
-    elif method != "base":
+    if method not in ("base", "full", "lora", "qlora"):
         raise ValueError(f"unknown method {method!r}")
-    if method == "base":
-        kwargs["dtype"] = rt.dtype
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
+              "dtype": torch.float32 if method == "full" else rt.dtype}
+    if method == "qlora":
+        kwargs["quantization_config"] = quantization_config(quant, rt)
     if rt.device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     check_causal_lm(path, cfg)
@@ -159,7 +153,9 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
     if rt.device == "cpu" and method != "qlora":
         model.to("cpu")
     model.config.use_cache = False
-    if method in ("lora", "qlora"):
+    if method == "base":  # evaluated only: nothing trains
+        model.requires_grad_(False)
+    elif method in ("lora", "qlora"):
         model = add_lora(model, lora, seed, gradient_checkpointing, quantized=method == "qlora")
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

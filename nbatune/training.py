@@ -4,7 +4,6 @@ output head only where there is an answer token to predict."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from .config import TrainConfig
 from .data.tokenize import IGNORE, PackedCollator, PadCollator
@@ -109,13 +108,6 @@ class AnswerOnlyTrainer(Trainer):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-class _FailOnNonFiniteLog(TrainerCallback):
-    def on_log(self, args, state, control, logs=None, **kw):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite loss at step {state.global_step}")
-
-
 @dataclass
 class TrainOutcome:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
@@ -184,7 +176,6 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
                 else PadCollator(tokenizer.pad_token_id, 8 if rt.device == "cuda" else None))
     trainer = AnswerOnlyTrainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows), data_collator=collator,
-        callbacks=[_FailOnNonFiniteLog()],
     )
     ckpt = None
     if resume:

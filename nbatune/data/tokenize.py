@@ -22,9 +22,14 @@ class TokenizeStats:
         return {"kept": self.kept, "truncated": self.truncated, "dropped": self.dropped, "reasons": dict(self.reasons)}
 
 
+def render_prompt(tok, messages: list[dict]) -> str:
+    """The prompt up to the assistant header (the last message, the answer, is left out)."""
+    return tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+
+
 def render(tok, messages: list[dict]) -> tuple[str, str]:
     """(prompt text up to the assistant header, answer text) using the model's own chat template."""
-    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    prompt = render_prompt(tok, messages)
     full = tok.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
         raise DataError(f"the chat template of {tok.name_or_path!r} does not render the prompt as a prefix of the "
