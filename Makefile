@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup run quick test test-fast dataset bench clean
+.PHONY: setup run quick test test-fast dataset bench bench-memory clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,14 @@ test-fast: setup
 
 dataset: setup
 	$(BIN)/nbatune dataset build --out data/nba
+
+# Ours vs the standard TRL recipe, per technique (about 12 minutes on 2 cores); GPU: bash bench/gpu.sh
+bench: setup
+	$(BIN)/python bench/bench.py --steps 10 --methods full,lora,qlora
+
+# The memory estimator against measured peaks (about 15 minutes on 2 cores)
+bench-memory: setup
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -65,6 +65,7 @@ def test_execute_returns_every_method_with_documented_keys(executed):
     for m in ("full", "lora", "qlora"):
         r = res[m]
         assert r["train_seconds"] > 0 and r["tokens_per_second"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["estimated_peak_bytes"] > r["weights_bytes"]  # predicted in setup(), before training
         assert len(r["loss_curve"]) == 4 and all(math.isfinite(loss) for _, loss in r["loss_curve"])
         assert Path(r["saved_path"]).is_dir() and r["saved_bytes"] > 0
     assert res["full"]["trainable_params"] == res["full"]["total_params"]
@@ -257,3 +258,28 @@ def test_embedded_smollm2_runs_all_three_techniques(tmp_path):
         # four steps already teach the answer format: validation loss falls below the untouched model's
         assert res[m]["eval_loss"] < res["base"]["eval_loss"], (m, res[m]["eval_loss"], res["base"]["eval_loss"])
     assert (Path(res["run_dir"]) / "report.html").is_file()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_chunked_head_loss_gives_the_same_loss_and_gradients_as_full_logits(tiny_model_dir, tmp_path, method):
+    """The chunked output head (default) against the model's own logits: same loss, same gradients
+    for the hidden layers and, in full fine-tuning, for the (tied) head/embedding weight."""
+    from nbatune.data.tokenize import PackedCollator
+
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, method)
+    inputs = {k: v for k, v in PackedCollator(tok.pad_token_id, 96)(rows[:12]).items() if k != "real_tokens"}
+    results = []
+    for chunk in (0, 7):  # 7: several chunks, the last one short
+        model.zero_grad()
+        loss, n = answer_only_loss(model, inputs, chunk_tokens=chunk)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), n, grads))
+    (la, na, ga), (lb, nb, gb) = results
+    assert na == nb > 14
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    assert ga.keys() == gb.keys() and len(ga) > 0
+    if method == "full":
+        assert any("embed_tokens" in k for k in ga)  # the tied head's gradient arrives
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6, msg=k)

@@ -1,4 +1,4 @@
-"""Command line: ``nbatune run | report | ask | dataset``."""
+"""Command line: ``nbatune run | memory | report | ask | dataset``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--methods", default=None, help="comma-separated subset, e.g. lora,qlora")
     r.add_argument("--resume", action="store_true",
                    help="continue the interrupted run named by --set run_name=... (finished methods are kept)")
+
+    mem = sub.add_parser("memory", help="estimate each technique's peak training memory; exit 1 if one will not fit")
+    mem.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    mem.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    mem.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the config's model)")
+    mem.add_argument("--seq-len", type=int, default=None,
+                     help="tokens per example; with it, the model's config is all that is read (no data, no "
+                          "tokenizer), and every token is counted as an answer token (an upper bound)")
+    mem.add_argument("--device", default=None, choices=["cpu", "cuda"], help="plan for this device (default: this machine's)")
 
     rep = sub.add_parser("report", help="rebuild report.md/html and plots from a run's results.json")
     rep.add_argument("run_dir")
@@ -47,16 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "report": _report, "ask": _ask, "dataset": _dataset}[args.cmd](args)
+        return {"run": _run, "memory": _memory, "report": _report, "ask": _ask, "dataset": _dataset}[args.cmd](args)
     except Exception as e:  # a CLI user wants the message, not a traceback
         from .config import ConfigError
         from .data.loading import DataError
         from .modeling import ModelLoadError
 
+        from .memory import MemoryBudgetError
         from .training import CheckpointError
 
-        if isinstance(e, (ConfigError, DataError, ModelLoadError, CheckpointError, FileNotFoundError, FileExistsError,
-                          ValueError)):
+        if isinstance(e, (ConfigError, DataError, ModelLoadError, CheckpointError, MemoryBudgetError, FileNotFoundError,
+                          FileExistsError, ValueError)):
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise
@@ -66,10 +76,11 @@ def _run(args) -> int:
     from .compare import Comparison
     from .report import table
 
-    cmp = Comparison(args.config, args.overrides)
+    # --methods narrows config.methods, so that setup() checks memory only for what will run
+    cmp = Comparison(args.config, args.overrides + ([f"methods=[{args.methods}]"] if args.methods else []))
     cmp.setup(resume=args.resume)
     try:
-        res = cmp.execute(args.methods.split(",") if args.methods else None, resume=args.resume)
+        res = cmp.execute(resume=args.resume)
     except KeyboardInterrupt as e:
         print(f"\ninterrupted: {e or 'checkpoint and results.json saved'}", file=sys.stderr)
         return 130
@@ -81,6 +92,57 @@ def _run(args) -> int:
     print(f"\nresults: {res['run_dir']}/results.json\nreport:  {res['report']['markdown']} and report.html")
     failed = [m for m in ("base", "full", "lora", "qlora") if isinstance(res.get(m), dict) and res[m]["status"] == "failed"]
     return 1 if failed else 0
+
+
+def _memory(args) -> int:
+    from .config import load_config
+    from .memory import GiB, available_bytes, estimate_for_run, estimate_memory
+    from .runtime import resolve
+
+    overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
+    cfg = load_config(args.config, overrides)
+    t = cfg.train
+    if args.device:
+        device = args.device
+        precision = t.precision if t.precision != "auto" else "bf16"
+    else:
+        rt = resolve(t.device, t.precision)
+        device, precision = rt.device, rt.precision
+    if args.seq_len:
+        def estimate(m):
+            return estimate_memory(cfg.model.name_or_path, m, tokens=t.batch_size * args.seq_len,
+                                   loss_chunk_tokens=t.loss_chunk_tokens, precision=precision,
+                                   device=device, optimizer=t.optimizer[m], gradient_checkpointing=t.gradient_checkpointing[m],
+                                   lora_r=cfg.lora.r, double_quant=cfg.quant.bnb_4bit_use_double_quant)
+    else:
+        from .data.loading import load_splits
+        from .data.tokenize import tokenize_records
+        from .modeling import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(cfg.model)
+        tok = load_tokenizer(path, cfg.model)
+        rows, _ = tokenize_records(load_splits(cfg.data, cfg.model, cfg.seed)["train"], tok, cfg.model.max_length,
+                                   cfg.data.overlong, "train")
+
+        def estimate(m):
+            return estimate_for_run(cfg, m, path, rows, tok.pad_token_id, device, precision)
+
+    budget = int(t.memory_budget_gib * GiB) if t.memory_budget_gib else (
+        available_bytes(device) if device == resolve().device else None)
+    estimates = [estimate(m) for m in cfg.methods]
+    parts = list(estimates[0].parts)
+    print(f"peak training memory, GiB ({device}, {precision}, batch {t.batch_size})")
+    print("| technique | " + " | ".join(parts) + " | total | fits |")
+    print("|---|" + "---:|" * (len(parts) + 2))
+    worst = False
+    for est in estimates:
+        fits = "?" if budget is None else ("yes" if est.total <= budget else "NO")
+        worst |= fits == "NO"
+        print(f"| {est.method} | " + " | ".join(f"{est.parts[k] / GiB:.2f}" for k in parts) +
+              f" | {est.total / GiB:.2f} | {fits} |")
+    if budget is not None:
+        print(f"budget: {budget / GiB:.1f} GiB ({'train.memory_budget_gib' if t.memory_budget_gib else 'free now'})")
+    return 1 if worst else 0
 
 
 def _report(args) -> int:

@@ -20,6 +20,7 @@ from .config import PER_METHOD_FIELDS, RunConfig, load_config
 from .data.loading import load_splits
 from .data.tokenize import tokenize_records
 from .measure import PeakMemory, dir_size, free_memory, weights_bytes
+from .memory import GiB, MemoryBudgetError, available_bytes, check_fits, estimate_for_run
 from .modeling import check_bitsandbytes, count_parameters, load_model, load_tokenizer, resolve_model_path
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
 from .runtime import resolve
@@ -87,11 +88,37 @@ class Comparison:
             "validation_tokenization": val_stats.to_dict(),
             "train_tokens_per_epoch": sum(r["length"] for r in self.train_rows),
         }
+        self.memory_estimates = self._check_memory()
         self.run_dir = self._make_run_dir(resume)
         if self.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self._ready = True
         return self
+
+    def _check_memory(self) -> dict:
+        """Estimate each technique's peak before anything trains; refuse (or warn about) those that
+        will not fit, all named at once."""
+        t = self.cfg.train
+        if t.memory_check == "skip":
+            return {}
+        estimates, problems = {}, []
+        budget = int(t.memory_budget_gib * GiB) if t.memory_budget_gib else available_bytes(self.rt.device)
+        for m in self.cfg.methods:
+            try:
+                est = estimate_for_run(self.cfg, m, self.model_path, self.train_rows, self.tokenizer.pad_token_id,
+                                       self.rt.device, self.rt.precision)
+            except ValueError as e:  # an architecture the estimator does not know: train without a check
+                log.warning("no memory estimate for %s: %s", m, e)
+                continue
+            estimates[m] = est
+            log.info("memory estimate %s (budget %.1f GiB)", est.describe(), budget / GiB)
+            try:
+                check_fits(est, budget, t.batch_size, t.memory_check, t.gradient_checkpointing[m])
+            except MemoryBudgetError as e:
+                problems.append(str(e))
+        if problems:
+            raise MemoryBudgetError("the run will not fit in memory:\n  - " + "\n  - ".join(problems))
+        return estimates
 
     def _make_run_dir(self, resume: bool) -> Path:
         root = Path(self.cfg.output_dir)
@@ -214,6 +241,8 @@ class Comparison:
                     res.tokens_per_second = out.tokens_per_second
             res.trainable_pct = 100 * res.trainable_params / res.total_params if res.total_params else 0.0
             res.peak_memory_bytes = mem.peak_bytes
+            if method in self.memory_estimates:
+                res.estimated_peak_bytes = self.memory_estimates[method].total
             if not self.is_main:
                 return res
             if method == "base":

@@ -96,9 +96,17 @@ class TrainConfig:
         "packed", "packed: random batches packed padding-free (examples never attend to each other); grouped: "
                   "batches of similar length (little padding, but batches of one task); padded: random, padded.")
     pack_row_tokens: int = _f(256, "packed: tokens per packed row (attention cost grows with it).")
+    loss_chunk_tokens: int = _f(512, "Output head + loss over the answer tokens only, this many at a time, never "
+                                     "holding all their logits (less memory, less head compute). 0: the model "
+                                     "computes the logits of every answer column.")
     logging_steps: int = _f(5, "Log the training loss every this many steps (also the NaN check interval).")
     save_steps: int = _f(0, "Checkpoint every this many steps (0: only the final model).")
     report_to: list[str] = _f([], "Extra loggers, as in transformers: 'tensorboard', 'wandb'.")
+    memory_check: Literal["refuse", "warn", "skip"] = _f(
+        "refuse", "Before anything trains, estimate each technique's peak memory (nbatune.memory) and refuse, or "
+                  "warn about, a run that will not fit memory_budget_gib.")
+    memory_budget_gib: float | None = _f(None, "Memory a training process may use. None: what the device has free "
+                                               "at setup (CUDA free memory, or the OS's available RAM).")
 
 
 @dataclass
@@ -293,6 +301,9 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
     need(t.logging_steps >= 1, f"train.logging_steps: {t.logging_steps} must be >= 1")
     need(t.save_steps >= 0, f"train.save_steps: {t.save_steps} must be >= 0")
+    need(t.loss_chunk_tokens >= 0, f"train.loss_chunk_tokens: {t.loss_chunk_tokens} must be >= 0 (0: off)")
+    need(t.memory_budget_gib is None or t.memory_budget_gib > 0,
+         f"train.memory_budget_gib: {t.memory_budget_gib} must be a positive number of GiB, or null")
     for m, lr in t.learning_rate.items():
         need(isinstance(lr, float) and 0 < lr < float("inf"), f"train.learning_rate.{m}: {lr!r} must be a positive number")
     for m, opt in t.optimizer.items():

@@ -63,6 +63,11 @@ def _mb(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB" if b >= 2**20 else f"{b / 2**10:,.0f} KiB"
 
 
+def _est(r: dict) -> str:
+    est = r.get("estimated_peak_bytes")
+    return f" (est. {est / 2**20:,.0f})" if est else ""
+
+
 def table(results: dict) -> str:
     head = ("| method | status | trainable / total params | test accuracy (95% CI) | eval loss | ppl | "
             "train time | eval time | tokens/s | peak mem | weights | saved |")
@@ -80,7 +85,7 @@ def table(results: dict) -> str:
             f"| {LABEL[m]} | ok | {r['trainable_params']:,} / {r['total_params']:,}{pct} | "
             f"{r['accuracy']:.1%} ({lo:.1%}-{hi:.1%}) | {r['eval_loss']:.3f} | {r['perplexity']:.2f} | "
             f"{r['train_seconds']:.0f} s | {r['eval_seconds']:.0f} s | "
-            f"{r['tokens_per_second']:.0f} | {_mb(r['peak_memory_bytes'])} | {_mb(r['weights_bytes'])} | "
+            f"{r['tokens_per_second']:.0f} | {_mb(r['peak_memory_bytes'])}{_est(r)} | {_mb(r['weights_bytes'])} | "
             f"{_mb(r['saved_bytes']) if r['saved_bytes'] else '-'} |")
     return "\n".join(rows)
 

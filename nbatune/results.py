@@ -29,6 +29,7 @@ class MethodResult:
     trainable_pct: float = 0.0
     weights_bytes: int = 0
     peak_memory_bytes: int = 0
+    estimated_peak_bytes: int = 0  # nbatune.memory's prediction, made before training
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_tokens: int = 0

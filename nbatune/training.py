@@ -54,34 +54,108 @@ class CheckpointError(RuntimeError):
 STAGING_PREFIX = ".staging-"
 
 
-def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None):
+def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None, chunk_tokens: int = 512):
     """Cross-entropy over answer tokens; returns (loss, number of predicted tokens).
 
-    The 49k-way output head is the single largest matmul per token for small models, so it is run
-    only at positions that predict an answer token (``logits_to_keep`` takes an index tensor).
+    The 49k-way output head is the single largest matmul per token for small models, so it never
+    runs at prompt positions. With ``chunk_tokens > 0`` it runs only at the answer tokens themselves,
+    ``chunk_tokens`` at a time, without ever holding all their logits (``chunked_head_loss``);
+    with 0, the model computes logits at the answer columns (``logits_to_keep`` takes an index tensor).
     """
     labels = inputs["labels"]
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)  # position t predicts token t+1
     keep = (targets != IGNORE).any(0).nonzero().squeeze(1)
-    # padded batches carry an attention mask; packed ones carry position_ids (and must not carry a mask)
-    extra = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
-    out = model(input_ids=inputs["input_ids"], logits_to_keep=keep, **extra)
-    logits = out.logits.float()
     targets = targets[:, keep]
     n = (targets != IGNORE).sum()
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    # padded batches carry an attention mask; packed ones carry position_ids (and must not carry a mask)
+    extra = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+    head = _plain_head(model) if chunk_tokens else None
+    if head is None:
+        logits = model(input_ids=inputs["input_ids"], logits_to_keep=keep, **extra).logits.float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
+                               reduction="sum")
+    else:
+        captured = []
+
+        def take_hidden(module, args):  # keep the head's input, and give the head nothing to compute
+            captured.append(args[0])
+            return (args[0][:, :0],)
+
+        # The call goes through the model itself (not its decoder), so DDP and PEFT wrappers see it.
+        handle = head.register_forward_pre_hook(take_hidden)
+        try:
+            model(input_ids=inputs["input_ids"], logits_to_keep=keep, **extra)
+        finally:
+            handle.remove()
+        mask = targets != IGNORE
+        loss = chunked_head_loss(captured[0][mask], head.weight, targets[mask], chunk_tokens)
     return loss / (num_items if num_items is not None else n.clamp(min=1)), n
 
 
+def _plain_head(model):
+    """The output head when it is a bias-free linear layer whose logits are used as they are (no
+    soft-capping or scaling), so that the loss may apply it itself; else None."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    config = getattr(inner, "config", None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if (not isinstance(head, torch.nn.Linear) or head.bias is not None or config is None
+            or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None)):
+        return None
+    return head
+
+
+def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, ``chunk`` rows at a time.
+
+    The gradients are worked out chunk by chunk in the forward pass (as in Liger's fused linear
+    cross-entropy), so at most ``chunk x vocab`` logits exist at once instead of all of them plus their
+    softmax and gradients: for SmolLM2's 49,152-token vocabulary that is about 16 bytes x 49,152 per
+    answer token saved.
+    """
+    return _ChunkedHeadLoss.apply(hidden, weight, targets, chunk)
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        for s in range(0, hidden.shape[0], chunk):
+            h, t = hidden[s:s + chunk], targets[s:s + chunk]
+            logits = (h @ weight.T).float()  # under autocast: the compute dtype, like the model's own head
+            lse = logits.logsumexp(-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if want_h or want_w:
+                d = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                d[torch.arange(len(t), device=d.device), t] -= 1  # d(loss)/d(logits)
+                d = d.to(h.dtype)
+                if want_h:
+                    grad_h[s:s + chunk] = (d @ weight).to(hidden.dtype)
+                if want_w:
+                    grad_w += (d.T @ h).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out if grad_h is not None else None,
+                (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None)
+
+
 class AnswerOnlyTrainer(Trainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, loss_chunk_tokens: int = 512, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # our loss is normalised by num_items_in_batch itself
         self.real_tokens = 0
+        self.loss_chunk_tokens = loss_chunk_tokens
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real = inputs.pop("real_tokens", None)
-        loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
+        loss, _ = answer_only_loss(model, inputs, num_items_in_batch, self.loss_chunk_tokens)
         self.real_tokens += int(real if real is not None else inputs["attention_mask"].sum())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}; "
@@ -176,6 +250,7 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
                 else PadCollator(tokenizer.pad_token_id, 8 if rt.device == "cuda" else None))
     trainer = AnswerOnlyTrainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows), data_collator=collator,
+        loss_chunk_tokens=cfg.loss_chunk_tokens,
     )
     ckpt = None
     if resume:

@@ -5,11 +5,16 @@ precision, gradient checkpointing, padded random batches, completion-only loss).
 same model, the same training examples in chat form, the same batch size and number of steps, and
 the same LoRA shape. Each run is its own process (clean memory), in A-B-B-A order so drift cancels.
 
-    python bench/bench_cpu.py --steps 12 --methods full,lora,qlora        # prints a markdown table
+    python bench/bench.py --steps 12 --methods full,lora,qlora        # CPU, the embedded model
+    bash bench/gpu.sh                                                 # CUDA, random-weight SmolLM2-1.7B
+
+``--model`` takes ``embedded`` or a shape from bench/models.py (a random-weight checkpoint built from
+the published config, so no hub is needed).
 
 MFU counts 6 x params x tokens for full fine-tuning and 4 x params x tokens for LoRA/QLoRA (forward,
 plus the backward pass for activations only: frozen weights get no weight gradient), divided by the
-measured bf16 matmul peak of this machine. Both sides are credited with the same FLOPs per token.
+measured bf16 matmul peak of this machine (a large square matmul through PyTorch). Both sides are
+credited with the same FLOPs per token.
 """
 
 from __future__ import annotations
@@ -27,19 +32,33 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
+def matmul_peak(dtype_name: str, reps: int = 10) -> float:
     import torch
 
+    cuda = torch.cuda.is_available()
+    n = 8192 if cuda else 2048
     dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    a @ b
+    a, b = (torch.randn(n, n, dtype=dt, device="cuda" if cuda else "cpu") for _ in range(2))
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def run_ours(method: str, steps: int, batch: int) -> dict:
+def model_path(model: str, models_dir: str) -> str:
+    if model == "embedded":
+        return "embedded:smollm2-135m-instruct"
+    from models import random_checkpoint
+
+    return str(random_checkpoint(model, models_dir))
+
+
+def run_ours(method: str, steps: int, batch: int, model: str, overrides: list[str] = ()) -> dict:
     from nbatune.config import load_config
     from nbatune.data.loading import load_splits
     from nbatune.data.tokenize import tokenize_records
@@ -48,7 +67,8 @@ def run_ours(method: str, steps: int, batch: int) -> dict:
     from nbatune.runtime import resolve
     from nbatune.training import train
 
-    cfg = load_config(None, [f"train.max_steps={steps}", f"train.batch_size={batch}", "train.logging_steps=1000"])
+    cfg = load_config(None, [f"model.name_or_path={model}", f"train.max_steps={steps}", f"train.batch_size={batch}",
+                             "train.logging_steps=1000", "train.memory_check=skip", *overrides])
     rt = resolve(cfg.train.device, cfg.train.precision)
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(path, cfg.model)
@@ -63,7 +83,7 @@ def run_ours(method: str, steps: int, batch: int) -> dict:
             "total": total}
 
 
-def run_peer(method: str, steps: int, batch: int) -> dict:
+def run_peer(method: str, steps: int, batch: int, model: str) -> dict:
     import datasets
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
@@ -74,8 +94,11 @@ def run_peer(method: str, steps: int, batch: int) -> dict:
     from nbatune.measure import PeakMemory
     from nbatune.modeling import count_parameters, resolve_model_path
 
-    cfg = load_config(None)
+    import torch
+
+    cfg = load_config(None, [f"model.name_or_path={model}"])
     path = resolve_model_path(cfg.model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     recs = load_splits(cfg.data, cfg.model, cfg.seed)["train"]
     ds = datasets.Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in recs])
     init = {}
@@ -85,9 +108,9 @@ def run_peer(method: str, steps: int, batch: int) -> dict:
     peft = None if method == "full" else LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                                                     target_modules="all-linear", task_type="CAUSAL_LM")
     args = SFTConfig(output_dir="/tmp/nbatune-bench/peer", max_steps=steps, per_device_train_batch_size=batch,
-                     learning_rate=cfg.train.learning_rate[method], use_cpu=True, report_to="none",
+                     learning_rate=cfg.train.learning_rate[method], use_cpu=device == "cpu", report_to="none",
                      logging_steps=1000, save_strategy="no", seed=cfg.seed, model_init_kwargs=init or None)
-    with PeakMemory("cpu") as mem:
+    with PeakMemory(device) as mem:
         trainer = SFTTrainer(model=path, args=args, train_dataset=ds, peft_config=peft)
         counter = _CountingCollator(trainer.data_collator)
         trainer.data_collator = counter
@@ -109,11 +132,16 @@ class _CountingCollator:
         return out
 
 
-def child(kind: str, method: str, steps: int, batch: int) -> None:
+def child(kind: str, method: str, steps: int, batch: int, model: str, overrides: list[str]) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    res = (run_ours if kind == "ours" else run_peer)(method, steps, batch)
+    if kind == "ours":
+        res = run_ours(method, steps, batch, model, overrides)
+    elif kind == "peer":
+        res = run_peer(method, steps, batch, model)
+    else:  # "base": ours with the config defaults, to measure what the --set levers change
+        res = run_ours(method, steps, batch, model)
     print("BENCH " + json.dumps({"kind": kind, "method": method, **res}), flush=True)
 
 
@@ -123,18 +151,33 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--methods", default="full,lora,qlora")
     p.add_argument("--pairs", type=int, default=1, help="A-B-B-A blocks per method")
+    p.add_argument("--schedule", default="abba", choices=["abba", "ab"],
+                   help="abba: peer, ours, ours, peer (drift cancels); ab: one run each (when time is short)")
+    p.add_argument("--model", default="embedded", help="'embedded' or a shape from bench/models.py, e.g. smollm2-1.7b")
+    p.add_argument("--models-dir", default="/tmp/nbatune-bench/models", help="where random checkpoints are written")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for our side; with --against-defaults, measures one lever")
+    p.add_argument("--against-defaults", action="store_true",
+                   help="compare ours with --set against ours with the defaults, instead of against TRL")
     p.add_argument("--json", default=None, help="also write raw runs here")
     p.add_argument("--one", nargs=2, metavar=("KIND", "METHOD"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        return child(a.one[0], a.one[1], a.steps, a.batch)
+        return child(a.one[0], a.one[1], a.steps, a.batch, model_path(a.model, a.models_dir), a.overrides)
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {device}; model: {a.model}; {a.steps} steps x batch {a.batch}", flush=True)
+    model_path(a.model, a.models_dir)  # build a random checkpoint once, before the timed runs
     peaks = {d: matmul_peak(d) for d in ("bf16", "fp32")}
     print(f"matmul peak: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s", flush=True)
     runs = []
+    peer = "base" if a.against_defaults else "peer"
     for method in a.methods.split(","):
         for _ in range(a.pairs):
-            for kind in ("peer", "ours", "ours", "peer"):
-                cmd = [sys.executable, __file__, "--one", kind, method, "--steps", str(a.steps), "--batch", str(a.batch)]
+            for kind in (peer, "ours", "ours", peer) if a.schedule == "abba" else (peer, "ours"):
+                cmd = [sys.executable, __file__, "--one", kind, method, "--steps", str(a.steps), "--batch", str(a.batch),
+                       "--model", a.model, "--models-dir", a.models_dir, *(f"--set={o}" for o in a.overrides)]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"})
                 line = [x for x in out.stdout.splitlines() if x.startswith("BENCH ")]
                 if not line:
@@ -144,16 +187,19 @@ def main() -> None:
                 runs.append(r)
                 print(f"  {kind:4} {method:5} {r['tok_s']:7.0f} real tok/s  peak {r['peak'] / 2**20:7.0f} MiB", flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps({"peaks": peaks, "runs": runs}, indent=2))
+        Path(a.json).write_text(json.dumps({"device": device, "model": a.model, "steps": a.steps, "batch": a.batch,
+                                            "peaks": peaks, "runs": runs}, indent=2))
     print()
-    print("| technique | peer tok/s | ours tok/s | speed-up | peer peak MiB | ours peak MiB | memory ratio | peer MFU | ours MFU |")
+    ref = "defaults" if a.against_defaults else "peer"
+    print(f"| technique | {ref} tok/s | ours tok/s | speed-up | {ref} peak MiB | ours peak MiB | memory ratio | "
+          f"{ref} MFU | ours MFU |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for method in a.methods.split(","):
         def agg(kind, key, f=statistics.median):
             return f([r[key] for r in runs if r["kind"] == kind and r["method"] == method])
 
-        tp, to = agg("peer", "tok_s"), agg("ours", "tok_s")
-        mp, mo = agg("peer", "peak", max), agg("ours", "peak", max)
+        tp, to = agg(peer, "tok_s"), agg("ours", "tok_s")
+        mp, mo = agg(peer, "peak", max), agg("ours", "peak", max)
         total = agg("ours", "total")
         flops_per_token = (6 if method == "full" else 4) * total
         mfu = lambda t: 100 * t * flops_per_token / peaks["bf16"]  # noqa: E731

@@ -1,0 +1,281 @@
+"""Peak training memory, predicted from the model's config before anything is loaded.
+
+The estimate is the sum of what our training path keeps alive at its peak, per technique:
+
+- weights: ``full`` fp32 master weights (+ the bf16 copies autocast caches for the linear layers);
+  ``lora`` the frozen base in the compute dtype + fp32 adapters; ``qlora`` linear weights as NF4
+  (0.5 byte/param + quantization constants) + the other weights in fp32 (PEFT's
+  ``prepare_model_for_kbit_training`` upcasts them) + fp32 adapters;
+- gradients (fp32) and optimizer states (AdamW: 8 bytes per trainable parameter, 8-bit: 2);
+- activations saved for backward, per token and layer. The coefficients below were counted on the
+  autograd graph of transformers' Llama under bf16 autocast (saved-tensor hooks, four shapes);
+  ``tests/test_memory.py`` recounts them so that a change upstream fails a test;
+- output-head logits: positions that get a loss x vocabulary x 16 bytes (bf16 + fp32 logits, the
+  softmax and their gradients); with the chunked loss (``train.loss_chunk_tokens``), one chunk of
+  answer tokens x vocabulary x 8 bytes, alive only while the loss is computed;
+- backward working memory: gradients of activations alive beside the saved ones, 25% of
+  activations (+ logits, when they are kept for backward);
+- CPU only, allocator slack: glibc's heap fragments as activations of varying shapes are freed and
+  allocated again step after step, so process RSS settles about a quarter above the working set
+  (LoRA on the embedded model: +23% after 20 and after 40 steps). Returning freed pages to the OS
+  instead (``mallopt`` mmap threshold 256 KiB) removed the slack but made training 1.5-1.9x slower;
+- a fixed overhead: the trainer and data pipeline (CPU), or the CUDA context (not part of
+  ``max_memory_allocated``, but part of what must fit).
+
+Gradients and activations do not peak together: the trainer frees the gradients before each forward
+and the allocator reuses that memory for activations, so the peak is weights + optimizer states +
+the larger of (gradients, activations + logits + backward) + overhead.
+
+It is validated against measured peaks by ``bench/memory.py``; the table is in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+MiB, GiB = 2**20, 2**30
+
+# Bytes saved for backward per token per decoder layer, bf16 autocast: (per hidden unit, per MLP unit,
+# per key/value unit). The residual stream is fp32 for full (fp32 master weights) and QLoRA (fp32
+# embeddings), bf16 for LoRA; QLoRA's 4-bit matmuls also keep fp32 copies of the MLP activations.
+ACT_COEF = {"full": (36.5, 8.25, 1.75), "lora": (28.5, 8.25, 2.25), "qlora": (28.5, 14.25, 2.25)}
+LOGIT_BYTES = 16
+CHUNKED_LOGIT_BYTES = 8  # fp32 logits turned into their gradient in place, plus its compute-dtype copy
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64, fp32 per 256 absmax (double quant)
+NF4_BYTES_SINGLE = 0.5 + 4 / 64
+OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
+BACKWARD_FRACTION = 0.25
+CPU_ALLOCATOR_SLACK = 0.25  # of the memory that is allocated and freed every step
+OVERHEAD = {"cpu": 200 * MiB, "cuda": 500 * MiB}
+# fp32 activations are about twice the bf16 ones (the fp32 parts do not grow, the bf16 parts double)
+FP32_ACT_SCALE = 1.8
+
+
+class MemoryBudgetError(RuntimeError):
+    """The estimated peak does not fit the memory available; the message says what to change."""
+
+
+@dataclass
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    gated_mlp: bool = True
+
+    @property
+    def linear_params_per_layer(self) -> int:
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        attn = self.hidden * q * 2 + self.hidden * kv * 2
+        mlp = self.hidden * self.intermediate * (3 if self.gated_mlp else 2)
+        return attn + mlp
+
+    @property
+    def linear_params(self) -> int:
+        return self.layers * self.linear_params_per_layer
+
+    @property
+    def other_params(self) -> int:
+        """Embeddings, output head (when untied) and norms."""
+        emb = self.vocab * self.hidden * (1 if self.tied else 2)
+        return emb + self.layers * 2 * self.hidden + self.hidden
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.other_params
+
+    def lora_params(self, r: int) -> int:
+        """Adapters on every linear layer of the decoder ('all-linear'): r x (in + out) each."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        h, i = self.hidden, self.intermediate
+        shapes = [(h, q), (h, kv), (h, kv), (q, h)] + [(h, i)] * (2 if self.gated_mlp else 1) + [(i, h)]
+        return self.layers * sum(r * (a + b) for a, b in shapes)
+
+
+def model_shape(config) -> ModelShape:
+    """Shape of a decoder-only model from a transformers config, a dict, or a path / hub id.
+
+    Raises:
+        ValueError: the config lacks the sizes needed (not a decoder-only transformer).
+    """
+    if isinstance(config, dict):
+        from transformers import AutoConfig
+
+        config = AutoConfig.for_model(**config)
+    elif isinstance(config, str):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(config)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read a model config from {config!r}: {str(e).splitlines()[0]} "
+                             "(give a local checkpoint directory, or a hub id where the hub is reachable)") from e
+    get = lambda *names: next((getattr(config, n) for n in names if getattr(config, n, None)), None)  # noqa: E731
+    h, layers, heads, vocab = (get("hidden_size", "n_embd"), get("num_hidden_layers", "n_layer"),
+                               get("num_attention_heads", "n_head"), get("vocab_size"))
+    if not all((h, layers, heads, vocab)):
+        raise ValueError(f"{type(config).__name__} has no hidden_size/num_hidden_layers/num_attention_heads/"
+                         "vocab_size: not a decoder-only transformer this estimator knows")
+    model_type = getattr(config, "model_type", "")
+    return ModelShape(
+        hidden=h, intermediate=get("intermediate_size", "n_inner") or 4 * h, layers=layers, heads=heads,
+        kv_heads=get("num_key_value_heads") or heads, head_dim=get("head_dim") or h // heads, vocab=vocab,
+        tied=bool(getattr(config, "tie_word_embeddings", True)),
+        gated_mlp=model_type not in ("gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi"))
+
+
+@dataclass
+class MemoryEstimate:
+    method: str
+    device: str
+    parts: dict[str, int] = field(default_factory=dict)  # name -> bytes
+
+    @property
+    def total(self) -> int:
+        p = self.parts
+        transient = max(p["gradients"], p["activations"] + p["logits"] + p["backward"] + p["allocator"])
+        return p["weights"] + p["optimizer"] + transient + p["overhead"]
+
+    def describe(self) -> str:
+        body = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items() if v)
+        return f"{self.method}: {self.total / GiB:.2f} GiB ({body} GiB)"
+
+
+def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | None = None, loss_chunk_tokens: int = 0,
+                    precision: str = "bf16", device: str = "cpu", optimizer: str = "adamw_torch_fused",
+                    gradient_checkpointing: bool = False, lora_r: int = 16, double_quant: bool = True) -> MemoryEstimate:
+    """Predict the peak memory of one training process.
+
+    Args:
+        config: a transformers config, a dict of its fields, a local checkpoint path or a hub id.
+        method: ``full``, ``lora`` or ``qlora``.
+        tokens: positions in one micro-batch (rows x width, padding included).
+        logit_tokens: positions whose logits are computed. Default: all ``tokens`` (the standard
+            recipe); our trainer computes only answer positions (see ``batch_footprint``).
+        loss_chunk_tokens: > 0 for the chunked loss: logits of at most this many positions at a time.
+        precision: ``bf16``/``fp16`` (autocast) or ``fp32``.
+        gradient_checkpointing: keep only each layer's input, recompute the rest in backward.
+    """
+    if method not in ACT_COEF:
+        raise ValueError(f"method must be full, lora or qlora, not {method!r}")
+    s = shape = model_shape(config)
+    half = precision in ("bf16", "fp16")
+    compute = 2 if half else 4
+    lora = shape.lora_params(lora_r)
+    if method == "full":
+        weights = 4 * shape.params + (2 * shape.linear_params if half else 0)  # + autocast's cached bf16 copies
+        trainable = shape.params
+    elif method == "lora":
+        weights = compute * shape.params + 4 * lora
+        trainable = lora
+    else:
+        nf4 = NF4_BYTES if double_quant else NF4_BYTES_SINGLE
+        weights = int(nf4 * shape.linear_params) + 4 * shape.other_params + 4 * lora
+        trainable = lora
+    a_h, a_i, a_kv = ACT_COEF[method]
+    per_layer = a_h * s.hidden + a_i * s.intermediate + a_kv * s.kv_heads * s.head_dim
+    if not half:
+        per_layer *= FP32_ACT_SCALE
+    if gradient_checkpointing:  # every layer's input, plus one layer's activations while it is recomputed
+        residual = 2 if method == "lora" and half else 4
+        acts = tokens * (s.layers * s.hidden * residual + per_layer)
+    else:
+        acts = tokens * s.layers * per_layer
+    positions = tokens if logit_tokens is None else logit_tokens
+    if loss_chunk_tokens:
+        logits = min(positions, loss_chunk_tokens) * s.vocab * CHUNKED_LOGIT_BYTES
+        backward = BACKWARD_FRACTION * acts
+    else:
+        logits = positions * s.vocab * LOGIT_BYTES
+        backward = BACKWARD_FRACTION * (acts + logits)
+    opt = OPTIMIZER_BYTES.get(optimizer, 8) * trainable
+    return MemoryEstimate(method, device, {
+        "weights": int(weights), "gradients": 4 * trainable, "optimizer": opt, "activations": int(acts),
+        "logits": int(logits), "backward": int(backward),
+        "allocator": 0 if device == "cuda" else int(CPU_ALLOCATOR_SLACK * (acts + logits + backward)),
+        "overhead": OVERHEAD["cuda" if device == "cuda" else "cpu"]})
+
+
+def logit_positions(labels, chunked: bool) -> int:
+    """Positions whose logits our loss computes: the answer tokens (chunked loss), or every row at
+    each column where some row has an answer token (``logits_to_keep``)."""
+    from .data.tokenize import IGNORE
+
+    targets = labels[:, 1:] != IGNORE
+    return int(targets.sum()) if chunked else labels.shape[0] * int(targets.any(0).sum())
+
+
+def batch_footprint(rows: list[dict], collator, batch_size: int, chunked: bool, samples: int = 32,
+                    seed: int = 0) -> tuple[int, int]:
+    """(positions, logit positions) of the largest of ``samples`` random micro-batches, built by the
+    trainer's own collator: padding and packing are counted as they will happen."""
+    import random
+
+    rng = random.Random(seed)
+    most = (0, 0)
+    for _ in range(samples):
+        labels = collator(rng.sample(rows, min(batch_size, len(rows))))["labels"]
+        most = max(most, (labels.numel(), logit_positions(labels, chunked)))
+    return most
+
+
+def available_bytes(device: str) -> int:
+    """Memory this process can still take: free CUDA memory, or the OS's available RAM."""
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return free
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_fits(est: MemoryEstimate, budget: int, batch_size: int, policy: str = "refuse",
+               gradient_checkpointing: bool = False) -> None:
+    """Refuse (or warn about) a run whose estimated peak exceeds ``budget`` bytes.
+
+    Raises:
+        MemoryBudgetError: ``policy == 'refuse'`` and the estimate does not fit.
+    """
+    if policy == "skip" or est.total <= budget:
+        return
+    m = est.method
+    tips = [f"train.batch_size: {batch_size} -> {max(1, batch_size // 2)} (and double train.grad_accum to keep "
+            "the effective batch)"]
+    if not gradient_checkpointing:
+        tips.append(f"train.gradient_checkpointing.{m}: true")
+    if m == "full":
+        tips.append("lora or qlora instead of full fine-tuning, or train.optimizer.full: adamw_8bit")
+    elif m == "lora":
+        tips.append("qlora (4-bit base weights)")
+    msg = (f"{m} needs about {est.total / GiB:.1f} GiB at its peak ({est.describe()}), but "
+           f"{budget / GiB:.1f} GiB is available on {est.device}. Try: " + "; ".join(tips) +
+           ". Set train.memory_check: warn to try anyway.")
+    if policy == "refuse":
+        raise MemoryBudgetError(msg)
+    log.warning(msg)
+
+
+def estimate_for_run(cfg, method: str, model_path: str, train_rows: list[dict], pad_id: int, device: str,
+                     precision: str) -> MemoryEstimate:
+    """The estimate for one technique of a configured run, with the micro-batch sized by the
+    trainer's own collator over the tokenized training rows."""
+    from .data.tokenize import PackedCollator, PadCollator
+
+    t = cfg.train
+    collator = (PackedCollator(pad_id, t.pack_row_tokens) if t.batching == "packed"
+                else PadCollator(pad_id, 8 if device == "cuda" else None))
+    tokens, logit_tokens = batch_footprint(train_rows, collator, t.batch_size, t.loss_chunk_tokens > 0, seed=cfg.seed)
+    return estimate_memory(model_path, method, tokens=tokens, logit_tokens=logit_tokens,
+                           loss_chunk_tokens=t.loss_chunk_tokens, precision=precision,
+                           device=device, optimizer=t.optimizer[method],
+                           gradient_checkpointing=t.gradient_checkpointing[method], lora_r=cfg.lora.r,
+                           double_quant=cfg.quant.bnb_4bit_use_double_quant)

@@ -1,0 +1,140 @@
+"""The memory estimator: its activation model against the real autograd graph, its predictions
+against measured peaks, and the check that refuses runs that will not fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from nbatune.compare import Comparison
+from nbatune.config import load_config
+from nbatune.memory import ACT_COEF, MemoryBudgetError, estimate_memory, model_shape
+from nbatune.modeling import load_model
+from nbatune.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(model_type="llama", hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, vocab_size=777, tie_word_embeddings=True)
+
+
+def _saved_bytes(model, rows: int, width: int) -> int:
+    """Bytes of distinct tensors autograd saves for backward in one bf16-autocast forward,
+    leaving out the logits (vocabulary-wide), which the estimator counts separately."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if t.shape and t.shape[-1] != SMALL["vocab_size"]:
+            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    ids = torch.randint(0, SMALL["vocab_size"], (rows, width), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(width).repeat(rows, 1) % 40  # packed rows: several sequences each
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), Runtime("cpu", "bf16").autocast():
+        model(input_ids=ids, position_ids=pos, logits_to_keep=torch.arange(4)).logits.float().sum()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_activation_coefficients_match_the_autograd_graph(tmp_path, method):
+    """Per token and layer, what autograd really saves matches the estimator's coefficients. Counted
+    at two widths so that per-layer constants (autocast's weight copies) cancel out."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(SMALL)
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    cfg = load_config({"mode": "test"})
+    model = load_model(str(tmp_path), method, cfg.model, Runtime("cpu", "bf16"), cfg.lora, cfg.quant, 0)
+    model.train()
+    rows, layers = 4, SMALL["num_hidden_layers"]
+    measured = (_saved_bytes(model, rows, 240) - _saved_bytes(model, rows, 120)) / (rows * 120 * layers)
+    a_h, a_i, a_kv = ACT_COEF[method]
+    predicted = a_h * 128 + a_i * 512 + a_kv * 64
+    assert predicted == pytest.approx(measured, rel=0.15), (method, predicted, measured)
+
+
+def test_techniques_rank_as_expected_and_checkpointing_cuts_activations():
+    kw = dict(tokens=1024, logit_tokens=512)
+    full, lora, qlora = (estimate_memory(SMALL, m, **kw) for m in ("full", "lora", "qlora"))
+    assert qlora.parts["weights"] < lora.parts["weights"] < full.parts["weights"]
+    assert full.parts["optimizer"] == 8 * model_shape(SMALL).params  # two fp32 AdamW moments per parameter
+    assert lora.parts["gradients"] == 4 * model_shape(SMALL).lora_params(16)
+    ckpt = estimate_memory(SMALL, "lora", gradient_checkpointing=True, **kw)
+    assert ckpt.parts["activations"] < lora.parts["activations"] / 1.5
+    assert estimate_memory(SMALL, "full", optimizer="adamw_8bit", **kw).parts["optimizer"] == full.parts["optimizer"] / 4
+
+
+def test_lora_parameter_count_matches_peft(tiny_model_dir):
+    from transformers import AutoConfig
+
+    cfg = load_config({"mode": "test"})
+    model = load_model(str(tiny_model_dir), "lora", cfg.model, Runtime("cpu", "fp32"), cfg.lora, cfg.quant, 0)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert model_shape(AutoConfig.from_pretrained(tiny_model_dir)).lora_params(cfg.lora.r) == trainable
+
+
+def test_unreadable_model_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot read a model config.*local checkpoint directory"):
+        estimate_memory(str(tmp_path / "nowhere"), "lora", tokens=64)
+    with pytest.raises(ValueError, match="full, lora or qlora"):
+        estimate_memory(SMALL, "dora", tokens=64)
+
+
+def test_setup_refuses_a_run_that_will_not_fit_before_creating_anything(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, **{"train.memory_budget_gib": 0.01})
+    with pytest.raises(MemoryBudgetError) as e:
+        Comparison(cfg).setup()
+    msg = str(e.value)
+    for m in ("full", "lora", "qlora"):
+        assert f"- {m} needs about" in msg
+    assert "train.batch_size: 8 -> 4" in msg and "gradient_checkpointing" in msg and "memory_check: warn" in msg
+    assert not (tmp_path / "runs").exists()
+
+
+def test_warn_policy_logs_and_carries_on(tiny_model_dir, tmp_path, caplog):
+    cfg = tiny_config(tiny_model_dir, tmp_path, **{"train.memory_budget_gib": 0.01, "train.memory_check": "warn"})
+    with caplog.at_level(logging.WARNING, logger="nbatune.memory"):
+        impl = Comparison(cfg).setup()
+    assert impl.run_dir.is_dir()
+    assert any("qlora needs about" in r.message for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_estimate_is_within_25_percent_of_the_measured_peak():
+    """The embedded SmolLM2 trained with LoRA in a fresh process (bench/memory.py's own measurement)."""
+    pytest.importorskip("gguf")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from memory import predict
+
+    case = ["embedded", "lora", "8", "0"]
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--steps", "8", "--one", *case],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    line = [x for x in out.stdout.splitlines() if x.startswith("PEAK ")]
+    assert line, out.stderr[-2000:]
+    got = json.loads(line[0][5:])
+    predicted = predict("embedded", "lora", 8, False, 8, "/tmp/nbatune-bench/models", got["batches"]).total
+    assert predicted == pytest.approx(got["peak"], rel=0.25), (predicted, got["peak"])
+    planned = predict("embedded", "lora", 8, False, 8, "/tmp/nbatune-bench/models").total
+    assert planned >= predicted  # the plan sizes for the largest of many batches, not the eight trained here
+
+
+def test_memory_command_prints_each_technique_and_fails_when_one_does_not_fit(tiny_model_dir, tmp_path, capsys):
+    import yaml
+
+    from nbatune.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, tmp_path)))
+    assert main(["memory", "--config", str(path), "--set", "train.memory_budget_gib=64"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"| {m} |" in out for m in ("full", "lora", "qlora")) and "yes" in out
+    assert main(["memory", "--config", str(path), "--set", "train.memory_budget_gib=0.01"]) == 1
+    assert "| NO |" in capsys.readouterr().out
