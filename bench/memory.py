@@ -8,7 +8,7 @@ loading and ``--steps`` training steps of our trainer (CPU), or ``max_memory_all
 Two predictions, both from the model's config alone:
 - "predicted": ``estimate_memory`` for the micro-batches that were actually trained (their positions
   and logit positions, recorded by the child): the estimator's own error;
-- "planned": ``estimate_for_run``, what a run computes before training: the largest of 32 sampled
+- "planned": ``estimate_for_run``, what a run computes before training: the largest of 256 sampled
   micro-batches, so it also covers batches larger than the few measured here.
 """
 
@@ -24,11 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CASES = [  # (model, method, batch, gradient checkpointing)
-    *[("embedded", m, b, False) for b in (8, 16, 32) for m in ("full", "lora", "qlora")],
-    ("embedded", "lora", 16, True),
-    *[("small-wide", m, 16, False) for m in ("full", "lora", "qlora")],
-    ("small-mha", "lora", 32, False),
+CASES = [  # (model, method, batch, gradient checkpointing, held out of the fit of nbatune.memory's constants)
+    *[("embedded", m, b, False, False) for b in (16, 32) for m in ("full", "lora", "qlora")],
+    *[("small-wide", m, 16, False, False) for m in ("full", "lora", "qlora")],
+    ("small-mha", "lora", 32, False, False),
+    ("embedded", "full", 16, True, True),
+    ("embedded", "lora", 16, True, True),
+    ("small-mha", "full", 16, False, True),
+    ("small-mha", "qlora", 16, False, True),
+    ("small-wide", "lora", 32, False, True),
 ]
 
 
@@ -110,12 +114,12 @@ def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    cases = CASES if not a.models else [(mo, me, int(b), False) for mo in a.models.split(",")
+    cases = CASES if not a.models else [(mo, me, int(b), False, True) for mo in a.models.split(",")
                                         for b in a.batches.split(",") for me in a.methods.split(",")]
     rows = []
-    print("| model | technique | batch | grad. ckpt | measured MiB | predicted MiB | error | planned MiB | error |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
-    for model, method, batch, gc in cases:
+    print("| model | technique | batch | grad. ckpt | held out | measured MiB | predicted MiB | error | planned MiB | error |")
+    print("|---|---|---:|---|---|---:|---:|---:|---:|---:|")
+    for model, method, batch, gc, held_out in cases:
         plan = predict(model, method, batch, gc, a.steps, a.models_dir)
         cmd = [sys.executable, __file__, "--steps", str(a.steps), "--models-dir", a.models_dir,
                "--one", model, method, str(batch), "1" if gc else "0"]
@@ -127,16 +131,19 @@ def main() -> None:
         measured = got["peak"]
         est = predict(model, method, batch, gc, a.steps, a.models_dir, got["batches"])
         err, plan_err = est.total / measured - 1, plan.total / measured - 1
-        rows.append({"model": model, "method": method, "batch": batch, "gc": gc, "measured": measured,
+        rows.append({"model": model, "method": method, "batch": batch, "gc": gc, "held_out": held_out, "measured": measured,
                      "predicted": est.total, "error": err, "planned": plan.total, "plan_error": plan_err,
                      "parts": est.parts, "batches": got["batches"]})
-        print(f"| {model} | {method} | {batch} | {'on' if gc else 'off'} | {measured / 2**20:.0f} | "
+        print(f"| {model} | {method} | {batch} | {'on' if gc else 'off'} | {'yes' if held_out else 'no'} | "
+              f"{measured / 2**20:.0f} | "
               f"{est.total / 2**20:.0f} | {100 * err:+.0f}% | {plan.total / 2**20:.0f} | {100 * plan_err:+.0f}% |",
               flush=True)
     for key, what in (("error", "predicted"), ("plan_error", "planned")):
-        worst = max(rows, key=lambda r: abs(r[key]))
-        print(f"\n{what}: mean |error| {100 * sum(abs(r[key]) for r in rows) / len(rows):.1f}%, worst "
-              f"{100 * worst[key]:+.0f}% ({worst['model']} {worst['method']} batch {worst['batch']})")
+        for group, sel in (("fitted", [r for r in rows if not r["held_out"]]), ("held out", [r for r in rows if r["held_out"]])):
+            if sel:
+                worst = max(sel, key=lambda r: abs(r[key]))
+                print(f"{what}, {group} cases: mean |error| {100 * sum(abs(r[key]) for r in sel) / len(sel):.1f}%, "
+                      f"worst {100 * worst[key]:+.0f}% ({worst['model']} {worst['method']} batch {worst['batch']})")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 

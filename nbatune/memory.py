@@ -13,18 +13,22 @@ The estimate is the sum of what our training path keeps alive at its peak, per t
 - output-head logits: positions that get a loss x vocabulary x 16 bytes (bf16 + fp32 logits, the
   softmax and their gradients); with the chunked loss (``train.loss_chunk_tokens``), one chunk of
   answer tokens x vocabulary x 8 bytes, alive only while the loss is computed;
-- backward working memory: gradients of activations alive beside the saved ones, 25% of
-  activations (+ logits, when they are kept for backward);
-- CPU only, allocator slack: glibc's heap fragments as activations of varying shapes are freed and
-  allocated again step after step, so process RSS settles about a quarter above the working set
-  (LoRA on the embedded model: +23% after 20 and after 40 steps). Returning freed pages to the OS
-  instead (``mallopt`` mmap threshold 256 KiB) removed the slack but made training 1.5-1.9x slower;
-- a fixed overhead: the trainer and data pipeline (CPU), or the CUDA context (not part of
-  ``max_memory_allocated``, but part of what must fit).
+- working memory beyond the saved tensors (gradients of activations during backward, allocator
+  slack: on CPU glibc's heap fragments as tensors of varying shapes are freed and allocated again):
+  19% of activations + logits;
+- a fixed overhead: on CPU 300 MiB plus 3 bytes per parameter (the trainer, the data pipeline and
+  caches that grow with the model; fitted, not attributed part by part), on CUDA the context (not
+  part of ``max_memory_allocated``, but part of what must fit).
+
+The three constants (19%, 300 MiB, 3 bytes per parameter) were fitted by least squares to ten CPU
+peaks (``bench/memory.py``: the embedded model and two random-weight shapes, three techniques, batch
+16 and 32); five more cases were held out to check them (BENCHMARKS.md). Returning freed pages to the
+OS instead of letting the heap fragment (``mallopt`` mmap threshold 256 KiB) removed most of the
+slack but made training 1.5-1.9x slower, so it is not done.
 
 Gradients and activations do not peak together: the trainer frees the gradients before each forward
 and the allocator reuses that memory for activations, so the peak is weights + optimizer states +
-the larger of (gradients, activations + logits + backward) + overhead.
+the larger of (gradients, activations + logits + working memory) + overhead.
 
 It is validated against measured peaks by ``bench/memory.py``; the table is in BENCHMARKS.md.
 """
@@ -47,9 +51,9 @@ CHUNKED_LOGIT_BYTES = 8  # fp32 logits turned into their gradient in place, plus
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64, fp32 per 256 absmax (double quant)
 NF4_BYTES_SINGLE = 0.5 + 4 / 64
 OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
-BACKWARD_FRACTION = 0.25
-CPU_ALLOCATOR_SLACK = 0.25  # of the memory that is allocated and freed every step
-OVERHEAD = {"cpu": 200 * MiB, "cuda": 500 * MiB}
+WORKING_FRACTION = 0.19  # of activations + logits: backward's gradients of activations, allocator slack
+OVERHEAD = {"cpu": 300 * MiB, "cuda": 500 * MiB}
+CPU_OVERHEAD_PER_PARAM = 3
 # fp32 activations are about twice the bf16 ones (the fp32 parts do not grow, the bf16 parts double)
 FP32_ACT_SCALE = 1.8
 
@@ -140,7 +144,7 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         p = self.parts
-        transient = max(p["gradients"], p["activations"] + p["logits"] + p["backward"] + p["allocator"])
+        transient = max(p["gradients"], p["activations"] + p["logits"] + p["working"])
         return p["weights"] + p["optimizer"] + transient + p["overhead"]
 
     def describe(self) -> str:
@@ -191,16 +195,13 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
     positions = tokens if logit_tokens is None else logit_tokens
     if loss_chunk_tokens:
         logits = min(positions, loss_chunk_tokens) * s.vocab * CHUNKED_LOGIT_BYTES
-        backward = BACKWARD_FRACTION * acts
     else:
         logits = positions * s.vocab * LOGIT_BYTES
-        backward = BACKWARD_FRACTION * (acts + logits)
     opt = OPTIMIZER_BYTES.get(optimizer, 8) * trainable
+    overhead = OVERHEAD["cuda"] if device == "cuda" else OVERHEAD["cpu"] + CPU_OVERHEAD_PER_PARAM * shape.params
     return MemoryEstimate(method, device, {
         "weights": int(weights), "gradients": 4 * trainable, "optimizer": opt, "activations": int(acts),
-        "logits": int(logits), "backward": int(backward),
-        "allocator": 0 if device == "cuda" else int(CPU_ALLOCATOR_SLACK * (acts + logits + backward)),
-        "overhead": OVERHEAD["cuda" if device == "cuda" else "cpu"]})
+        "logits": int(logits), "working": int(WORKING_FRACTION * (acts + logits)), "overhead": int(overhead)})
 
 
 def logit_positions(labels, chunked: bool) -> int:
@@ -212,18 +213,18 @@ def logit_positions(labels, chunked: bool) -> int:
     return int(targets.sum()) if chunked else labels.shape[0] * int(targets.any(0).sum())
 
 
-def batch_footprint(rows: list[dict], collator, batch_size: int, chunked: bool, samples: int = 32,
+def batch_footprint(rows: list[dict], collator, batch_size: int, chunked: bool, samples: int = 256,
                     seed: int = 0) -> tuple[int, int]:
-    """(positions, logit positions) of the largest of ``samples`` random micro-batches, built by the
-    trainer's own collator: padding and packing are counted as they will happen."""
+    """The most positions and the most logit positions over ``samples`` random micro-batches, built by
+    the trainer's own collator: padding and packing are counted as they will happen."""
     import random
 
     rng = random.Random(seed)
-    most = (0, 0)
+    tokens = logits = 0
     for _ in range(samples):
         labels = collator(rng.sample(rows, min(batch_size, len(rows))))["labels"]
-        most = max(most, (labels.numel(), logit_positions(labels, chunked)))
-    return most
+        tokens, logits = max(tokens, labels.numel()), max(logits, logit_positions(labels, chunked))
+    return tokens, logits
 
 
 def available_bytes(device: str) -> int:
