@@ -59,21 +59,17 @@ def model_path(model: str, models_dir: str) -> str:
 
 
 def run_ours(method: str, steps: int, batch: int, model: str, overrides: list[str] = ()) -> dict:
+    from nbatune.compare import prepare_training_data
     from nbatune.config import load_config
-    from nbatune.data.loading import load_splits
-    from nbatune.data.tokenize import tokenize_records
     from nbatune.measure import PeakMemory
-    from nbatune.modeling import count_parameters, load_model, load_tokenizer, resolve_model_path
+    from nbatune.modeling import count_parameters, load_model
     from nbatune.runtime import resolve
     from nbatune.training import train
 
     cfg = load_config(None, [f"model.name_or_path={model}", f"train.max_steps={steps}", f"train.batch_size={batch}",
                              "train.logging_steps=1000", "train.memory_check=skip", *overrides])
     rt = resolve(cfg.train.device, cfg.train.precision)
-    path = resolve_model_path(cfg.model)
-    tok = load_tokenizer(path, cfg.model)
-    rows, _ = tokenize_records(load_splits(cfg.data, cfg.model, cfg.seed)["train"], tok, cfg.model.max_length,
-                               "truncate", "train")
+    path, tok, _, rows, _ = prepare_training_data(cfg)
     with PeakMemory(rt.device) as mem:
         model = load_model(path, method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed,
                            cfg.train.gradient_checkpointing[method])

@@ -21,13 +21,14 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     from nbatune.memory import model_shape
+    from nbatune.modeling import default_cache_dir
 
     rows = [r for r in json.loads(Path(sys.argv[1]).read_text()) if not r["gc"] and not r.get("held_out")]
     params = {}
     for r in rows:
         if r["model"] not in params:
-            path = (str(Path.home() / ".cache/nbatune/smollm2-135m-instruct") if r["model"] == "embedded"
-                    else f"/tmp/nbatune-bench/models/{r['model']}")
+            path = (str(default_cache_dir() / "smollm2-135m-instruct") if r["model"] == "embedded"
+                    else f"/tmp/nbatune-bench/models/{r['model']}")  # bench/memory.py's default --models-dir
             params[r["model"]] = model_shape(path).params
     x = np.array([[r["parts"]["activations"] + r["parts"]["logits"], 1.0, params[r["model"]]] for r in rows])
     y = np.array([r["measured"] - r["parts"]["weights"] - r["parts"]["optimizer"] for r in rows])

@@ -37,10 +37,8 @@ CASES = [  # (model, method, batch, gradient checkpointing, held out of the fit 
 
 
 def setup_run(model: str, method: str, batch: int, gc: bool, steps: int, models_dir: str):
+    from nbatune.compare import prepare_training_data
     from nbatune.config import load_config
-    from nbatune.data.loading import load_splits
-    from nbatune.data.tokenize import tokenize_records
-    from nbatune.modeling import load_tokenizer, resolve_model_path
     from nbatune.runtime import resolve
 
     if model != "embedded":
@@ -49,13 +47,11 @@ def setup_run(model: str, method: str, batch: int, gc: bool, steps: int, models_
         model = str(random_checkpoint(model, models_dir))
     else:
         model = "embedded:smollm2-135m-instruct"
-    cfg = load_config(None, [f"model.name_or_path={model}", f"train.max_steps={steps}", f"train.batch_size={batch}",
-                             f"train.gradient_checkpointing.{method}={str(gc).lower()}", "train.logging_steps=1000"])
+    cfg = load_config(None, [f"model.name_or_path={model}", f"methods=[{method}]", f"train.max_steps={steps}",
+                             f"train.batch_size={batch}", f"train.gradient_checkpointing.{method}={str(gc).lower()}",
+                             "train.logging_steps=1000"])
     rt = resolve(cfg.train.device, cfg.train.precision)
-    path = resolve_model_path(cfg.model)
-    tok = load_tokenizer(path, cfg.model)
-    rows, _ = tokenize_records(load_splits(cfg.data, cfg.model, cfg.seed)["train"], tok, cfg.model.max_length,
-                               "truncate", "train")
+    path, tok, _, rows, _ = prepare_training_data(cfg)
     return cfg, rt, path, tok, rows
 
 
@@ -86,16 +82,14 @@ def child(model: str, method: str, batch: int, gc: bool, steps: int, models_dir:
 
 def predict(model: str, method: str, batch: int, gc: bool, steps: int, models_dir: str, batches=None):
     """The estimate for the given (positions, logit positions) batches, or, without them, the plan a run makes."""
-    from nbatune.memory import estimate_for_run, estimate_memory
+    from nbatune.memory import estimate_for_config, estimate_for_run, model_shape
 
     cfg, rt, path, tok, rows = setup_run(model, method, batch, gc, steps, models_dir)
     if batches is None:
-        return estimate_for_run(cfg, method, path, rows, tok.pad_token_id, rt.device, rt.precision)
-    t = cfg.train
-    return max((estimate_memory(path, method, tokens=n, logit_tokens=k, loss_chunk_tokens=t.loss_chunk_tokens,
-                                precision=rt.precision, device=rt.device,
-                                optimizer=t.optimizer[method], gradient_checkpointing=gc, lora_r=cfg.lora.r)
-                for n, k in batches), key=lambda e: e.total)
+        return estimate_for_run(cfg, path, rows, tok.pad_token_id, rt.device, rt.precision)[method]
+    shape = model_shape(path)
+    return max((estimate_for_config(cfg, method, shape, n, k, rt.device, rt.precision) for n, k in batches),
+               key=lambda e: e.total)
 
 
 def main() -> None:

@@ -96,7 +96,7 @@ def _run(args) -> int:
 
 def _memory(args) -> int:
     from .config import load_config
-    from .memory import GiB, available_bytes, estimate_for_run, estimate_memory
+    from .memory import GiB, estimate_for_config, estimate_for_run, memory_budget
     from .runtime import resolve
 
     overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
@@ -109,27 +109,17 @@ def _memory(args) -> int:
         rt = resolve(t.device, t.precision)
         device, precision = rt.device, rt.precision
     if args.seq_len:
-        def estimate(m):
-            return estimate_memory(cfg.model.name_or_path, m, tokens=t.batch_size * args.seq_len,
-                                   loss_chunk_tokens=t.loss_chunk_tokens, precision=precision,
-                                   device=device, optimizer=t.optimizer[m], gradient_checkpointing=t.gradient_checkpointing[m],
-                                   lora_r=cfg.lora.r, double_quant=cfg.quant.bnb_4bit_use_double_quant)
+        tokens = t.batch_size * args.seq_len
+        by_method = {m: estimate_for_config(cfg, m, cfg.model.name_or_path, tokens, tokens, device, precision)
+                     for m in cfg.methods}
     else:
-        from .data.loading import load_splits
-        from .data.tokenize import tokenize_records
-        from .modeling import load_tokenizer, resolve_model_path
+        from .compare import prepare_training_data
 
-        path = resolve_model_path(cfg.model)
-        tok = load_tokenizer(path, cfg.model)
-        rows, _ = tokenize_records(load_splits(cfg.data, cfg.model, cfg.seed)["train"], tok, cfg.model.max_length,
-                                   cfg.data.overlong, "train")
-
-        def estimate(m):
-            return estimate_for_run(cfg, m, path, rows, tok.pad_token_id, device, precision)
-
-    budget = int(t.memory_budget_gib * GiB) if t.memory_budget_gib else (
-        available_bytes(device) if device == resolve().device else None)
-    estimates = [estimate(m) for m in cfg.methods]
+        path, tok, _, rows, _ = prepare_training_data(cfg)
+        by_method = estimate_for_run(cfg, path, rows, tok.pad_token_id, device, precision)
+    # the free memory of this machine says nothing about another device
+    budget = memory_budget(t, device) if t.memory_budget_gib or device == resolve().device else None
+    estimates = list(by_method.values())
     parts = list(estimates[0].parts)
     print(f"peak training memory, GiB ({device}, {precision}, batch {t.batch_size})")
     print("| technique | " + " | ".join(parts) + " | total | fits |")

@@ -20,7 +20,7 @@ from .config import PER_METHOD_FIELDS, RunConfig, load_config
 from .data.loading import load_splits
 from .data.tokenize import tokenize_records
 from .measure import PeakMemory, dir_size, free_memory, weights_bytes
-from .memory import GiB, MemoryBudgetError, available_bytes, check_fits, estimate_for_run
+from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
 from .modeling import check_bitsandbytes, count_parameters, load_model, load_tokenizer, resolve_model_path
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
 from .runtime import resolve
@@ -31,6 +31,19 @@ RESUME_HARMLESS = ("enabled", "methods", "evaluate_base", "output_dir", "run_nam
                    "train.logging_steps", "train.save_steps")
 
 log = logging.getLogger(__name__)
+
+
+def prepare_training_data(cfg: RunConfig):
+    """Load the data splits, resolve the base model, load its tokenizer and tokenize the training split.
+
+    Returns:
+        (model path, tokenizer, records by split, tokenized training rows, their tokenization stats)
+    """
+    records = load_splits(cfg.data, cfg.model, cfg.seed)
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model)
+    rows, stats = tokenize_records(records["train"], tokenizer, cfg.model.max_length, cfg.data.overlong, "train")
+    return model_path, tokenizer, records, rows, stats
 
 
 class Comparison:
@@ -71,11 +84,7 @@ class Comparison:
         self.rt = resolve(cfg.train.device, cfg.train.precision)
         if "qlora" in cfg.methods:
             check_bitsandbytes()
-        self.records = load_splits(cfg.data, cfg.model, cfg.seed)
-        self.model_path = resolve_model_path(cfg.model)
-        self.tokenizer = load_tokenizer(self.model_path, cfg.model)
-        self.train_rows, train_stats = tokenize_records(self.records["train"], self.tokenizer, cfg.model.max_length,
-                                                        cfg.data.overlong, "train")
+        self.model_path, self.tokenizer, self.records, self.train_rows, train_stats = prepare_training_data(cfg)
         val_records = self.records["validation"][: cfg.eval.max_val_examples]
         self.val_rows, val_stats = tokenize_records(val_records, self.tokenizer, cfg.model.max_length, "drop",
                                                     "validation")
@@ -101,16 +110,14 @@ class Comparison:
         t = self.cfg.train
         if t.memory_check == "skip":
             return {}
-        estimates, problems = {}, []
-        budget = int(t.memory_budget_gib * GiB) if t.memory_budget_gib else available_bytes(self.rt.device)
-        for m in self.cfg.methods:
-            try:
-                est = estimate_for_run(self.cfg, m, self.model_path, self.train_rows, self.tokenizer.pad_token_id,
-                                       self.rt.device, self.rt.precision)
-            except ValueError as e:  # an architecture the estimator does not know: train without a check
-                log.warning("no memory estimate for %s: %s", m, e)
-                continue
-            estimates[m] = est
+        try:
+            estimates = estimate_for_run(self.cfg, self.model_path, self.train_rows, self.tokenizer.pad_token_id,
+                                         self.rt.device, self.rt.precision)
+        except ValueError as e:  # an architecture the estimator does not know: train without a check
+            log.warning("no memory estimate: %s", e)
+            return {}
+        budget, problems = memory_budget(t, self.rt.device), []
+        for m, est in estimates.items():
             log.info("memory estimate %s (budget %.1f GiB)", est.describe(), budget / GiB)
             try:
                 check_fits(est, budget, t.batch_size, t.memory_check, t.gradient_checkpointing[m])

@@ -110,6 +110,8 @@ def model_shape(config) -> ModelShape:
     Raises:
         ValueError: the config lacks the sizes needed (not a decoder-only transformer).
     """
+    if isinstance(config, ModelShape):
+        return config
     if isinstance(config, dict):
         from transformers import AutoConfig
 
@@ -159,7 +161,8 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
     """Predict the peak memory of one training process.
 
     Args:
-        config: a transformers config, a dict of its fields, a local checkpoint path or a hub id.
+        config: a transformers config, a dict of its fields, a local checkpoint path, a hub id, or
+            a ``ModelShape``.
         method: ``full``, ``lora`` or ``qlora``.
         tokens: positions in one micro-batch (rows x width, padding included).
         logit_tokens: positions whose logits are computed. Default: all ``tokens`` (the standard
@@ -266,18 +269,30 @@ def check_fits(est: MemoryEstimate, budget: int, batch_size: int, policy: str = 
     log.warning(msg)
 
 
-def estimate_for_run(cfg, method: str, model_path: str, train_rows: list[dict], pad_id: int, device: str,
-                     precision: str) -> MemoryEstimate:
-    """The estimate for one technique of a configured run, with the micro-batch sized by the
-    trainer's own collator over the tokenized training rows."""
+def estimate_for_config(cfg, method: str, model, tokens: int, logit_tokens: int | None, device: str,
+                        precision: str) -> MemoryEstimate:
+    """``estimate_memory`` with the technique's settings taken from a ``RunConfig``."""
+    t = cfg.train
+    return estimate_memory(model, method, tokens=tokens, logit_tokens=logit_tokens,
+                           loss_chunk_tokens=t.loss_chunk_tokens, precision=precision, device=device,
+                           optimizer=t.optimizer[method], gradient_checkpointing=t.gradient_checkpointing[method],
+                           lora_r=cfg.lora.r, double_quant=cfg.quant.bnb_4bit_use_double_quant)
+
+
+def estimate_for_run(cfg, model_path: str, train_rows: list[dict], pad_id: int, device: str,
+                     precision: str) -> dict[str, MemoryEstimate]:
+    """The estimate for each technique of a configured run, with the micro-batch sized by the
+    trainer's own collator over the tokenized training rows (model config and batches read once)."""
     from .data.tokenize import PackedCollator, PadCollator
 
     t = cfg.train
     collator = (PackedCollator(pad_id, t.pack_row_tokens) if t.batching == "packed"
                 else PadCollator(pad_id, 8 if device == "cuda" else None))
     tokens, logit_tokens = batch_footprint(train_rows, collator, t.batch_size, t.loss_chunk_tokens > 0, seed=cfg.seed)
-    return estimate_memory(model_path, method, tokens=tokens, logit_tokens=logit_tokens,
-                           loss_chunk_tokens=t.loss_chunk_tokens, precision=precision,
-                           device=device, optimizer=t.optimizer[method],
-                           gradient_checkpointing=t.gradient_checkpointing[method], lora_r=cfg.lora.r,
-                           double_quant=cfg.quant.bnb_4bit_use_double_quant)
+    shape = model_shape(model_path)
+    return {m: estimate_for_config(cfg, m, shape, tokens, logit_tokens, device, precision) for m in cfg.methods}
+
+
+def memory_budget(train_cfg, device: str) -> int:
+    """Bytes a training process may use: ``train.memory_budget_gib``, else what ``device`` has free."""
+    return int(train_cfg.memory_budget_gib * GiB) if train_cfg.memory_budget_gib else available_bytes(device)
