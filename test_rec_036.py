@@ -40,7 +40,7 @@ def executed(tiny_model_dir, tmp_path_factory):
 def _parts(model_dir, tmp_path, method, **over):
     cfg = load_config(tiny_config(model_dir, tmp_path, **over))
     tok = load_tokenizer(str(model_dir), cfg.model)
-    recs = load_splits(cfg.data, cfg.model, cfg.seed)
+    recs = load_splits(cfg.data, cfg.model)
     rows, _ = tokenize_records(recs["train"], tok, cfg.model.max_length, "truncate", "train")
     model = load_model(str(model_dir), method, cfg.model, FP32, cfg.lora, cfg.quant, cfg.seed,
                        cfg.train.gradient_checkpointing[method])
@@ -77,9 +77,36 @@ def test_execute_returns_every_method_with_documented_keys(executed):
 def test_results_json_matches_returned_dict(executed):
     impl, res = executed
     on_disk = json.loads((Path(res["run_dir"]) / "results.json").read_text())
-    assert on_disk["schema_version"] == 1
+    assert on_disk["schema_version"] == 2
     for m in ("full", "lora", "qlora"):
         assert on_disk[m]["accuracy"] == res[m]["accuracy"]
+
+
+def test_results_carry_baselines_retention_learning_curves_and_provenance(executed):
+    _, res = executed
+    n = len(res["base"]["correct"])
+    b = res["baselines"]
+    assert set(b) == {"trivial", "zero_shot", "few_shot"}
+    for name, v in b.items():
+        assert len(v["correct"]) == n and 0 <= v["accuracy"] <= 1 and v["per_category"], name
+    assert b["zero_shot"]["correct"] == res["base"]["correct"]
+    assert b["few_shot"]["k"] == 3 and len(b["few_shot"]["predictions"]) == n
+    assert set(b["trivial"]["rules"]) == {q["category"] for q in res["test_questions"]}
+    cmp = res["comparison"]
+    assert cmp["strongest_baseline"] == max(b, key=lambda k: b[k]["accuracy"])
+    for m in ("full", "lora", "qlora"):
+        assert len(res[m]["retention"]["correct"]) == len(res["base"]["retention"]["correct"]) >= 200
+        learned = cmp["learned"][m]
+        assert learned["diff"] == pytest.approx(res[m]["accuracy"] - b[cmp["strongest_baseline"]]["accuracy"])
+        forgot = cmp["forgot"][m]
+        assert forgot["diff"] == pytest.approx(res["base"]["retention"]["accuracy"] - res[m]["retention"]["accuracy"])
+        curve = res[m]["learning_curve"]
+        assert [p["step"] for p in curve] == [4]  # curve_steps 10 > max_steps 4: only the last step
+        assert curve[0]["tokens"] == res[m]["train_tokens"] and 0 <= curve[0]["exact_match"] <= 1
+        assert [r["seed"] for r in res[m]["repeats"]] == [0]
+    assert cmp["comparisons_made"] == 3
+    assert res["provenance"]["nf4_error"]["relative_error"] > 0
+    assert res["provenance"]["name"] == str(Path(res["model_path"])) or res["provenance"]["path"] == res["model_path"]
 
 
 def test_lora_saves_only_an_adapter_in_safetensors(executed):
@@ -212,12 +239,13 @@ def test_prompt_tokens_are_excluded_from_the_loss(tiny_model_dir, tmp_path):
     torch.testing.assert_close(loss_a, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_packed_batches_give_the_same_loss_and_gradients_as_padded(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_packed_batches_give_the_same_loss_and_gradients_as_padded(tiny_model_dir, tmp_path, method):
     from nbatune.data.tokenize import PackedCollator
 
-    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, "full")
+    cfg, tok, rows, model = _parts(tiny_model_dir, tmp_path, method)
     batch = rows[:12]
-    packed = PackedCollator(tok.pad_token_id, row_tokens=96)(batch)
+    packed = PackedCollator(tok.pad_token_id, row_tokens=192)(batch)
     assert packed["input_ids"].shape[0] < len(batch)  # several examples share a row
     assert int(packed["real_tokens"]) == sum(len(r["input_ids"]) for r in batch)
     padded = PadCollator(tok.pad_token_id)(batch)
@@ -226,7 +254,8 @@ def test_packed_batches_give_the_same_loss_and_gradients_as_padded(tiny_model_di
         model.zero_grad()
         loss, n = answer_only_loss(model, inputs)
         loss.backward()
-        grads.append((loss.detach(), n, model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+        trained = [p for p in model.parameters() if p.requires_grad]
+        grads.append((loss.detach(), n, torch.cat([p.grad.flatten() for p in trained])))
     (la, na, ga), (lb, nb, gb) = grads
     assert na == nb
     torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)

@@ -95,7 +95,7 @@ def run_peer(method: str, steps: int, batch: int, model: str) -> dict:
     cfg = load_config(None, [f"model.name_or_path={model}"])
     path = resolve_model_path(cfg.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    recs = load_splits(cfg.data, cfg.model, cfg.seed)["train"]
+    recs = load_splits(cfg.data, cfg.model)["train"]
     ds = datasets.Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in recs])
     init = {}
     if method == "qlora":

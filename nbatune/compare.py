@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import statistics
 import time
 import traceback
 from datetime import datetime
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from . import evaluation, report
+from . import baselines, evaluation, provenance, report
 from .config import PER_METHOD_FIELDS, RunConfig, load_config
+from .data import retention
 from .data.loading import load_splits
 from .data.tokenize import tokenize_records
 from .measure import PeakMemory, dir_size, free_memory, weights_bytes
@@ -39,7 +41,7 @@ def prepare_training_data(cfg: RunConfig):
     Returns:
         (model path, tokenizer, records by split, tokenized training rows, their tokenization stats)
     """
-    records = load_splits(cfg.data, cfg.model, cfg.seed)
+    records = load_splits(cfg.data, cfg.model)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model)
     rows, stats = tokenize_records(records["train"], tokenizer, cfg.model.max_length, cfg.data.overlong, "train")
@@ -89,6 +91,9 @@ class Comparison:
         self.val_rows, val_stats = tokenize_records(val_records, self.tokenizer, cfg.model.max_length, "drop",
                                                     "validation")
         self.test_records = self.records["test"][: cfg.eval.max_test_examples]
+        self.pools = evaluation.candidate_pools(*self.records.values())
+        self.retention_records = retention.records(cfg.model.system_prompt) if cfg.eval.retention else []
+        self.curve_rows = self.val_rows[: cfg.eval.curve_examples]
         self.dataset_info = {
             "source": cfg.data.source,
             "sizes": {s: len(r) for s, r in self.records.items()},
@@ -190,20 +195,24 @@ class Comparison:
                         "fingerprint": self._fingerprint(),
                         "environment": environment(self.rt.describe()), "dataset": self.dataset_info,
                         "model_path": self.model_path,
-                        "test_questions": [{"question": r["messages"][-2]["content"], "answer": r["answer"],
+                        "provenance": provenance.origin(self.cfg.model, self.model_path),
+                        "test_questions": [{"question": baselines.question_text(r), "answer": r["answer"],
                                             "category": r["category"]} for r in self.test_records]}
         previous = {}
         if resume and (self.run_dir / "results.json").is_file():
             previous = json.loads((self.run_dir / "results.json").read_text())
+        if self.is_main:
+            self.results["baselines"] = previous.get("baselines") or {"trivial": self._trivial_baseline()}
         order = (["base"] if self.cfg.evaluate_base and self.is_main else []) + methods
         for m in order:
             if previous.get(m, {}).get("status") == Status.OK.value:
                 log.info("=== %s: finished in the interrupted run, kept ===", m)
                 self.results[m] = previous[m]
                 continue
-            log.info("=== %s ===", m)
-            res = self._run_method(m, resume=resume)
+            res = self._run_repeats(m, resume)
             self.results[m] = res.to_dict()
+            if m == "base":
+                self._add_base_baselines(res)
             self._write()
             if res.status == Status.INTERRUPTED:
                 raise KeyboardInterrupt(f"interrupted during {m}; resume with execute(resume=True) and "
@@ -217,6 +226,41 @@ class Comparison:
         self._write()
         return self.results
 
+    def _trivial_baseline(self) -> dict:
+        """The best rule per category (constant answer or copying a number), fitted on train, scored on test."""
+        rules = baselines.fit_trivial(self.records["train"], self.pools, {r["category"] for r in self.test_records})
+        preds = baselines.trivial_predictions(rules, self.test_records)
+        return {**evaluation.score(self.test_records, preds, self.pools), "predictions": preds, "rules": rules}
+
+    def _add_base_baselines(self, base: MethodResult) -> None:
+        if base.status != Status.OK:
+            return
+        b = self.results["baselines"]
+        b["zero_shot"] = {k: getattr(base, k) for k in ("accuracy", "accuracy_ci95", "per_category", "correct")}
+        if base.few_shot:
+            b["few_shot"] = base.few_shot
+
+    def _run_repeats(self, method: str, resume: bool) -> MethodResult:
+        """``train.repeats`` trainings of one technique with seeds seed, seed+1, ...; the first is kept
+        whole (and saved), the others as summaries, with the mean and spread of their accuracies."""
+        n = 1 if method == "base" else self.cfg.train.repeats
+        first = None
+        for i in range(n):
+            seed = self.cfg.seed + i
+            log.info("=== %s%s ===", method, f" (repeat {i + 1}/{n}, seed {seed})" if n > 1 else "")
+            res = self._run_method(method, seed, resume=resume and i == 0, save=i == 0)
+            if first is None:
+                first = res
+            first.repeats.append(res.summary())
+            if res.status != Status.OK:
+                first.status, first.error = res.status, res.error
+                break
+        accs = [r["accuracy"] for r in first.repeats if r["accuracy"] is not None]
+        if accs:
+            first.accuracy_mean = sum(accs) / len(accs)
+            first.accuracy_sd = statistics.stdev(accs) if len(accs) > 1 else None
+        return first
+
     def _fingerprint(self) -> dict:
         """What makes two runs comparable: the same config, data and seed on the same software."""
         def digest(obj) -> str:
@@ -229,23 +273,25 @@ class Comparison:
         if self.is_main:
             write_json_atomic(self.run_dir / "results.json", self.results)
 
-    def _run_method(self, method: str, resume: bool = False) -> MethodResult:
-        res = MethodResult(method=method)
+    def _run_method(self, method: str, seed: int, resume: bool = False, save: bool = True) -> MethodResult:
+        res = MethodResult(method=method, seed=None if method == "base" else seed)
         model = None
         try:
             gc_on = self.cfg.train.gradient_checkpointing.get(method, False)
             with PeakMemory(self.rt.device) as mem:
                 model = load_model(self.model_path, method, self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
-                                   self.cfg.seed, gradient_checkpointing=gc_on)
+                                   seed, gradient_checkpointing=gc_on)
                 res.trainable_params, res.total_params = count_parameters(model)
                 res.weights_bytes = weights_bytes(model)
                 if method != "base":
-                    ckpt_dir = self.run_dir / method / "checkpoints"
+                    ckpt_dir = self.run_dir / method / ("checkpoints" if save else f"checkpoints-seed{seed}")
+                    curve = (lambda mdl: evaluation.teacher_forced_exact_match(mdl, self.tokenizer, self.curve_rows,
+                                                                               self.rt)) if self.is_main else None
                     out = train(model, self.tokenizer, self.train_rows, method, self.cfg.train, self.rt, ckpt_dir,
-                                self.cfg.seed, resume=resume and latest_checkpoint(ckpt_dir) is not None)
+                                seed, resume=resume and latest_checkpoint(ckpt_dir) is not None, curve=curve)
                     res.loss_curve, res.final_train_loss, res.steps = out.loss_curve, out.final_loss, out.steps
                     res.train_seconds, res.train_tokens = out.seconds, out.real_tokens
-                    res.tokens_per_second = out.tokens_per_second
+                    res.tokens_per_second, res.learning_curve = out.tokens_per_second, out.learning_curve
             res.trainable_pct = 100 * res.trainable_params / res.total_params if res.total_params else 0.0
             res.peak_memory_bytes = mem.peak_bytes
             if method in self.memory_estimates:
@@ -254,15 +300,17 @@ class Comparison:
                 return res
             if method == "base":
                 res.saved_path = self.model_path
-            else:
+            elif save:
                 res.saved_path = str(self._save(model, method))
                 res.saved_bytes = dir_size(res.saved_path)
             ev = evaluation.evaluate_model(model, self.tokenizer, self.val_rows, self.test_records, self.rt,
-                                           self.cfg.eval)
+                                           self.cfg.eval, self.pools, self.retention_records)
             res.eval_loss, res.perplexity = ev["eval_loss"], ev["perplexity"]
             res.accuracy, res.accuracy_ci95 = ev["accuracy"], list(ev["accuracy_ci95"])
             res.per_category, res.predictions, res.correct = ev["per_category"], ev["predictions"], ev["correct"]
-            res.eval_seconds = ev["eval_seconds"]
+            res.eval_seconds, res.retention = ev["eval_seconds"], ev.get("retention", {})
+            if method == "base":
+                self._base_extras(model, res)
         except KeyboardInterrupt:
             res.status, res.error = Status.INTERRUPTED, "interrupted (Ctrl-C); a checkpoint was saved if a step finished"
         except Exception as e:  # one technique failing must not lose the others
@@ -273,6 +321,18 @@ class Comparison:
             del model
             free_memory()
         return res
+
+    def _base_extras(self, model, res: MethodResult) -> None:
+        """The few-shot baseline and the NF4 error measured on the untouched base."""
+        k = self.cfg.eval.few_shot
+        if k:
+            t0 = time.perf_counter()
+            shots = baselines.few_shot_records(self.test_records, self.records["train"], k, self.cfg.data.seed)
+            few = evaluation.answer_and_score(model, self.tokenizer, shots, self.rt, self.cfg.eval, self.pools,
+                                              f"{k}-shot answers")
+            res.few_shot = {**few, "k": k, "seconds": time.perf_counter() - t0}
+        if "qlora" in self.cfg.methods:
+            self.results["provenance"]["nf4_error"] = provenance.nf4_weight_error(model, self.cfg.quant)
 
     def _save(self, model, method: str) -> Path:
         """Full model: a standalone safetensors checkpoint. LoRA/QLoRA: the adapter only."""

@@ -44,6 +44,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    seed: int = _f(42, "Builds the built-in dataset and carves a test split out of user data. Independent of the "
+                       "top-level seed (training), so training can be repeated on a fixed test set.")
     source: str = _f("builtin", "'builtin' (the NBA dataset), or a JSON/JSONL/CSV/Parquet file, a saved datasets "
                                 "directory, or a hub dataset id.")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "nba"] = _f(
@@ -51,7 +53,8 @@ class DataConfig:
     train_size: int = _f(3200, "Built-in dataset: training examples.")
     val_size: int = _f(160, "Built-in dataset: validation examples (eval loss and perplexity).")
     test_size: int = _f(320, "Built-in dataset: test examples (answer accuracy).")
-    test_fraction: float = _f(0.1, "User data without a test split: fraction carved out, deterministically from the seed.")
+    test_fraction: float = _f(0.1, "User data without a test split: fraction carved out, deterministically from "
+                                   "data.seed.")
     overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples longer than model.max_length.")
 
 
@@ -76,6 +79,9 @@ class QuantSettings:
 @dataclass
 class TrainConfig:
     max_steps: int = _f(120, "Optimizer steps per method. Same for every method: same data, same token budget.")
+    repeats: int = _f(1, "Train every technique this many times, with seeds seed, seed+1, ..., on the same data and "
+                         "test set; results keep every repeat and give the mean and spread. The first repeat's "
+                         "model is the one saved.")
     batch_size: int = _f(16, "Examples per micro-batch.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     learning_rate: dict[str, float] = _f({"full": 1e-4, "lora": 2e-3, "qlora": 2e-3},
@@ -99,6 +105,8 @@ class TrainConfig:
     loss_chunk_tokens: int = _f(512, "Output head + loss over the answer tokens only, this many at a time, never "
                                      "holding all their logits (less memory, less head compute). 0: the model "
                                      "computes the logits of every answer column.")
+    curve_steps: int = _f(10, "Learning curve: every this many steps, teacher-forced exact match on "
+                              "eval.curve_examples validation rows (0: off).")
     logging_steps: int = _f(5, "Log the training loss every this many steps (also the NaN check interval).")
     save_steps: int = _f(0, "Checkpoint every this many steps (0: only the final model).")
     report_to: list[str] = _f([], "Extra loggers, as in transformers: 'tensorboard', 'wandb'.")
@@ -111,7 +119,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = _f(64, "Greedy generation length for test answers.")
+    max_new_tokens: int = _f(96, "Greedy generation length for test answers (the longest built-in answer, game "
+                                 "score's formula, is 84 tokens).")
+    stop_at_newline: bool = _f(True, "Answers are one line: stop generating at the first line break (every built-in "
+                                     "answer is one line). Set false for multi-line answers.")
+    few_shot: int = _f(3, "Few-shot baseline: solved training examples of the same category shown to the untouched "
+                          "base before each question (0: no few-shot baseline).")
+    retention: bool = _f(True, "Also score the general-knowledge retention set (forgetting) for the base and each "
+                               "technique.")
+    curve_examples: int = _f(48, "Validation rows scored for the learning curve (train.curve_steps).")
     batch_size: int = _f(32, "Prompts per generation batch.")
     max_test_examples: int | None = _f(None, "Evaluate on at most this many test examples (None: all).")
     max_val_examples: int | None = _f(None, "Eval loss on at most this many validation examples (None: all).")
@@ -126,7 +142,7 @@ class RunConfig:
     enabled: bool = _f(True, "Set false to make execute() a no-op that says so.")
     mode: Literal["production", "quick", "test"] = _f("production", "Preset: production = configs/default.yaml "
                                                                     "sizes, quick = configs/quick.yaml, test = tiny.")
-    seed: int = _f(42, "One seed for data order, initialisation of adapters and the built-in dataset.")
+    seed: int = _f(42, "Training seed: adapter initialisation and data order (the dataset has data.seed).")
     methods: list[str] = _f(list(METHODS), "Which techniques to run, in order: full, lora, qlora.")
     evaluate_base: bool = _f(True, "Also evaluate the untouched base model.")
     output_dir: str = _f("runs", "Each run writes to a new timestamped folder under this directory.")
@@ -296,6 +312,8 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
     need(len(set(cfg.methods)) == len(cfg.methods), f"methods: {cfg.methods} lists a method twice")
     t = cfg.train
     need(t.max_steps >= 1, f"train.max_steps: {t.max_steps} must be >= 1")
+    need(t.repeats >= 1, f"train.repeats: {t.repeats} must be >= 1")
+    need(t.curve_steps >= 0, f"train.curve_steps: {t.curve_steps} must be >= 0 (0: off)")
     need(t.batch_size >= 1, f"train.batch_size: {t.batch_size} must be >= 1")
     need(t.grad_accum >= 1, f"train.grad_accum: {t.grad_accum} must be >= 1")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
@@ -324,6 +342,8 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
     e = cfg.eval
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens: {e.max_new_tokens} must be >= 1")
     need(e.batch_size >= 1, f"eval.batch_size: {e.batch_size} must be >= 1")
+    need(e.few_shot >= 0, f"eval.few_shot: {e.few_shot} must be >= 0 (0: no few-shot baseline)")
+    need(e.curve_examples >= 1, f"eval.curve_examples: {e.curve_examples} must be >= 1")
     if cfg.run_name is not None:
         need(bool(cfg.run_name) and "/" not in cfg.run_name and cfg.run_name not in (".", ".."),
              f"run_name: {cfg.run_name!r} must be a plain folder name")

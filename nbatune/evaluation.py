@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data.tokenize import PadCollator, render_prompt
+from .data.tokenize import IGNORE, PadCollator, render_prompt
 from .runtime import Runtime
 from .training import answer_only_loss
 
@@ -25,6 +25,43 @@ def answer_metric():
     import evaluate
 
     return evaluate.load(str(METRIC_DIR))
+
+
+@lru_cache(maxsize=1)
+def scorer():
+    """The metric's module itself (``is_correct``, ``value_of``, ``safe_eval``), for per-answer checks
+    that would be slow through ``evaluate``'s batch interface (the baselines try thousands)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nba_answer_match", METRIC_DIR / "nba_answer_match.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@torch.no_grad()
+def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, batch_size: int = 8) -> float:
+    """Share of ``rows`` (tokenized) whose every answer token is the model's argmax given the true
+    prefix: the same as greedy exact match (lm-evaluation-harness's ``is_greedy``), at the cost of one
+    forward pass. Logits are computed only at answer positions."""
+    was_training = model.training
+    model.eval()
+    collate = PadCollator(tokenizer.pad_token_id)
+    hits = 0
+    try:
+        for s in range(0, len(rows), batch_size):
+            batch = {k: v.to(_device(model)) for k, v in collate(rows[s:s + batch_size]).items()}
+            targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
+            keep = (targets != IGNORE).any(0).nonzero().squeeze(1)
+            with rt.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               logits_to_keep=keep).logits
+            targets = targets[:, keep]
+            right = (logits.argmax(-1) == targets) | (targets == IGNORE)
+            hits += int(right.all(1).sum())
+    finally:
+        model.train(was_training)
+    return hits / max(len(rows), 1)
 
 
 @torch.no_grad()
@@ -44,18 +81,39 @@ def eval_loss(model, tokenizer, rows: list[dict], rt: Runtime, batch_size: int =
     return {"eval_loss": mean, "perplexity": math.exp(min(mean, 50))}
 
 
+def stop_token_ids(tokenizer, at_newline: bool) -> list[int]:
+    """End of turn, and with ``at_newline`` every token that contains a line break: a one-line answer
+    is finished there, and a base model's second paragraph costs no decoding."""
+    stop = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+            if isinstance(i, int) and i >= 0}
+    if at_newline:
+        stop |= _newline_ids(tokenizer)
+    return sorted(stop)
+
+
+def _newline_ids(tokenizer) -> set[int]:
+    key = (tokenizer.name_or_path, len(tokenizer))
+    if key not in _NEWLINES:
+        ids = range(len(tokenizer))
+        _NEWLINES[key] = {i for i, t in zip(ids, tokenizer.batch_decode([[i] for i in ids])) if "\n" in t}
+    return _NEWLINES[key]
+
+
+_NEWLINES: dict = {}
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new_tokens: int = 64,
-                     batch_size: int = 32, desc: str = "answers") -> list[str]:
-    """Greedy answers for each record's prompt, in order. Batched with left padding."""
+                     batch_size: int = 32, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
+    """Greedy answers for each record's prompt, in order. Batched with left padding, prompts sorted by
+    length; a batch stops decoding once every answer has ended."""
     model.eval()
     prompts = [render_prompt(tokenizer, r["messages"]) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    stop = [i for i in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-            if isinstance(i, int) and i >= 0]
+    stop = stop_token_ids(tokenizer, stop_at_newline)
     try:
         for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
             idx = order[s:s + batch_size]
@@ -71,11 +129,29 @@ def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new
     return out
 
 
-def score(records: list[dict], predictions: list[str]) -> dict:
-    """Accuracy overall and per category, each with a 95% Wilson interval, plus per-example flags."""
+def candidate_pools(*splits: list[dict]) -> dict[str, list[str]]:
+    """The competing answers of each category (every answer of that category in any split): an answer
+    that names two of them is a hedge and scores wrong. Numbers need none (two numbers are a hedge anyway)."""
+    pools: dict[str, set[str]] = defaultdict(set)
+    for rows in splits:
+        for r in rows:
+            if r["answer_type"] != "number":
+                pools[r["category"]].add(r["answer"])
+    return {c: sorted(v) for c, v in pools.items()}
+
+
+def score(records: list[dict], predictions: list[str], pools: dict[str, list[str]] | None = None) -> dict:
+    """Accuracy overall and per category, each with a 95% Wilson interval, plus per-example flags.
+
+    Args:
+        pools: competing answers per category (``candidate_pools``); without them a name only has to
+            contain the reference.
+    """
+    pools = pools or {}
     res = answer_metric().compute(predictions=predictions, references=[r["answer"] for r in records],
                                   answer_types=[r["answer_type"] for r in records],
-                                  tolerances=[r["tolerance"] for r in records])
+                                  tolerances=[r["tolerance"] for r in records],
+                                  candidates=[pools.get(r["category"]) for r in records])
     correct = [bool(c) for c in res["correct"]]
     by_cat: dict[str, list[bool]] = defaultdict(list)
     for r, c in zip(records, correct):
@@ -115,13 +191,30 @@ def paired_difference(a: list[bool], b: list[bool], iters: int = 2000, seed: int
     return {"diff": sum(d) / n, "ci95": (lo, hi), "within_noise": lo <= 0 <= hi}
 
 
-def evaluate_model(model, tokenizer, val_rows, test_records, rt: Runtime, eval_cfg) -> dict:
-    """Everything the comparison needs about one model's quality, plus how long it took."""
+def answer_and_score(model, tokenizer, records, rt: Runtime, eval_cfg, pools=None, desc="answers",
+                     max_new_tokens: int | None = None) -> dict:
+    """Generate an answer to every record and score them: accuracy, intervals, per category, flags."""
+    preds = generate_answers(model, tokenizer, records, rt, max_new_tokens or eval_cfg.max_new_tokens,
+                             eval_cfg.batch_size, desc, eval_cfg.stop_at_newline)
+    return {**score(records, preds, pools), "predictions": preds}
+
+
+RETENTION_MAX_NEW_TOKENS = 32  # every retention answer is a word or a number; a sentence fits
+
+
+def evaluate_model(model, tokenizer, val_rows, test_records, rt: Runtime, eval_cfg, pools=None,
+                   retention_records=None) -> dict:
+    """Everything the comparison needs about one model's quality, plus how long each part took."""
     t0 = time.perf_counter()
     loss = eval_loss(model, tokenizer, val_rows, rt, batch_size=max(1, eval_cfg.batch_size // 2))
-    preds = generate_answers(model, tokenizer, test_records, rt, eval_cfg.max_new_tokens, eval_cfg.batch_size)
-    acc = score(test_records, preds)
-    return {**loss, **acc, "predictions": preds, "eval_seconds": time.perf_counter() - t0}
+    acc = answer_and_score(model, tokenizer, test_records, rt, eval_cfg, pools, "test answers")
+    out = {**loss, **acc, "eval_seconds": time.perf_counter() - t0}
+    if retention_records:
+        t1 = time.perf_counter()
+        ret = answer_and_score(model, tokenizer, retention_records, rt, eval_cfg,
+                               candidate_pools(retention_records), "retention", RETENTION_MAX_NEW_TOKENS)
+        out["retention"] = {**ret, "seconds": time.perf_counter() - t1}
+    return out
 
 
 def _device(model) -> torch.device:

@@ -17,46 +17,130 @@ def _ok(results: dict) -> dict[str, dict]:
     return {m: results[m] for m in ORDER if isinstance(results.get(m), dict) and results[m].get("status") == "ok"}
 
 
+BASELINE_LABEL = {"trivial": "best trivial answer per category", "zero_shot": "base zero-shot",
+                  "few_shot": "base few-shot"}
+
+
+def baseline_accuracies(results: dict) -> dict[str, dict]:
+    """The baselines a run measured, each with accuracy, interval, per-category scores and flags."""
+    return {k: v for k, v in (results.get("baselines") or {}).items() if isinstance(v, dict) and "correct" in v}
+
+
 def comparison(results: dict) -> dict:
-    """Winners on quality, memory and speed, paired accuracy differences, and a recommendation."""
+    """What a team decides from: each technique against the strongest baseline (learned), against the
+    base on the retention set (forgot), and against each other (real only when the paired test,
+    Holm-adjusted over the pairs made, and the seed spread both say so); winners and a recommendation."""
     ok = _ok(results)
     trained = {m: r for m, r in ok.items() if m != "base"}
-    out: dict = {"pairs": {}, "winners": {}, "recommendation": ""}
-    names = list(ok)
+    base_lines = baseline_accuracies(results)
+    out: dict = {"baselines": {k: v["accuracy"] for k, v in base_lines.items()}, "learned": {}, "forgot": {},
+                 "pairs": {}, "winners": {}, "recommendation": ""}
+    strongest = max(base_lines, key=lambda k: base_lines[k]["accuracy"]) if base_lines else None
+    out["strongest_baseline"] = strongest
+    for m, r in trained.items():
+        if strongest:
+            d = paired_difference(r["correct"], base_lines[strongest]["correct"])
+            out["learned"][m] = {**d, "vs": strongest, "learned": d["ci95"][0] > 0}
+        base_ret = (ok.get("base") or {}).get("retention") or {}
+        if base_ret.get("correct") and (r.get("retention") or {}).get("correct"):
+            d = paired_difference(base_ret["correct"], r["retention"]["correct"])
+            out["forgot"][m] = {**d, "base": base_ret["accuracy"], "after": r["retention"]["accuracy"]}
+    names = list(trained)
+    raw = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            d = paired_difference(ok[b]["correct"], ok[a]["correct"])
-            out["pairs"][f"{b}-vs-{a}"] = d
+            key = f"{b}-vs-{a}"
+            out["pairs"][key] = {**paired_difference(trained[b]["correct"], trained[a]["correct"]),
+                                 "p_mcnemar": mcnemar(trained[b]["correct"], trained[a]["correct"]),
+                                 "seeds": seed_spread(trained[b], trained[a])}
+            raw[key] = out["pairs"][key]["p_mcnemar"]
+    for key, p_adj in holm(raw).items():
+        pair = out["pairs"][key]
+        pair["p_holm"] = p_adj
+        spread = pair["seeds"]
+        pair["beyond_seed_spread"] = None if spread is None else abs(spread["mean_diff"]) > spread["spread"]
+        pair["real"] = (p_adj < 0.05 and not pair["within_noise"] and bool(pair["beyond_seed_spread"]))
+    out["comparisons_made"] = len(raw)
     if not trained:
         out["recommendation"] = "No technique finished; see the errors in results.json."
         return out
-    best_q = max(trained, key=lambda m: trained[m]["accuracy"])
+    best_q = max(trained, key=lambda m: trained[m].get("accuracy_mean") or trained[m]["accuracy"])
     out["winners"] = {
         "quality": best_q,
         "memory": min(trained, key=lambda m: trained[m]["peak_memory_bytes"]),
         "speed": max(trained, key=lambda m: trained[m]["tokens_per_second"]),
-        "disk": min(trained, key=lambda m: trained[m]["saved_bytes"]),
+        "disk": min(trained, key=lambda m: trained[m]["saved_bytes"] or float("inf")),
     }
-    tied = [m for m in trained if m != best_q and _pair(out, best_q, m)["within_noise"]]
-    rec = [f"Best accuracy: {LABEL[best_q]} ({trained[best_q]['accuracy']:.1%})."]
+    rec = []
+    if strongest:
+        sb = base_lines[strongest]["accuracy"]
+        parts = [f"{LABEL[m]} {trained[m]['accuracy']:.1%} ({d['diff']:+.1%}, 95% CI {d['ci95'][0]:+.1%} to "
+                 f"{d['ci95'][1]:+.1%}{'' if d['learned'] else '; NOT above it'})" for m, d in out["learned"].items()]
+        rec.append(f"Strongest baseline: {BASELINE_LABEL.get(strongest, strongest)} at {sb:.1%}. Against it: "
+                   + "; ".join(parts) + ".")
+    tied = [m for m in trained if m != best_q and not _pair(out, best_q, m).get("real")]
+    rec.append(f"Best accuracy: {LABEL[best_q]} ({trained[best_q]['accuracy']:.1%}).")
     if tied:
-        rec.append(f"{', '.join(LABEL[m] for m in tied)} {'is' if len(tied) == 1 else 'are'} within noise of it "
-                   "(paired bootstrap 95% interval of the difference contains 0).")
+        why = ("one training seed, so the seed spread is unknown (train.repeats)" if
+               any(_pair(out, best_q, m)["seeds"] is None for m in tied) else
+               "paired test (Holm-adjusted) and seed spread")
+        rec.append(f"Its lead over {', '.join(LABEL[m] for m in tied)} is not established ({why}).")
         cheapest = min([best_q] + tied, key=lambda m: (trained[m]["peak_memory_bytes"], trained[m]["saved_bytes"]))
         if cheapest != best_q:
-            rec.append(f"Since quality is indistinguishable, prefer {LABEL[cheapest]}: less peak memory "
+            rec.append(f"With quality not told apart, prefer {LABEL[cheapest]}: less peak memory "
                        f"({_mb(trained[cheapest]['peak_memory_bytes'])} vs {_mb(trained[best_q]['peak_memory_bytes'])})"
                        f" and a {_mb(trained[cheapest]['saved_bytes'])} artefact.")
     else:
-        rec.append("Its lead over the other techniques is larger than the noise on this test set.")
-    if "base" in ok:
-        rec.append(f"The untouched base model scores {ok['base']['accuracy']:.1%}.")
+        rec.append("Its lead over the other techniques exceeds both the paired-test noise and the seed spread.")
+    if out["forgot"]:
+        rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
+            f"{LABEL[m]} {f['diff']:+.1%} ({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%})"
+            for m, f in out["forgot"].items()) + ".")
     out["recommendation"] = " ".join(rec)
     return out
 
 
+def mcnemar(a: list[bool], b: list[bool]) -> float:
+    """Exact two-sided McNemar p-value for paired right/wrong flags."""
+    from math import comb
+
+    n01 = sum(1 for x, y in zip(a, b) if x and not y)
+    n10 = sum(1 for x, y in zip(a, b) if y and not x)
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    k = min(n01, n10)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone)."""
+    order = sorted(pvalues, key=pvalues.get)
+    out, running = {}, 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * pvalues[k]))
+        out[k] = running
+    return out
+
+
+def seed_spread(a: dict, b: dict) -> dict | None:
+    """Mean accuracy difference a - b over the training seeds, and the spread it must exceed (the larger
+    of the two techniques' seed standard deviations, times two). None with fewer than 2 seeds each."""
+    ra = [r["accuracy"] for r in a.get("repeats") or [] if r.get("accuracy") is not None]
+    rb = [r["accuracy"] for r in b.get("repeats") or [] if r.get("accuracy") is not None]
+    if len(ra) < 2 or len(rb) < 2:
+        return None
+    import statistics
+
+    return {"mean_diff": statistics.mean(ra) - statistics.mean(rb),
+            "spread": 2 * max(statistics.stdev(ra), statistics.stdev(rb)), "seeds": min(len(ra), len(rb))}
+
+
 def _pair(cmp: dict, a: str, b: str) -> dict:
-    return cmp["pairs"].get(f"{a}-vs-{b}") or {**cmp["pairs"][f"{b}-vs-{a}"], "diff": -cmp["pairs"][f"{b}-vs-{a}"]["diff"]}
+    if f"{a}-vs-{b}" in cmp["pairs"]:
+        return cmp["pairs"][f"{a}-vs-{b}"]
+    p = cmp["pairs"][f"{b}-vs-{a}"]
+    return {**p, "diff": -p["diff"], "ci95": (-p["ci95"][1], -p["ci95"][0])}
 
 
 def _mb(b: float) -> str:
@@ -69,8 +153,9 @@ def _est(r: dict) -> str:
 
 
 def table(results: dict) -> str:
-    head = ("| method | status | trainable / total params | test accuracy (95% CI) | eval loss | ppl | "
-            "train time | eval time | tokens/s | peak mem | weights | saved |")
+    cmp = results.get("comparison") or comparison(results)
+    head = ("| method | status | trainable / total params | test accuracy (95% CI) | vs strongest baseline | "
+            "general retention | eval loss | train time | eval time | tokens/s | peak mem | saved |")
     rows = [head, "|" + "---|" * 12]
     for m in ORDER:
         r = results.get(m)
@@ -81,23 +166,67 @@ def table(results: dict) -> str:
             continue
         lo, hi = r["accuracy_ci95"]
         pct = f" ({r['trainable_pct']:.2f}%)" if m != "base" else ""
+        acc = f"{r['accuracy']:.1%} ({lo:.1%}-{hi:.1%})"
+        if r.get("accuracy_sd") is not None:
+            acc += f"; {len(r['repeats'])} seeds: {r['accuracy_mean']:.1%} ± {r['accuracy_sd']:.1%}"
+        d = cmp.get("learned", {}).get(m)
+        vs = f"{d['diff']:+.1%} ({d['ci95'][0]:+.1%} to {d['ci95'][1]:+.1%})" if d else "-"
+        ret = (r.get("retention") or {}).get("accuracy")
+        f = cmp.get("forgot", {}).get(m)
+        ret_s = "-" if ret is None else f"{ret:.1%}" + (f" (forgot {f['diff']:+.1%})" if f else "")
         rows.append(
-            f"| {LABEL[m]} | ok | {r['trainable_params']:,} / {r['total_params']:,}{pct} | "
-            f"{r['accuracy']:.1%} ({lo:.1%}-{hi:.1%}) | {r['eval_loss']:.3f} | {r['perplexity']:.2f} | "
-            f"{r['train_seconds']:.0f} s | {r['eval_seconds']:.0f} s | "
-            f"{r['tokens_per_second']:.0f} | {_mb(r['peak_memory_bytes'])}{_est(r)} | {_mb(r['weights_bytes'])} | "
+            f"| {LABEL[m]} | ok | {r['trainable_params']:,} / {r['total_params']:,}{pct} | {acc} | {vs} | {ret_s} | "
+            f"{r['eval_loss']:.3f} | {r['train_seconds']:.0f} s | {r['eval_seconds']:.0f} s | "
+            f"{r['tokens_per_second']:.0f} | {_mb(r['peak_memory_bytes'])}{_est(r)} | "
             f"{_mb(r['saved_bytes']) if r['saved_bytes'] else '-'} |")
     return "\n".join(rows)
 
 
+def baseline_table(results: dict) -> str:
+    base_lines = baseline_accuracies(results)
+    if not base_lines:
+        return "No baselines were measured."
+    strongest = max(base_lines, key=lambda k: base_lines[k]["accuracy"])
+    rows = ["| baseline | test accuracy (95% CI) |", "|---|---|"]
+    for k, v in base_lines.items():
+        lo, hi = v["accuracy_ci95"]
+        mark = " **(strongest)**" if k == strongest else ""
+        rows.append(f"| {BASELINE_LABEL.get(k, k)}{mark} | {v['accuracy']:.1%} ({lo:.1%}-{hi:.1%}) |")
+    return "\n".join(rows)
+
+
 def category_table(results: dict) -> str:
-    ok = _ok(results)
-    cats = sorted({c for r in ok.values() for c in r["per_category"]})
-    rows = ["| category | n | " + " | ".join(LABEL[m] for m in ok) + " |", "|---|---:|" + "---:|" * len(ok)]
+    ok = {m: r for m, r in _ok(results).items() if m != "base"}
+    cols = {BASELINE_LABEL.get(k, k): v for k, v in baseline_accuracies(results).items()}
+    cols.update({LABEL[m]: r for m, r in ok.items()})
+    cats = sorted({c for r in cols.values() for c in r["per_category"]})
+    scored = _scoring_by_category(results)
+    rows = ["| category | scored as | n | " + " | ".join(cols) + " |", "|---|---|---:|" + "---:|" * len(cols)]
     for c in cats:
-        n = next(r["per_category"][c]["n"] for r in ok.values() if c in r["per_category"])
-        rows.append(f"| {c} | {n} | " + " | ".join(f"{r['per_category'].get(c, {}).get('accuracy', 0):.0%}"
-                                                   for r in ok.values()) + " |")
+        n = next(r["per_category"][c]["n"] for r in cols.values() if c in r["per_category"])
+        rows.append(f"| {c} | {scored.get(c, '')} | {n} | " + " | ".join(
+            f"{r['per_category'].get(c, {}).get('accuracy', 0):.0%}" for r in cols.values()) + " |")
+    return "\n".join(rows)
+
+
+def _scoring_by_category(results: dict) -> dict[str, str]:
+    out = {}
+    for q in results.get("test_questions") or []:
+        a = q["answer"]
+        out.setdefault(q["category"], "formula (program-aided)" if any(op in a for op in (" / ", " x ", " + "))
+                       else "name, no competitor")
+    return out
+
+
+def pairs_table(cmp: dict) -> str:
+    rows = ["| comparison | difference | 95% interval | McNemar p (Holm) | seeds: mean diff / spread | real? |",
+            "|---|---:|---|---|---|---|"]
+    for k, d in cmp["pairs"].items():
+        sp = d.get("seeds")
+        seeds = f"{sp['mean_diff']:+.1%} / {sp['spread']:.1%} ({sp['seeds']} seeds)" if sp else "one seed: unknown"
+        rows.append(f"| {k} | {d['diff']:+.1%} | {d['ci95'][0]:+.1%} to {d['ci95'][1]:+.1%} | "
+                    f"{d.get('p_mcnemar', 1):.3f} ({d.get('p_holm', 1):.3f}) | {seeds} | "
+                    f"{'yes' if d.get('real') else 'no'} |")
     return "\n".join(rows)
 
 
@@ -140,6 +269,36 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
     ax.legend()
     paths["loss_curves"] = _save(fig, out_dir / "loss_curves.png")
 
+    curves = {m: r["learning_curve"] for m, r in trained.items() if r.get("learning_curve")}
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+        for m, pts in curves.items():
+            for ax, key in zip(axes, ("tokens", "seconds")):
+                ax.plot([p[key] for p in pts], [p["exact_match"] for p in pts], label=LABEL[m], color=colors[m],
+                        marker="o", ms=3)
+        axes[0].set(xlabel="training tokens", ylabel="validation exact match (teacher-forced)", ylim=(0, 1))
+        axes[1].set(xlabel="training seconds")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle("Learning curves")
+        paths["learning_curves"] = _save(fig, out_dir / "learning_curves.png")
+
+    cmp = results.get("comparison") or comparison(results)
+    if cmp.get("learned") and cmp.get("forgot"):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for m in cmp["forgot"]:
+            l, f = cmp["learned"][m], cmp["forgot"][m]
+            ax.errorbar(f["diff"], l["diff"], xerr=[[f["diff"] - f["ci95"][0]], [f["ci95"][1] - f["diff"]]],
+                        yerr=[[l["diff"] - l["ci95"][0]], [l["ci95"][1] - l["diff"]]], fmt="o", color=colors[m],
+                        capsize=4, label=LABEL[m])
+        ax.axhline(0, color="#888", lw=0.8)
+        ax.axvline(0, color="#888", lw=0.8)
+        ax.set(xlabel="forgot: general-knowledge accuracy lost vs base", ylabel="learned: NBA accuracy above "
+               "strongest baseline", title="Learned vs forgot (95% CI)")
+        ax.legend(fontsize=8)
+        paths["learned_vs_forgot"] = _save(fig, out_dir / "learned_vs_forgot.png")
+
     cats = sorted({c for r in ok.values() for c in r["per_category"]})
     if cats:
         fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(cats) * len(ok)), 4))
@@ -181,6 +340,8 @@ def _save(fig, path: Path) -> str:
 def markdown(results: dict) -> str:
     cmp = results.get("comparison") or comparison(results)
     env = results.get("environment", {})
+    prov = results.get("provenance") or {}
+    nf4 = prov.get("nf4_error")
     parts = [
         "# Fine-tuning comparison: full vs LoRA vs QLoRA", "",
         f"Run `{results.get('run_dir')}` on {env.get('device')}; base model `{results.get('model_path')}`; "
@@ -189,16 +350,26 @@ def markdown(results: dict) -> str:
         table(results), "",
         "## Recommendation", "", cmp["recommendation"], "",
         "Winners: " + ", ".join(f"{k}: **{LABEL.get(v, v)}**" for k, v in cmp.get("winners", {}).items()), "",
-        "## Differences in accuracy (paired bootstrap, same test questions)", "",
-        "| comparison | difference | 95% interval | within noise? |", "|---|---:|---|---|",
-    ]
-    for k, d in cmp["pairs"].items():
-        parts.append(f"| {k} | {d['diff']:+.1%} | {d['ci95'][0]:+.1%} to {d['ci95'][1]:+.1%} | "
-                     f"{'yes' if d['within_noise'] else 'no'} |")
-    parts += ["", "## Accuracy per category", "", category_table(results), "", "## Sample answers", "",
-              samples(results, (results.get("config") or {}).get("eval", {}).get("num_samples", 6)), "",
-              "## Plots", "", "![loss](loss_curves.png)",
-              "![categories](accuracy_per_category.png)", "![cost](cost_bars.png)", ""]
+        "## Baselines (what a model that learned nothing scores)", "",
+        "A technique has learned only what it scores above the strongest of these. The trivial baseline is, per "
+        "category, the best constant answer or copied number of the question, fitted on the training split.", "",
+        baseline_table(results), "",
+        "## Differences between techniques (same test questions)", "",
+        f"{cmp.get('comparisons_made', 0)} comparisons; a difference is called real only when the paired bootstrap "
+        "interval excludes 0, the Holm-adjusted McNemar p is below 0.05, and the mean difference over training "
+        "seeds exceeds twice the larger seed standard deviation (train.repeats >= 2).", "",
+        pairs_table(cmp), "",
+        "## Accuracy per category", "", category_table(results), "",
+        "## Base model provenance", "",
+        f"{prov.get('source', '')}. {prov.get('note', '')}".strip() + (
+            f" NF4{' + double quant' if nf4.get('double_quant') else ''} adds a relative weight error of "
+            f"{nf4['relative_error']:.1%} on its {nf4['layers']} linear layers (measured with bitsandbytes)."
+            if nf4 else ""), "",
+        "## Sample answers", "",
+        samples(results, (results.get("config") or {}).get("eval", {}).get("num_samples", 6)), "",
+        "## Plots", "", "![loss](loss_curves.png)", "![learning curves](learning_curves.png)",
+        "![learned vs forgot](learned_vs_forgot.png)", "![categories](accuracy_per_category.png)",
+        "![cost](cost_bars.png)", ""]
     return "\n".join(parts)
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: baselines, retention, repeats, learning curves, provenance (README: results.json)
 
 
 class Status(str, Enum):
@@ -22,6 +22,7 @@ class Status(str, Enum):
 @dataclass
 class MethodResult:
     method: str
+    seed: int | None = None
     status: Status = Status.OK
     error: str | None = None
     trainable_params: int = 0
@@ -46,17 +47,25 @@ class MethodResult:
     saved_bytes: int = 0
     predictions: list = field(default_factory=list)
     correct: list = field(default_factory=list)
+    retention: dict = field(default_factory=dict)  # general-knowledge questions: forgetting
+    few_shot: dict = field(default_factory=dict)  # base only: the few-shot baseline
+    learning_curve: list = field(default_factory=list)  # [{step, tokens, seconds, exact_match}]
+    repeats: list = field(default_factory=list)  # one summary per training seed (train.repeats)
+    accuracy_mean: float | None = None
+    accuracy_sd: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["status"] = self.status.value
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "MethodResult":
-        d = dict(d)
-        d["status"] = Status(d.get("status", "ok"))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+    def summary(self) -> dict:
+        """What a repeat keeps: enough for means, spreads and paired tests."""
+        return {"seed": self.seed, "status": self.status.value, "accuracy": self.accuracy,
+                "per_category": {c: v["accuracy"] for c, v in self.per_category.items()},
+                "retention_accuracy": self.retention.get("accuracy"), "correct": self.correct,
+                "retention_correct": self.retention.get("correct", []), "train_seconds": self.train_seconds,
+                "final_train_loss": self.final_train_loss, "learning_curve": self.learning_curve}
 
 
 def environment(rt_description: str) -> dict:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import TrainConfig
 from .data.tokenize import IGNORE, PackedCollator, PadCollator
@@ -182,8 +183,32 @@ class AnswerOnlyTrainer(Trainer):
         shutil.rmtree(staging, ignore_errors=True)
 
 
+class LearningCurve(TrainerCallback):
+    """Every ``every`` optimizer steps (and at the last), ``measure(model)`` (a cheap validation score),
+    with the training tokens and seconds so far; its own time is left out of the seconds."""
+
+    def __init__(self, measure, every: int, trainer_ref: list):
+        self.measure, self.every, self.trainer_ref = measure, every, trainer_ref
+        self.points: list[dict] = []
+        self.spent = 0.0
+        self.t0 = 0.0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step % self.every and state.global_step != state.max_steps:
+            return
+        start = time.perf_counter()
+        value = self.measure(model)
+        self.points.append({"step": state.global_step, "tokens": self.trainer_ref[0].real_tokens,
+                            "seconds": round(start - self.t0 - self.spent, 2), "exact_match": value})
+        self.spent += time.perf_counter() - start
+
+
 @dataclass
 class TrainOutcome:
+    learning_curve: list[dict] = field(default_factory=list)
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
     final_loss: float = float("nan")
     steps: int = 0
@@ -231,10 +256,11 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path,
-          seed: int, resume: bool = False) -> TrainOutcome:
+          seed: int, resume: bool = False, curve=None) -> TrainOutcome:
     """Train ``model`` in place for ``cfg.max_steps`` optimizer steps.
 
     Args:
+        curve: ``model -> float``, measured every ``cfg.curve_steps`` steps (the learning curve).
         resume: continue from the latest complete checkpoint in ``out_dir`` (optimizer, scheduler, RNG
             and data position included).
 
@@ -252,6 +278,10 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
         model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows), data_collator=collator,
         loss_chunk_tokens=cfg.loss_chunk_tokens,
     )
+    recorder = None
+    if curve is not None and cfg.curve_steps:
+        recorder = LearningCurve(curve, cfg.curve_steps, [trainer])
+        trainer.add_callback(recorder)
     ckpt = None
     if resume:
         ckpt = latest_checkpoint(out_dir)
@@ -276,7 +306,8 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
             raise CheckpointError(f"checkpoint {ckpt} could not be loaded ({type(e).__name__}: "
                                   f"{str(e)[:200]}); {hint}") from e
         raise
-    curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    return TrainOutcome(loss_curve=curve, final_loss=curve[-1][1] if curve else result.training_loss,
-                        steps=trainer.state.global_step, seconds=result.metrics["train_runtime"],
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    return TrainOutcome(learning_curve=recorder.points if recorder else [], loss_curve=losses,
+                        final_loss=losses[-1][1] if losses else result.training_loss, steps=trainer.state.global_step,
+                        seconds=result.metrics["train_runtime"] - (recorder.spent if recorder else 0.0),
                         real_tokens=trainer.real_tokens)

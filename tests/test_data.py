@@ -21,8 +21,7 @@ def default_build():
 def test_default_build_meets_the_sizes(default_build):
     assert len(default_build["train"]) >= 3000 and len(default_build["test"]) >= 300
     cats = {e.category for e in default_build["test"]}
-    assert {"champion", "finals_mvp", "mvp", "true_shooting", "pythagorean_wins", "compare_efficiency",
-            "definition_abbrev"} <= cats
+    assert {"champion", "finals_mvp", "mvp", "true_shooting", "game_score", "win_pct", "definition_abbrev"} <= cats
 
 
 def test_size_knob_is_exact_and_explanations_are_training_only():
@@ -54,6 +53,31 @@ def test_no_question_text_or_stat_line_is_shared_between_train_and_test(default_
     assert not train_instr & {e.instruction for e in default_build["test"]}
 
 
+def test_no_held_out_stat_line_appears_anywhere_in_training_under_any_task(default_build):
+    text = "\n".join(f"{e.instruction}\n{e.input}\n{e.output}" for e in default_build["train"])
+    lines = [e.input for s in ("validation", "test") for e in default_build[s] if e.input]
+    assert len(lines) > 200 and not [x for x in lines if x in text]
+    builtin.check_no_leakage(default_build)
+    leaky = {**default_build, "test": default_build["test"] + [default_build["train"][0]]}
+    with pytest.raises(AssertionError, match="leaks into test"):
+        builtin.check_no_leakage(leaky)
+    hidden = default_build["train"][[e.input != "" for e in default_build["train"]].index(True)]
+    inside = builtin.Example("x", "other_task", "A new question", hidden.input, "a", "a", "text", 0, "k")
+    with pytest.raises(AssertionError, match="leaks into validation"):  # the same line under another task
+        builtin.check_no_leakage({**default_build, "validation": [inside]})
+
+
+def test_no_category_has_an_answer_a_constant_could_ride(default_build):
+    from collections import Counter
+
+    for split in ("validation", "test"):
+        rows = [e for e in default_build[split] if e.answer_type != "number"]
+        sizes = Counter(e.category for e in rows)
+        for (cat, answer), k in Counter((e.category, e.answer) for e in rows).items():
+            assert k <= (builtin.MAX_SAME_ANSWER if cat in builtin.FACT_PHRASINGS else builtin.DEFINITION_HELDOUT)
+            assert split != "test" or k / sizes[cat] <= 0.15, (cat, answer, k, sizes[cat])
+
+
 def test_every_history_fact_is_taught_in_training(default_build):
     taught = {e.key for e in default_build["train"]}
     assert {e.key for e in default_build["test"] if e.answer_type == "name" and ":" in e.key} <= taught | {
@@ -79,9 +103,6 @@ def _expected(cat: str, text: str) -> float:
     if cat == "win_pct":
         w, l = map(int, re.match(r"(\d+)-(\d+) record", text).groups())
         return w / (w + l)
-    if cat == "pythagorean_wins":
-        w, l, pf, pa = map(int, re.match(r"(\d+)-(\d+) record, (\d+) points scored, (\d+) points allowed", text).groups())
-        return (w + l) / (1 + (pa / pf) ** 14)
     if cat in ("possessions", "offensive_rating", "defensive_rating", "net_rating", "pace"):
         t = _parse(text)
         poss = t["fga"] - t["oreb"] + t["tov"] + 0.44 * t["fta"]
@@ -102,34 +123,30 @@ def _expected(cat: str, text: str) -> float:
 
 
 def test_every_computed_answer_recomputes_from_its_stat_line(default_build):
+    """The answer is a formula with the line's numbers; computed by the scorer's own parser it must give
+    the value an independent implementation gets from the shown line (to 1e-9), and the value quoted at
+    the usual precision must pass the tolerance too."""
+    from nbatune.evaluation import scorer
+
     checked = 0
     for rows in default_build.values():
         for e in rows:
             if e.answer_type != "number":
                 continue
             want = _expected(e.category, e.input)
-            got = float(e.answer.rstrip("%"))
-            decimals = len(e.answer.rstrip("%").split(".")[1])
-            assert got == pytest.approx(want, abs=0.5 * 10 ** -decimals + 1e-9), (e.category, e.input, e.answer)
+            assert scorer().value_of(e.answer) == pytest.approx(want, rel=1e-9, abs=1e-9), (e.category, e.answer)
+            quoted = next(t.fmt for t in builtin.COMPUTE_TASKS if t.category == e.category).format(want)
+            assert scorer().is_correct(quoted, e.answer, "number", e.tolerance), (quoted, e.answer)
             checked += 1
     assert checked > 1000
 
 
 def test_stat_lines_are_internally_consistent(default_build):
     for e in default_build["train"]:
-        if e.category in ("game_score", "compare_efficiency"):
-            for line in e.input.splitlines():
-                p = _parse(line)  # also asserts PTS = 2*FGM + 3PM + FTM
-                assert p["fgm"] <= p["fga"] and p["tpm"] <= p["tpa"] <= p["fga"] and p["ftm"] <= p["fta"]
-                assert p["tpm"] <= p["fgm"]
-
-
-def test_compare_answers_name_the_higher_true_shooting(default_build):
-    for e in default_build["test"]:
-        if e.category == "compare_efficiency":
-            a, b = (_parse(x.split(": ", 1)[1]) for x in e.input.splitlines())
-            ts = [x["pts"] / (x["fga"] + 0.44 * x["fta"]) for x in (a, b)]
-            assert e.answer == ("Player A" if ts[0] > ts[1] else "Player B")
+        if e.category == "game_score":
+            p = _parse(e.input)  # also asserts PTS = 2*FGM + 3PM + FTM
+            assert p["fgm"] <= p["fga"] and p["tpm"] <= p["tpa"] <= p["fga"] and p["ftm"] <= p["fta"]
+            assert p["tpm"] <= p["fgm"]
 
 
 # ---- user datasets --------------------------------------------------------------------------------
@@ -165,19 +182,19 @@ def _write(rows, path):
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", "saved"])
 def test_user_formats_load_with_a_carved_test_split(fmt, suffix, tmp_path, caplog):
     path = _write(ROWS[fmt], tmp_path / f"data{suffix if suffix != 'saved' else ''}")
-    splits = load_splits(DataConfig(source=str(path), test_fraction=0.25), ModelConfig(), seed=1)
+    splits = load_splits(DataConfig(source=str(path), test_fraction=0.25, seed=1), ModelConfig())
     assert len(splits["test"]) == 3 and len(splits["validation"]) >= 1
     assert sum(len(s) for s in splits.values()) == 12
     for rec in splits["train"]:
         assert rec["messages"][0]["role"] == "system" and rec["messages"][-1]["role"] == "assistant"
     assert "carved" in caplog.text
-    again = load_splits(DataConfig(source=str(path), test_fraction=0.25), ModelConfig(), seed=1)
+    again = load_splits(DataConfig(source=str(path), test_fraction=0.25, seed=1), ModelConfig())
     assert [r["id"] for r in again["test"]] == [r["id"] for r in splits["test"]]
 
 
 def test_csv_alpaca_loads(tmp_path):
     path = _write(ROWS["alpaca"], tmp_path / "d.csv")
-    splits = load_splits(DataConfig(source=str(path)), ModelConfig(), seed=0)
+    splits = load_splits(DataConfig(source=str(path)), ModelConfig())
     assert splits["train"][0]["messages"][-1]["content"].startswith("Team")
 
 
@@ -205,34 +222,34 @@ def test_user_data_trains_through_setup(tiny_model_dir, tmp_path, fmt, suffix):
 def test_bad_user_rows_name_the_problem(rows, needle, tmp_path):
     path = _write(rows, tmp_path / "bad.jsonl")
     with pytest.raises(DataError, match=re.escape(needle)):
-        load_splits(DataConfig(source=str(path)), ModelConfig(), seed=0)
+        load_splits(DataConfig(source=str(path)), ModelConfig())
 
 
 def test_missing_file_and_unknown_type_are_clear(tmp_path):
     with pytest.raises(DataError, match="file not found"):
-        load_splits(DataConfig(source=str(tmp_path / "nope.jsonl")), ModelConfig(), seed=0)
+        load_splits(DataConfig(source=str(tmp_path / "nope.jsonl")), ModelConfig())
     (tmp_path / "data.txt").write_text("x")
     with pytest.raises(DataError, match="not a file type we read"):
-        load_splits(DataConfig(source=str(tmp_path / "data.txt")), ModelConfig(), seed=0)
+        load_splits(DataConfig(source=str(tmp_path / "data.txt")), ModelConfig())
 
 
 def test_empty_file_is_an_error(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match="empty"):
-        load_splits(DataConfig(source=str(tmp_path / "empty.jsonl")), ModelConfig(), seed=0)
+        load_splits(DataConfig(source=str(tmp_path / "empty.jsonl")), ModelConfig())
 
 
 def test_forced_format_must_fit_the_columns(tmp_path):
     path = _write(ROWS["alpaca"], tmp_path / "d.jsonl")
     with pytest.raises(DataError, match=r"missing column\(s\) \['messages'\]"):
-        load_splits(DataConfig(source=str(path), format="messages"), ModelConfig(), seed=0)
+        load_splits(DataConfig(source=str(path), format="messages"), ModelConfig())
 
 
 def test_overlong_examples_are_counted_and_truncated_or_dropped(tiny_model_dir):
     from nbatune.modeling import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir), ModelConfig())
-    recs = load_splits(DataConfig(train_size=40, val_size=4, test_size=4), ModelConfig(), 0)["train"]
+    recs = load_splits(DataConfig(train_size=40, val_size=4, test_size=4, seed=0), ModelConfig())["train"]
     full, _ = tokenize_records(recs, tok, 10_000, "truncate", "train")
     lengths = sorted(r["length"] for r in full)
     cut = lengths[len(lengths) // 2]  # half the examples are longer than this
@@ -247,7 +264,7 @@ def test_everything_dropped_gives_a_counted_error(tiny_model_dir):
     from nbatune.modeling import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir), ModelConfig())
-    recs = load_splits(DataConfig(train_size=10, val_size=2, test_size=2), ModelConfig(), 0)["train"]
+    recs = load_splits(DataConfig(train_size=10, val_size=2, test_size=2, seed=0), ModelConfig())["train"]
     with pytest.raises(DataError, match=r"train dataset is empty after preprocessing \(10 dropped: "):
         tokenize_records(recs, tok, 16, "drop", "train")
 

@@ -7,59 +7,114 @@ import pytest
 from nbatune.evaluation import answer_metric, paired_difference, score, wilson
 
 
-def ok(pred, ref, kind="text", tol=0.0) -> bool:
-    return answer_metric().compute(predictions=[pred], references=[ref], answer_types=[kind],
-                                   tolerances=[tol])["correct"][0]
+TEAMS = ["Los Angeles Lakers", "Minneapolis Lakers", "Boston Celtics", "Philadelphia 76ers", "Golden State Warriors",
+         "Philadelphia Warriors", "Orlando Magic"]
+PLAYERS = ["Magic Johnson", "Dennis Johnson", "Shaquille O'Neal", "Nikola Jokic", "Kareem Abdul-Jabbar"]
+METRIC_NAMES = ["true shooting percentage", "effective field goal percentage", "offensive rating", "net rating"]
+
+
+def ok(pred, ref, kind="text", tol=0.0, candidates=None) -> bool:
+    return answer_metric().compute(predictions=[pred], references=[ref], answer_types=[kind], tolerances=[tol],
+                                   candidates=[candidates])["correct"][0]
+
+
+def m():
+    from nbatune.evaluation import scorer
+
+    return scorer()
 
 
 @pytest.mark.parametrize("pred,ref,tol,want", [
-    ("TS% = 55.0%", "55.0%", 1.0, True),
-    ("TS% = 55.9%", "55.0%", 1.0, True),
-    ("TS% = 56.2%", "55.0%", 1.0, False),
-    ("W% = .524", "0.524", 0.01, True),
-    ("0.53", "0.524", 0.01, True),
-    ("GmSc = -3.4", "-3.4", 0.5, True),
-    ("Pythagorean wins = 54.2 wins", "54.2", 1.5, True),
+    ("TS% = 100 x 25 / (2 x (18 + 0.44 x 6))", "TS% = 100 x 25 / (2 x (18 + 0.44 x 6))", 0.05, True),
+    ("TS% = 100 * 25 / (2 * (18 + 0.44 * 6))", "TS% = 100 x 25 / (2 x (18 + 0.44 x 6))", 0.05, True),
+    ("TS% = 100 x 25 / (2 x (18 + 0.44 x 7))", "TS% = 100 x 25 / (2 x (18 + 0.44 x 6))", 0.05, False),  # misread
+    ("TS% = 60.6%", "TS% = 100 x 25 / (2 x (18 + 0.44 x 6))", 0.05, True),  # the value, quoted as usual
+    ("The TS% is 60.6%.", "TS% = 100 x 25 / (2 x (18 + 0.44 x 6))", 0.05, True),
+    ("TS% = 100 x 25 / (2 x (18 + 0.44 x 6)) = 60.6%", "TS% = 100 x 25 / (2 x (18 + 0.44 x 6))", 0.05, True),
+    ("TS% = 100 x 25 / (2 x (18 + 0.44 x 6)) = 55.0%", "TS% = 100 x 25 / (2 x (18 + 0.44 x 6))", 0.05, False),
+    ("W% = .524", "0.524", 0.0005, True),
+    ("GmSc = -3.4", "-3.4", 0.05, True),
+    ("60 or 61", "60.6", 1.0, False),  # a hedge between two numbers
+    ("TS% = 60.6% or 61%", "60.6", 1.0, False),
+    ("somewhere between 55 and 65", "60", 10.0, False),
+    ("25 points on 18 shots", "60.6", 100.0, False),  # copying numbers from the question is two numbers
     ("about fifty", "54.2", 1.5, False),
     ("", "54.2", 1.5, False),
 ])
-def test_numbers_are_checked_within_tolerance(pred, ref, tol, want):
+def test_numbers_are_computed_and_hedges_lose(pred, ref, tol, want):
     assert ok(pred, ref, "number", tol) is want
+
+
+@pytest.mark.parametrize("text", ["2**10", "2 ^ 10", "10**10**10", "9" * 30, "1e308", "__import__('os')",
+                                  "abs(-3)", "x", "1/0", "(" * 20 + "1" + ")" * 20, "1 +", "3 3", "a + 1",
+                                  "1" + " + 1" * 300])
+def test_the_arithmetic_parser_refuses_anything_but_plain_arithmetic(text):
+    assert m().safe_eval(text) is None
+
+
+@pytest.mark.parametrize("text,value", [("1 + 2 x 3", 7), ("(1 + 2) * 3", 9), ("-4 / 2", -2), ("100 x 7 / 8", 87.5),
+                                        (".5 + 1", 1.5), ("2 x -3", -6), ("56.2%", 56.2)])
+def test_the_arithmetic_parser_computes_with_the_usual_precedence(text, value):
+    assert m().safe_eval(text) == pytest.approx(value)
 
 
 @pytest.mark.parametrize("pred,ref,want", [
     ("Los Angeles Lakers", "Los Angeles Lakers", True),
-    ("The Lakers.", "Los Angeles Lakers", True),
-    ("lakers", "Minneapolis Lakers", True),
+    ("The 2000 champion was the Los Angeles Lakers.", "Los Angeles Lakers", True),
+    ("Lakers", "Los Angeles Lakers", False),  # shared by two candidates: names neither
     ("Los Angeles Lakers", "Minneapolis Lakers", False),
-    ("Boston Celtics (def. Los Angeles Lakers 4-2)", "Los Angeles Lakers", False),
+    ("Boston Celtics (def. Los Angeles Lakers 4-2)", "Los Angeles Lakers", False),  # two teams
+    ("Los Angeles Lakers or Boston Celtics", "Los Angeles Lakers", False),
     ("Philadelphia 76ers", "Philadelphia 76ers", True),
     ("Sixers", "Philadelphia 76ers", True),
+    ("Celtics", "Boston Celtics", True),
+    ("Warriors", "Golden State Warriors", False),  # Philadelphia Warriors share it
+    ("Boston", "Boston Celtics", False),
+    ("Orlando Magic", "Orlando Magic", True),
+    ("\n\n", "Boston Celtics", False),
+])
+def test_teams_need_the_reference_and_no_other_candidate(pred, ref, want):
+    assert ok(pred, ref, "name", candidates=TEAMS) is want
+
+
+@pytest.mark.parametrize("pred,ref,want", [
     ("Nikola Jokić", "Nikola Jokic", True),
     ("Shaquille O'Neal", "Shaquille O'Neal", True),
     ("Shaq", "Shaquille O'Neal", True),
     ("Magic Johnson", "Dennis Johnson", False),
-    ("true shooting percentage", "true shooting percentage", True),
-    ("True Shooting Percentage (TS%)", "true shooting percentage", True),
-    ("\n\n", "Boston Celtics", False),
-    ("Boston", "Boston Celtics", False),
+    ("Johnson", "Magic Johnson", False),  # a surname is not an alias
+    ("Kareem", "Kareem Abdul-Jabbar", True),
+    ("Magic Johnson, then Kareem Abdul-Jabbar", "Magic Johnson", False),
 ])
-def test_names_use_normalised_match_with_aliases(pred, ref, want):
-    assert ok(pred, ref, "name") is want
+def test_players_follow_the_same_alias_rule(pred, ref, want):
+    assert ok(pred, ref, "name", candidates=PLAYERS) is want
+
+
+@pytest.mark.parametrize("pred,want", [
+    ("true shooting percentage", True),
+    ("True Shooting Percentage (TS%)", True),
+    ("effective field goal percentage", False),
+    ("true shooting percentage or effective field goal percentage", False),
+])
+def test_metric_names_match_whole_words(pred, want):
+    assert ok(pred, "true shooting percentage", "name", candidates=METRIC_NAMES) is want
 
 
 @pytest.mark.parametrize("pred,want", [
     ("Player B (TS% 65.4% vs 44.6%)", True),
     ("player b, clearly", True),
+    ("Player A or Player B", False),  # a hedge
     ("Player A was worse than Player B", False),
+    ("The player averaged more", False),  # "player a" inside "player averaged" is not Player A
     ("neither", False),
 ])
-def test_choice_takes_the_first_player_named(pred, want):
-    assert ok(pred, "Player B", "choice") is want
+def test_choices_are_whole_words_and_one_option(pred, want):
+    assert ok(pred, "Player B", "choice", candidates=["Player A", "Player B"]) is want
+    assert not ok("The player averaged more", "Player A", "choice", candidates=["Player A", "Player B"])
 
 
-def test_series_results_need_an_exact_match():
-    assert ok("4-3", "4-3") and not ok("4-2", "4-3") and ok(" 4-3 \nmore", "4-3")
+def test_text_without_candidates_needs_an_exact_first_line():
+    assert ok("4-3", "4-3") and not ok("4-2", "4-3") and ok(" 4-3 \nmore", "4-3") and not ok("4-3 or 4-2", "4-3")
 
 
 def test_malformed_output_is_wrong_not_a_crash():

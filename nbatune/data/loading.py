@@ -30,7 +30,7 @@ class DataError(ValueError):
     """Instruction data that cannot be used; the message names the file, row and column and the fix."""
 
 
-def load_splits(data: DataConfig, model: ModelConfig, seed: int) -> dict[str, list[dict]]:
+def load_splits(data: DataConfig, model: ModelConfig) -> dict[str, list[dict]]:
     """Return ``{"train", "validation", "test"}`` lists of chat records.
 
     Raises:
@@ -40,13 +40,13 @@ def load_splits(data: DataConfig, model: ModelConfig, seed: int) -> dict[str, li
         from . import builtin
 
         raw = {s: [e.to_dict() for e in rows] for s, rows in
-               builtin.build(seed=seed, train_size=data.train_size, val_size=data.val_size,
+               builtin.build(seed=data.seed, train_size=data.train_size, val_size=data.val_size,
                              test_size=data.test_size).items()}
         fmt = "nba"
     else:
         raw = _read_source(data.source)
         fmt = data.format if data.format != "auto" else detect_format(raw["train"], data.source)
-        raw = _ensure_splits(raw, data.test_fraction, seed)
+        raw = _ensure_splits(raw, data.test_fraction, data.seed)
     out = {}
     for split, rows in raw.items():
         if not rows:

@@ -1,0 +1,128 @@
+"""A general-knowledge retention set: does fine-tuning on NBA data make the model forget?
+
+Written for this project (221 short-answer questions outside basketball). Scored with the same
+metric as the NBA test: names must be mentioned as whole words with no competing answer of the same
+group (the untouched SmolLM2 answers in full sentences, "The capital of France is Paris.", so an
+"answer first" rule would put it at the floor and hide any forgetting); numbers follow the
+program-aided rule, so "7 + 8 = 15" and "15" both count.
+Question words are never answers of their own group: a sentence that repeats the question cannot
+name a competitor by accident.
+"""
+
+from __future__ import annotations
+
+import random
+
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
+    "Japan": "Tokyo", "China": "Beijing", "Russia": "Moscow", "the United Kingdom": "London", "Egypt": "Cairo",
+    "Canada": "Ottawa", "Australia": "Canberra", "Argentina": "Buenos Aires", "Greece": "Athens",
+    "Turkey": "Ankara", "the Netherlands": "Amsterdam", "Belgium": "Brussels", "Sweden": "Stockholm",
+    "Norway": "Oslo", "Denmark": "Copenhagen", "Finland": "Helsinki", "Poland": "Warsaw", "Austria": "Vienna",
+    "Ireland": "Dublin", "Hungary": "Budapest", "the Czech Republic": "Prague", "Kenya": "Nairobi",
+    "South Korea": "Seoul", "Thailand": "Bangkok", "Indonesia": "Jakarta", "the Philippines": "Manila",
+    "Vietnam": "Hanoi", "Iran": "Tehran", "Iraq": "Baghdad", "Saudi Arabia": "Riyadh", "Peru": "Lima",
+    "Chile": "Santiago", "Colombia": "Bogota", "Venezuela": "Caracas", "Cuba": "Havana", "Ethiopia": "Addis Ababa",
+    "Morocco": "Rabat", "Romania": "Bucharest", "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb",
+    "Iceland": "Reykjavik", "New Zealand": "Wellington", "Pakistan": "Islamabad", "Afghanistan": "Kabul",
+    "Syria": "Damascus", "Lebanon": "Beirut", "Qatar": "Doha", "Malaysia": "Kuala Lumpur", "Nepal": "Kathmandu",
+    "Bangladesh": "Dhaka", "Ghana": "Accra", "Senegal": "Dakar", "Uganda": "Kampala", "Jamaica": "Kingston",
+    "Ecuador": "Quito", "Uruguay": "Montevideo", "Estonia": "Tallinn", "Latvia": "Riga", "Lithuania": "Vilnius",
+}
+SYMBOLS = {
+    "gold": "Au", "silver": "Ag", "iron": "Fe", "sodium": "Na", "copper": "Cu", "lead": "Pb", "tin": "Sn",
+    "mercury": "Hg", "zinc": "Zn", "calcium": "Ca", "neon": "Ne", "magnesium": "Mg", "chlorine": "Cl",
+    "silicon": "Si", "nickel": "Ni", "platinum": "Pt", "lithium": "Li", "argon": "Ar", "manganese": "Mn",
+    "titanium": "Ti", "krypton": "Kr", "bromine": "Br", "barium": "Ba", "chromium": "Cr",
+}
+OPPOSITES = {
+    "hot": "cold", "up": "down", "day": "night", "black": "white", "left": "right", "wet": "dry", "fast": "slow",
+    "happy": "sad", "early": "late", "full": "empty", "heavy": "light", "true": "false", "north": "south",
+    "east": "west", "inside": "outside", "push": "pull", "young": "old", "rich": "poor", "thick": "thin",
+    "strong": "weak", "long": "short", "high": "low", "loud": "quiet", "buy": "sell",
+    "friend": "enemy", "love": "hate", "first": "last", "always": "never", "remember": "forget",
+}
+PLURALS = {
+    "mouse": "mice", "child": "children", "foot": "feet", "tooth": "teeth", "man": "men", "woman": "women",
+    "goose": "geese", "person": "people", "ox": "oxen", "cactus": "cacti", "leaf": "leaves", "knife": "knives",
+    "wolf": "wolves", "city": "cities", "baby": "babies", "potato": "potatoes", "half": "halves", "life": "lives",
+}
+COUNTS = {
+    "How many days are in a week?": 7, "How many legs does a spider have?": 8,
+    "How many continents are there on Earth?": 7, "How many minutes are in an hour?": 60,
+    "How many sides does a triangle have?": 3, "How many sides does a hexagon have?": 6,
+    "How many hours are in a day?": 24, "How many months are in a year?": 12,
+    "How many planets are in our solar system?": 8, "At what temperature in Celsius does water freeze?": 0,
+    "At what temperature in Celsius does water boil at sea level?": 100, "How many legs does an insect have?": 6,
+    "How many strings does a standard guitar have?": 6, "How many seconds are in a minute?": 60,
+    "How many weeks are in a year?": 52, "How many cents are in a US dollar?": 100,
+    "How many sides does a square have?": 4, "How many sides does an octagon have?": 8,
+    "How many sides does a pentagon have?": 5, "How many wheels does a bicycle have?": 2,
+    "How many letters are in the English alphabet?": 26, "How many colors are in a rainbow?": 7,
+    "How many degrees are in a right angle?": 90, "How many years are in a century?": 100,
+    "How many years are in a decade?": 10, "How many players does a soccer team have on the field?": 11,
+}
+NATURE = {
+    "Which planet is known as the Red Planet?": "Mars", "What is the largest planet in our solar system?": "Jupiter",
+    "Which planet is closest to the Sun?": "Mercury", "What is the largest ocean on Earth?": "Pacific",
+    "What is the hardest natural substance?": "diamond", "What sweet food do bees make?": "honey",
+    "What is the largest mammal?": "blue whale", "What is the fastest land animal?": "cheetah",
+    "What is the tallest animal?": "giraffe", "What is frozen water called?": "ice",
+    "What is the largest desert in Africa?": "Sahara", "What is the longest river in South America?": "Amazon",
+}
+LANGUAGES = {
+    "Brazil": "Portuguese", "Spain": "Spanish", "Germany": "German", "Japan": "Japanese", "France": "French",
+    "Italy": "Italian", "Russia": "Russian", "Greece": "Greek", "the Netherlands": "Dutch", "Egypt": "Arabic",
+    "Sweden": "Swedish", "Poland": "Polish", "Turkey": "Turkish", "South Korea": "Korean",
+}
+COLORS = {
+    "the sky on a clear day": "blue", "fresh grass": "green", "a ripe banana": "yellow", "snow": "white",
+    "coal": "black", "a ripe tomato": "red", "milk chocolate": "brown", "a flamingo": "pink",
+}
+
+
+def _arithmetic(n: int = 30) -> list[tuple[str, str]]:
+    rng = random.Random(1234)  # fixed: the set is the same for every run and data seed
+    out = []
+    for i in range(n):
+        op = "+-x/"[i % 4]
+        a, b = rng.randint(11, 89), rng.randint(2, 9)
+        if op == "+":
+            q, v = f"What is {a} plus {b}?", a + b
+        elif op == "-":
+            q, v = f"What is {a} minus {b}?", a - b
+        elif op == "x":
+            q, v = f"What is {a} times {b}?", a * b
+        else:
+            q, v = f"What is {a * b} divided by {b}?", a
+        out.append((q, str(v)))
+    return out
+
+
+def questions() -> list[dict]:
+    """Every retention question as ``{"category", "question", "answer", "answer_type"}``."""
+    groups: list[tuple[str, str, list[tuple[str, str]]]] = [
+        ("general_capitals", "name", [(f"What is the capital of {c}?", a) for c, a in CAPITALS.items()]),
+        ("general_symbols", "name", [(f"What is the chemical symbol of {e}?", s) for e, s in SYMBOLS.items()]),
+        ("general_opposites", "name", [(f"What is the opposite of '{w}'?", a) for w, a in OPPOSITES.items()]),
+        ("general_plurals", "name", [(f"What is the plural of '{w}'?", a) for w, a in PLURALS.items()]),
+        ("general_arithmetic", "number", _arithmetic()),
+        ("general_counts", "number", [(q, str(a)) for q, a in COUNTS.items()]),
+        ("general_nature", "name", list(NATURE.items())),
+        ("general_languages", "name", [(f"What is the main language spoken in {c}?", a) for c, a in LANGUAGES.items()]),
+        ("general_colors", "name", [(f"What color is {t}?", a) for t, a in COLORS.items()]),
+    ]
+    return [{"category": cat, "question": q, "answer": a, "answer_type": kind}
+            for cat, kind, items in groups for q, a in items]
+
+
+def records(system_prompt: str) -> list[dict]:
+    """The retention set as chat records (the shape ``loading.to_record`` gives), for evaluation."""
+    out = []
+    for i, q in enumerate(questions()):
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": q["question"] + " Answer briefly."},
+            {"role": "assistant", "content": q["answer"]}]
+        out.append({"id": f"retention-{i:03d}", "category": q["category"], "messages": messages,
+                    "answer": q["answer"], "answer_type": q["answer_type"], "tolerance": 0.0})
+    return out
