@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup run quick test test-fast dataset bench bench-memory clean
+.PHONY: setup run quick seeds test test-fast dataset bench bench-memory sweep gpu-bundle clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ run: setup
 quick: setup
 	$(BIN)/nbatune run --config configs/quick.yaml
 
+# The default run with three training seeds: which differences between techniques exceed the seed spread
+seeds: setup
+	$(BIN)/nbatune run --config configs/seeds.yaml
+
 # Every CPU test, the integration tests on the real embedded model included (CI runs this).
 test: setup
 	$(BIN)/python -m pytest -m "not gpu" -q
@@ -34,9 +38,17 @@ test-fast: setup
 dataset: setup
 	$(BIN)/nbatune dataset build --out data/nba
 
-# Ours vs the standard TRL recipe, per technique (about 12 minutes on 2 cores); GPU: bash bench/gpu.sh
+# Ours vs TRL with its defaults and TRL as a practitioner would tune it, per technique (about 20 minutes on 2 cores)
 bench: setup
-	$(BIN)/python bench/bench.py --steps 10 --methods full,lora,qlora
+	$(BIN)/python bench/bench.py --steps 10 --methods full,lora,qlora --peers defaults,tuned
+
+# Learning-rate sweep per technique on validation (about 20 minutes on 2 cores); the default config's rates come from it
+sweep: setup
+	$(BIN)/python bench/sweep.py --steps 60 --val-rows 96
+
+# What the lent GPU machine lacks (wheels for Python 3.12, SmolLM2 tokenizer) in .gpu-bundle/, under 64 MiB with the tree
+gpu-bundle: setup
+	$(BIN)/python bench/gpu_bundle.py
 
 # The memory estimator against measured peaks (about 15 minutes on 2 cores)
 bench-memory: setup

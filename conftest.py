@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama checkpoint with a tiny BPE tokenizer, built offline."""
+"""Shared fixtures: a tiny random Llama checkpoint with a tiny BPE tokenizer, built offline (the
+builders live in tests/helpers.py, which test modules import)."""
 
 from __future__ import annotations
 
@@ -7,48 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import tiny_llama, tiny_tokenizer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def tiny_tokenizer(chat_template: str | None = CHATML, vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained on the built-in dataset's text; EOS doubles as pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from nbatune.data import builtin
-
-    texts = []
-    for rows in builtin.build(seed=0, train_size=300, val_size=20, test_size=20).values():
-        texts += [f"{e.instruction}\n{e.input}\n{e.output}" for e in rows]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts + ["system user assistant concise NBA analytics assistant"], trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>")
-    if chat_template:
-        fast.chat_template = chat_template
-    return fast
-
-
-def tiny_llama(vocab_size: int, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    return LlamaForCausalLM(cfg)
 
 
 @pytest.fixture(scope="session")
@@ -59,24 +23,3 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tiny_llama(len(tok)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
-
-
-def tiny_config(model_dir, tmp_path, **over) -> dict:
-    """A run config for the tiny model: a few steps, small data, fp32 for exact comparisons."""
-    cfg = {
-        "mode": "test",
-        "seed": 0,
-        "output_dir": str(tmp_path / "runs"),
-        "model": {"name_or_path": str(model_dir), "max_length": 160},
-        "data": {"train_size": 96, "val_size": 16, "test_size": 24, "seed": 0},
-        "train": {"max_steps": 4, "batch_size": 8, "precision": "fp32", "logging_steps": 1,
-                  "learning_rate": {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}},
-        "eval": {"max_new_tokens": 8, "batch_size": 16, "curve_examples": 8},
-    }
-    for k, v in over.items():
-        node = cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return cfg

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from tests.helpers import tiny_config
 
 from implement_rec_036 import ConfigError, ImplementImplementFullFinetuningLoraAndQloraTechniques
 from nbatune.config import load_config
@@ -20,7 +20,8 @@ from nbatune.data.loading import load_splits
 from nbatune.data.tokenize import IGNORE, PadCollator, tokenize_records
 from nbatune.modeling import load_model, load_tokenizer
 from nbatune.runtime import Runtime
-from nbatune.training import answer_only_loss, train
+from nbatune.loss import answer_only_loss
+from nbatune.training import train
 
 FP32 = Runtime("cpu", "fp32")
 METHOD_KEYS = {"trainable_params", "total_params", "loss_curve", "final_train_loss", "eval_loss", "perplexity",

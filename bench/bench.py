@@ -59,7 +59,7 @@ def model_path(model: str, models_dir: str) -> str:
 
 
 def run_ours(method: str, steps: int, batch: int, model: str, overrides: list[str] = ()) -> dict:
-    from nbatune.compare import prepare_training_data
+    from nbatune.data.prepare import prepare_training_data
     from nbatune.config import load_config
     from nbatune.measure import PeakMemory
     from nbatune.modeling import count_parameters, load_model
@@ -69,7 +69,8 @@ def run_ours(method: str, steps: int, batch: int, model: str, overrides: list[st
     cfg = load_config(None, [f"model.name_or_path={model}", f"train.max_steps={steps}", f"train.batch_size={batch}",
                              "train.logging_steps=1000", "train.memory_check=skip", *overrides])
     rt = resolve(cfg.train.device, cfg.train.precision)
-    path, tok, _, rows, _ = prepare_training_data(cfg)
+    data = prepare_training_data(cfg)
+    path, tok, rows = data.model_path, data.tokenizer, data.train_rows
     with PeakMemory(rt.device) as mem:
         model = load_model(path, method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed,
                            cfg.train.gradient_checkpointing[method])
@@ -79,7 +80,10 @@ def run_ours(method: str, steps: int, batch: int, model: str, overrides: list[st
             "total": total}
 
 
-def run_peer(method: str, steps: int, batch: int, model: str) -> dict:
+def run_peer(method: str, steps: int, batch: int, model: str, tuned: bool = False) -> dict:
+    """TRL's SFTTrainer + PEFT as the TRL docs show it (``tuned=False``: TRL's defaults, gradient
+    checkpointing on, padded batches), or as a practitioner would tune it (``tuned=True``: no gradient
+    checkpointing, padding-free batches, the base in bf16 for LoRA/QLoRA, the same precision as ours)."""
     import datasets
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
@@ -103,9 +107,14 @@ def run_peer(method: str, steps: int, batch: int, model: str) -> dict:
                                                          bnb_4bit_use_double_quant=True)
     peft = None if method == "full" else LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                                                     target_modules="all-linear", task_type="CAUSAL_LM")
+    extra = {}
+    if tuned:
+        extra = {"gradient_checkpointing": False, "padding_free": True}
+        if method != "full":
+            init["dtype"] = torch.bfloat16
     args = SFTConfig(output_dir="/tmp/nbatune-bench/peer", max_steps=steps, per_device_train_batch_size=batch,
                      learning_rate=cfg.train.learning_rate[method], use_cpu=device == "cpu", report_to="none",
-                     logging_steps=1000, save_strategy="no", seed=cfg.seed, model_init_kwargs=init or None)
+                     logging_steps=1000, save_strategy="no", seed=cfg.seed, model_init_kwargs=init or None, **extra)
     with PeakMemory(device) as mem:
         trainer = SFTTrainer(model=path, args=args, train_dataset=ds, peft_config=peft)
         counter = _CountingCollator(trainer.data_collator)
@@ -134,11 +143,24 @@ def child(kind: str, method: str, steps: int, batch: int, model: str, overrides:
     logging.disable(logging.WARNING)
     if kind == "ours":
         res = run_ours(method, steps, batch, model, overrides)
-    elif kind == "peer":
-        res = run_peer(method, steps, batch, model)
+    elif kind in ("peer", "tuned"):
+        res = run_peer(method, steps, batch, model, tuned=kind == "tuned")
     else:  # "base": ours with the config defaults, to measure what the --set levers change
         res = run_ours(method, steps, batch, model)
     print("BENCH " + json.dumps({"kind": kind, "method": method, **res}), flush=True)
+
+
+def _one(a, kind: str, method: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", kind, method, "--steps", str(a.steps), "--batch", str(a.batch),
+           "--model", a.model, "--models-dir", a.models_dir, *(f"--set={o}" for o in a.overrides)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"})
+    line = [x for x in out.stdout.splitlines() if x.startswith("BENCH ")]
+    if not line:
+        raise SystemExit(f"{kind} {method} failed:\n{out.stderr[-3000:]}")
+    r = json.loads(line[0][6:])
+    r["tok_s"] = r["tokens"] / r["seconds"]
+    print(f"  {kind:5} {method:5} {r['tok_s']:7.0f} real tok/s  peak {r['peak'] / 2**20:7.0f} MiB", flush=True)
+    return r
 
 
 def main() -> None:
@@ -153,6 +175,9 @@ def main() -> None:
     p.add_argument("--models-dir", default="/tmp/nbatune-bench/models", help="where random checkpoints are written")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for our side; with --against-defaults, measures one lever")
+    p.add_argument("--peers", default="defaults",
+                   help="TRL peers to run: defaults (TRL's defaults), tuned (as a practitioner would tune it), or both "
+                        "comma-separated; each is timed against ours in its own A-B(-B-A) block")
     p.add_argument("--against-defaults", action="store_true",
                    help="compare ours with --set against ours with the defaults, instead of against TRL")
     p.add_argument("--json", default=None, help="also write raw runs here")
@@ -168,39 +193,31 @@ def main() -> None:
     peaks = {d: matmul_peak(d) for d in ("bf16", "fp32")}
     print(f"matmul peak: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s", flush=True)
     runs = []
-    peer = "base" if a.against_defaults else "peer"
+    peers = ["base"] if a.against_defaults else [{"defaults": "peer", "tuned": "tuned"}[p] for p in a.peers.split(",")]
     for method in a.methods.split(","):
         for _ in range(a.pairs):
-            for kind in (peer, "ours", "ours", peer) if a.schedule == "abba" else (peer, "ours"):
-                cmd = [sys.executable, __file__, "--one", kind, method, "--steps", str(a.steps), "--batch", str(a.batch),
-                       "--model", a.model, "--models-dir", a.models_dir, *(f"--set={o}" for o in a.overrides)]
-                out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"})
-                line = [x for x in out.stdout.splitlines() if x.startswith("BENCH ")]
-                if not line:
-                    raise SystemExit(f"{kind} {method} failed:\n{out.stderr[-3000:]}")
-                r = json.loads(line[0][6:])
-                r["tok_s"] = r["tokens"] / r["seconds"]
-                runs.append(r)
-                print(f"  {kind:4} {method:5} {r['tok_s']:7.0f} real tok/s  peak {r['peak'] / 2**20:7.0f} MiB", flush=True)
+            for peer in peers:
+                for kind in (peer, "ours", "ours", peer) if a.schedule == "abba" else (peer, "ours"):
+                    runs.append(_one(a, kind, method))
     if a.json:
         Path(a.json).write_text(json.dumps({"device": device, "model": a.model, "steps": a.steps, "batch": a.batch,
                                             "peaks": peaks, "runs": runs}, indent=2))
     print()
-    ref = "defaults" if a.against_defaults else "peer"
-    print(f"| technique | {ref} tok/s | ours tok/s | speed-up | {ref} peak MiB | ours peak MiB | memory ratio | "
-          f"{ref} MFU | ours MFU |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    names = {"peer": "TRL defaults", "tuned": "TRL tuned", "base": "our defaults"}
+    print("| technique | vs | their tok/s | ours tok/s | speed-up | their peak MiB | ours peak MiB | memory ratio | "
+          "their MFU | ours MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for method in a.methods.split(","):
         def agg(kind, key, f=statistics.median):
             return f([r[key] for r in runs if r["kind"] == kind and r["method"] == method])
 
-        tp, to = agg(peer, "tok_s"), agg("ours", "tok_s")
-        mp, mo = agg(peer, "peak", max), agg("ours", "peak", max)
-        total = agg("ours", "total")
-        flops_per_token = (6 if method == "full" else 4) * total
+        to, mo = agg("ours", "tok_s"), agg("ours", "peak", max)
+        flops_per_token = (6 if method == "full" else 4) * agg("ours", "total")
         mfu = lambda t: 100 * t * flops_per_token / peaks["bf16"]  # noqa: E731
-        print(f"| {method} | {tp:.0f} | {to:.0f} | {to / tp:.2f}x | {mp / 2**20:.0f} | {mo / 2**20:.0f} | "
-              f"{mo / mp:.2f} | {mfu(tp):.1f}% | {mfu(to):.1f}% |")
+        for peer in peers:
+            tp, mp = agg(peer, "tok_s"), agg(peer, "peak", max)
+            print(f"| {method} | {names[peer]} | {tp:.0f} | {to:.0f} | {to / tp:.2f}x | {mp / 2**20:.0f} | "
+                  f"{mo / 2**20:.0f} | {mo / mp:.2f} | {mfu(tp):.1f}% | {mfu(to):.1f}% |")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ CASES = [  # (model, method, batch, gradient checkpointing, held out of the fit 
 
 
 def setup_run(model: str, method: str, batch: int, gc: bool, steps: int, models_dir: str):
-    from nbatune.compare import prepare_training_data
+    from nbatune.data.prepare import prepare_training_data
     from nbatune.config import load_config
     from nbatune.runtime import resolve
 
@@ -51,7 +51,8 @@ def setup_run(model: str, method: str, batch: int, gc: bool, steps: int, models_
                              f"train.batch_size={batch}", f"train.gradient_checkpointing.{method}={str(gc).lower()}",
                              "train.logging_steps=1000"])
     rt = resolve(cfg.train.device, cfg.train.precision)
-    path, tok, _, rows, _ = prepare_training_data(cfg)
+    data = prepare_training_data(cfg)
+    path, tok, rows = data.model_path, data.tokenizer, data.train_rows
     return cfg, rt, path, tok, rows
 
 
@@ -61,7 +62,7 @@ def child(model: str, method: str, batch: int, gc: bool, steps: int, models_dir:
     logging.disable(logging.WARNING)
     from nbatune import training
     from nbatune.measure import PeakMemory
-    from nbatune.memory import logit_positions
+    from nbatune.loss import logit_positions
     from nbatune.modeling import load_model
 
     batches = []

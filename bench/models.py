@@ -1,9 +1,11 @@
 """Random-weight checkpoints built from a config: benchmarks need a model of the right shape, not
-trained weights, and the GPU machine has no hub. They reuse the embedded SmolLM2 tokenizer (the
-whole SmolLM2 family shares its 49,152-token vocabulary)."""
+trained weights, and the GPU machine has no hub. They reuse the SmolLM2 tokenizer (the whole SmolLM2
+family shares its 49,152-token vocabulary): from ``$NBATUNE_TOKENIZER`` (a folder of tokenizer files,
+as bench/gpu_bundle.py writes) when set, else from the embedded model."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,5 +47,6 @@ def random_checkpoint(shape: str, out_dir: str | Path, seed: int = 0) -> Path:
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 1.7B is slow on CPU
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(out)
-    load_tokenizer(resolve_model_path(ModelConfig()), ModelConfig()).save_pretrained(out)
+    tokenizer_dir = os.environ.get("NBATUNE_TOKENIZER") or resolve_model_path(ModelConfig())
+    load_tokenizer(tokenizer_dir, ModelConfig()).save_pretrained(out)
     return out

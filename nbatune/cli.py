@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .config import METHODS
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nbatune", description=__doc__)
@@ -20,6 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--methods", default=None, help="comma-separated subset, e.g. lora,qlora")
     r.add_argument("--resume", action="store_true",
                    help="continue the interrupted run named by --set run_name=... (finished methods are kept)")
+
+    t = sub.add_parser("train", help="fine-tune one technique on the configured data: no base evaluation, no "
+                                      "comparison; the same run folder, results and report for that technique")
+    t.add_argument("--method", required=True, choices=METHODS)
+    t.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set train.epochs=2 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run named by --set run_name=...")
 
     mem = sub.add_parser("memory", help="estimate each technique's peak training memory; exit 1 if one will not fit")
     mem.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
@@ -36,19 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("ask", help="ask a saved model or adapter from a run one question")
     a.add_argument("run_dir")
     a.add_argument("question")
-    a.add_argument("--method", default="lora", choices=["base", "full", "lora", "qlora"])
+    a.add_argument("--method", default="lora", choices=["base", *METHODS])
     a.add_argument("--max-new-tokens", type=int, default=64)
 
     d = sub.add_parser("dataset", help="build, inspect or validate instruction data")
     dsub = d.add_subparsers(dest="action", required=True)
     b = dsub.add_parser("build", help="write the built-in dataset (JSONL + card)")
     b.add_argument("--out", default="data/nba")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=42)
     b.add_argument("--train-size", type=int, default=3200)
     b.add_argument("--val-size", type=int, default=160)
     b.add_argument("--test-size", type=int, default=320)
-    i = dsub.add_parser("inspect", help="show the built-in dataset's card and a few examples")
-    i.add_argument("--seed", type=int, default=0)
+    i = dsub.add_parser("inspect", help="show the built-in dataset's card: sizes, scoring and baselines per category")
+    i.add_argument("--seed", type=int, default=42, help="data.seed (default: 42, the default config's)")
+    i.add_argument("--results", default=None, help="a run's results.json: add its base zero-/few-shot per category")
     v = dsub.add_parser("validate", help="check a user dataset file; exit 1 with the reasons if invalid")
     v.add_argument("path")
     v.add_argument("--format", default="auto")
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "memory": _memory, "report": _report, "ask": _ask, "dataset": _dataset}[args.cmd](args)
+        return {"run": _run, "train": _train, "memory": _memory, "report": _report, "ask": _ask, "dataset": _dataset}[args.cmd](args)
     except Exception as e:  # a CLI user wants the message, not a traceback
         from .config import ConfigError
         from .data.loading import DataError
@@ -70,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise
+
+
+def _train(args) -> int:
+    # one technique: the untouched base is neither evaluated nor used as a few-shot baseline
+    args.methods = args.method
+    args.overrides = [*args.overrides, "evaluate_base=false", "eval.few_shot=0"]
+    return _run(args)
 
 
 def _run(args) -> int:
@@ -90,7 +108,7 @@ def _run(args) -> int:
     print("\n" + table(res) + "\n")
     print(res["comparison"]["recommendation"])
     print(f"\nresults: {res['run_dir']}/results.json\nreport:  {res['report']['markdown']} and report.html")
-    failed = [m for m in ("base", "full", "lora", "qlora") if isinstance(res.get(m), dict) and res[m]["status"] == "failed"]
+    failed = [m for m in ("base", *METHODS) if isinstance(res.get(m), dict) and res[m]["status"] == "failed"]
     return 1 if failed else 0
 
 
@@ -113,10 +131,11 @@ def _memory(args) -> int:
         by_method = {m: estimate_for_config(cfg, m, cfg.model.name_or_path, tokens, tokens, device, precision)
                      for m in cfg.methods}
     else:
-        from .compare import prepare_training_data
+        from .data.prepare import prepare_training_data
 
-        path, tok, _, rows, _ = prepare_training_data(cfg)
-        by_method = estimate_for_run(cfg, path, rows, tok.pad_token_id, device, precision)
+        data = prepare_training_data(cfg)
+        by_method = estimate_for_run(cfg, data.model_path, data.train_rows, data.tokenizer.pad_token_id, device,
+                                     precision)
     # the free memory of this machine says nothing about another device
     budget = memory_budget(t, device) if t.memory_budget_gib or device == resolve().device else None
     estimates = list(by_method.values())
@@ -168,12 +187,13 @@ def _dataset(args) -> int:
         return 0
     if args.action == "inspect":
         splits = builtin.build(args.seed)
-        print(builtin.card(splits))
+        measured = json.loads(Path(args.results).read_text()).get("baselines") if args.results else None
+        print(builtin.card(splits, measured))
         return 0
-    from .data.loading import DataError, detect_format, to_record, _read_source
+    from .data.loading import DataError, detect_format, read_source, to_record
 
     try:
-        raw = _read_source(args.path)
+        raw = read_source(args.path)
         fmt = args.format if args.format != "auto" else detect_format(raw["train"], args.path)
         n = 0
         for split, rows in raw.items():

@@ -11,41 +11,21 @@ import os
 import statistics
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 
-import yaml
-
-from . import baselines, evaluation, provenance, report
-from .config import PER_METHOD_FIELDS, RunConfig, load_config
+from . import baselines, evaluation, provenance, report, rundir
+from .config import METHODS, RunConfig, load_config
 from .data import retention
-from .data.loading import load_splits
+from .data.prepare import prepare_training_data
 from .data.tokenize import tokenize_records
 from .measure import PeakMemory, dir_size, free_memory, weights_bytes
 from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
-from .modeling import check_bitsandbytes, count_parameters, load_model, load_tokenizer, resolve_model_path
+from .modeling import check_bitsandbytes, count_parameters, load_model
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
 from .runtime import resolve
 from .training import latest_checkpoint, train
 
-# Fields that may change between an interrupted run and its resumption without changing what is trained.
-RESUME_HARMLESS = ("enabled", "methods", "evaluate_base", "output_dir", "run_name", "eval.", "train.report_to",
-                   "train.logging_steps", "train.save_steps")
-
 log = logging.getLogger(__name__)
-
-
-def prepare_training_data(cfg: RunConfig):
-    """Load the data splits, resolve the base model, load its tokenizer and tokenize the training split.
-
-    Returns:
-        (model path, tokenizer, records by split, tokenized training rows, their tokenization stats)
-    """
-    records = load_splits(cfg.data, cfg.model)
-    model_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(model_path, cfg.model)
-    rows, stats = tokenize_records(records["train"], tokenizer, cfg.model.max_length, cfg.data.overlong, "train")
-    return model_path, tokenizer, records, rows, stats
 
 
 class Comparison:
@@ -86,10 +66,12 @@ class Comparison:
         self.rt = resolve(cfg.train.device, cfg.train.precision)
         if "qlora" in cfg.methods:
             check_bitsandbytes()
-        self.model_path, self.tokenizer, self.records, self.train_rows, train_stats = prepare_training_data(cfg)
+        data = prepare_training_data(cfg)
+        self.model_path, self.tokenizer, self.records, self.train_rows = (data.model_path, data.tokenizer, data.records,
+                                                                          data.train_rows)
         val_records = self.records["validation"][: cfg.eval.max_val_examples]
         self.val_rows, val_stats = tokenize_records(val_records, self.tokenizer, cfg.model.max_length, "drop",
-                                                    "validation")
+                                                    "validation", cfg.data.train_on == "all_assistant_turns")
         self.test_records = self.records["test"][: cfg.eval.max_test_examples]
         self.pools = evaluation.candidate_pools(*self.records.values())
         self.retention_records = retention.records(cfg.model.system_prompt) if cfg.eval.retention else []
@@ -98,14 +80,14 @@ class Comparison:
             "source": cfg.data.source,
             "sizes": {s: len(r) for s, r in self.records.items()},
             "test_evaluated": len(self.test_records),
-            "train_tokenization": train_stats.to_dict(),
+            "train_tokenization": data.train_stats.to_dict(),
             "validation_tokenization": val_stats.to_dict(),
             "train_tokens_per_epoch": sum(r["length"] for r in self.train_rows),
         }
         self.memory_estimates = self._check_memory()
-        self.run_dir = self._make_run_dir(resume)
+        self.run_dir = rundir.create(cfg, self.world_size, resume)
         if self.is_main:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            rundir.write_config(self.run_dir, cfg)
         self._ready = True
         return self
 
@@ -125,49 +107,12 @@ class Comparison:
         for m, est in estimates.items():
             log.info("memory estimate %s (budget %.1f GiB)", est.describe(), budget / GiB)
             try:
-                check_fits(est, budget, t.batch_size, t.memory_check, t.gradient_checkpointing[m])
+                check_fits(est, budget, t.batch_size, t.memory_check, t.gradient_checkpointing[m], t.grad_accum)
             except MemoryBudgetError as e:
                 problems.append(str(e))
         if problems:
             raise MemoryBudgetError("the run will not fit in memory:\n  - " + "\n  - ".join(problems))
         return estimates
-
-    def _make_run_dir(self, resume: bool) -> Path:
-        root = Path(self.cfg.output_dir)
-        if resume:
-            if not self.cfg.run_name:
-                raise ValueError("resume needs run_name: the folder of the interrupted run under output_dir")
-            path = root / self.cfg.run_name
-            if not (path / "config.yaml").is_file():
-                raise FileNotFoundError(f"resume: no interrupted run in {path} (no config.yaml there)")
-            self._check_resumable(yaml.safe_load((path / "config.yaml").read_text()))
-            return path
-        if self.world_size > 1 and not self.cfg.run_name:
-            raise ValueError("run_name is required when several processes are launched, so that they share one "
-                             "output folder (e.g. --set run_name=ddp-lora)")
-        name = self.cfg.run_name or f"{self.cfg.mode}-{datetime.now():%Y%m%d-%H%M%S}"
-        path = root / name
-        try:
-            path.mkdir(parents=True, exist_ok=self.world_size > 1)
-        except FileExistsError:
-            raise FileExistsError(f"output directory {path} already exists; choose another run_name or remove it") from None
-        except OSError as e:
-            raise OSError(f"output_dir: cannot create {path} ({e.strerror}); choose a writable output_dir") from e
-        return path
-
-    def _check_resumable(self, saved: dict) -> None:
-        def flat(d, prefix=""):
-            out = {}
-            for k, v in d.items():
-                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k not in PER_METHOD_FIELDS
-                           else {f"{prefix}{k}": v})
-            return out
-
-        now, before = flat(self.cfg.to_dict()), flat(saved)
-        diffs = [f"{k}: saved {before.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(now) | set(before))
-                 if now.get(k) != before.get(k) and not k.startswith(RESUME_HARMLESS)]
-        if diffs:
-            raise ValueError("cannot resume: the config changed what is trained:\n  - " + "\n  - ".join(diffs))
 
     # ---- execute ----------------------------------------------------------------------------
     def execute(self, methods: list[str] | None = None, resume: bool = False) -> dict:
@@ -187,9 +132,9 @@ class Comparison:
         if not self._ready:
             self.setup(resume=resume)
         methods = list(methods or self.cfg.methods)
-        bad = [m for m in methods if m not in ("full", "lora", "qlora")]
+        bad = [m for m in methods if m not in METHODS]
         if bad:
-            raise ValueError(f"methods: {bad} are not techniques (allowed: full, lora, qlora)")
+            raise ValueError(f"methods: {bad} are not techniques (allowed: {', '.join(METHODS)})")
         t0 = time.perf_counter()
         self.results = {"schema_version": SCHEMA_VERSION, "run_dir": str(self.run_dir), "config": self.cfg.to_dict(),
                         "fingerprint": self._fingerprint(),
@@ -198,9 +143,7 @@ class Comparison:
                         "provenance": provenance.origin(self.cfg.model, self.model_path),
                         "test_questions": [{"question": baselines.question_text(r), "answer": r["answer"],
                                             "category": r["category"]} for r in self.test_records]}
-        previous = {}
-        if resume and (self.run_dir / "results.json").is_file():
-            previous = json.loads((self.run_dir / "results.json").read_text())
+        previous = rundir.earlier_results(self.run_dir) if resume else {}
         if self.is_main:
             self.results["baselines"] = previous.get("baselines") or {"trivial": self._trivial_baseline()}
         order = (["base"] if self.cfg.evaluate_base and self.is_main else []) + methods
@@ -289,9 +232,7 @@ class Comparison:
                                                                                self.rt)) if self.is_main else None
                     out = train(model, self.tokenizer, self.train_rows, method, self.cfg.train, self.rt, ckpt_dir,
                                 seed, resume=resume and latest_checkpoint(ckpt_dir) is not None, curve=curve)
-                    res.loss_curve, res.final_train_loss, res.steps = out.loss_curve, out.final_loss, out.steps
-                    res.train_seconds, res.train_tokens = out.seconds, out.real_tokens
-                    res.tokens_per_second, res.learning_curve = out.tokens_per_second, out.learning_curve
+                    res.record_training(out)
             res.trainable_pct = 100 * res.trainable_params / res.total_params if res.total_params else 0.0
             res.peak_memory_bytes = mem.peak_bytes
             if method in self.memory_estimates:
@@ -303,12 +244,8 @@ class Comparison:
             elif save:
                 res.saved_path = str(self._save(model, method))
                 res.saved_bytes = dir_size(res.saved_path)
-            ev = evaluation.evaluate_model(model, self.tokenizer, self.val_rows, self.test_records, self.rt,
-                                           self.cfg.eval, self.pools, self.retention_records)
-            res.eval_loss, res.perplexity = ev["eval_loss"], ev["perplexity"]
-            res.accuracy, res.accuracy_ci95 = ev["accuracy"], list(ev["accuracy_ci95"])
-            res.per_category, res.predictions, res.correct = ev["per_category"], ev["predictions"], ev["correct"]
-            res.eval_seconds, res.retention = ev["eval_seconds"], ev.get("retention", {})
+            res.record_evaluation(evaluation.evaluate_model(model, self.tokenizer, self.val_rows, self.test_records,
+                                                            self.rt, self.cfg.eval, self.pools, self.retention_records))
             if method == "base":
                 self._base_extras(model, res)
         except KeyboardInterrupt:
@@ -341,7 +278,7 @@ class Comparison:
         self.tokenizer.save_pretrained(path)
         return path
 
-    def compare(self, run_dir: str | Path | None = None) -> dict:
+    def rebuild_report(self, run_dir: str | Path | None = None) -> dict:
         """Rebuild the comparison, report and plots from a saved run's results.json, without retraining.
 
         Args:
@@ -349,7 +286,7 @@ class Comparison:
         """
         target = run_dir or self.run_dir
         if target is None:
-            raise ValueError("compare() needs a run_dir, or a finished execute() on this object")
+            raise ValueError("rebuild_report() needs a run_dir, or a finished execute() on this object")
         return report.rebuild(target)
 
     def cleanup(self) -> None:

@@ -8,6 +8,7 @@ allowed, before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,13 @@ from typing import Any, Literal
 import yaml
 
 METHODS = ("full", "lora", "qlora")
+# TrainingArguments that nbatune sets from its own fields (train.trainer_args may not override them).
+TRAINER_ARGS_OWNED = {"output_dir": "the run folder", "max_steps": "train.max_steps or train.epochs",
+                      "per_device_train_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+                      "learning_rate": "train.learning_rate", "optim": "train.optimizer", "seed": "seed",
+                      "bf16": "train.precision", "fp16": "train.precision", "use_cpu": "train.device",
+                      "report_to": "train.report_to", "save_steps": "train.save_steps",
+                      "gradient_checkpointing": "train.gradient_checkpointing"}
 PER_METHOD_FIELDS = ("learning_rate", "optimizer", "gradient_checkpointing")  # TrainConfig tables keyed by method
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -40,6 +48,8 @@ class ModelConfig:
     system_prompt: str = _f("You are a concise NBA analytics assistant.",
                             "System message put in every chat. Short on purpose: every token costs training time.")
     max_length: int = _f(320, "Longest tokenized example; longer ones are truncated or dropped (data.overlong).")
+    chat_template: str | None = _f(None, "Override the tokenizer's chat template: a Jinja template string, or the path "
+                                         "of a file holding one. None: the tokenizer's own (ChatML if it has none).")
 
 
 @dataclass
@@ -56,6 +66,9 @@ class DataConfig:
     test_fraction: float = _f(0.1, "User data without a test split: fraction carved out, deterministically from "
                                    "data.seed.")
     overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples longer than model.max_length.")
+    train_on: Literal["all_assistant_turns", "last_turn"] = _f(
+        "all_assistant_turns", "Multi-turn data: learn every assistant turn (as TRL's assistant_only_loss), or only "
+                               "the last. Prompts and user turns are never in the loss.")
 
 
 @dataclass
@@ -67,7 +80,8 @@ class LoraSettings:
                                                        "layer except the output head (QLoRA paper).")
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA), passed through to PEFT.")
     use_rslora: bool = _f(False, "Rank-stabilised scaling alpha / sqrt(r), passed through to PEFT.")
-    init_lora_weights: bool | str = _f(True, "PEFT init: true, 'gaussian', 'pissa', 'olora', 'loftq', ...")
+    init_lora_weights: bool | str = _f(True, "PEFT init: true, false, 'gaussian', 'pissa', 'pissa_niter_N', 'olora' "
+                                             "or 'orthogonal'.")
 
 
 @dataclass
@@ -79,6 +93,8 @@ class QuantSettings:
 @dataclass
 class TrainConfig:
     max_steps: int = _f(120, "Optimizer steps per method. Same for every method: same data, same token budget.")
+    epochs: float | None = _f(None, "Train this many passes over the training split instead of max_steps (the steps "
+                                    "are worked out from the batch size, accumulation and processes).")
     repeats: int = _f(1, "Train every technique this many times, with seeds seed, seed+1, ..., on the same data and "
                          "test set; results keep every repeat and give the mean and spread. The first repeat's "
                          "model is the one saved.")
@@ -107,6 +123,10 @@ class TrainConfig:
                                      "computes the logits of every answer column.")
     curve_steps: int = _f(10, "Learning curve: every this many steps, teacher-forced exact match on "
                               "eval.curve_examples validation rows (0: off).")
+    early_stopping_patience: int = _f(0, "Stop a technique when the learning-curve score has not improved for this "
+                                         "many measurements (every curve_steps); 0: off.")
+    trainer_args: dict[str, Any] = _f({}, "Any other transformers TrainingArguments field, passed through (checked "
+                                          "against the real dataclass), e.g. {dataloader_num_workers: 2}.")
     logging_steps: int = _f(5, "Log the training loss every this many steps (also the NaN check interval).")
     save_steps: int = _f(0, "Checkpoint every this many steps (0: only the final model).")
     report_to: list[str] = _f([], "Extra loggers, as in transformers: 'tensorboard', 'wandb'.")
@@ -119,8 +139,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = _f(96, "Greedy generation length for test answers (the longest built-in answer, game "
-                                 "score's formula, is 84 tokens).")
+    max_new_tokens: int = _f(96, "Most tokens generated per answer: each question gets its reference answer's "
+                                 "length + 24 (the same for every model), capped here. The longest built-in answer, "
+                                 "game score's formula, is 84 tokens.")
     stop_at_newline: bool = _f(True, "Answers are one line: stop generating at the first line break (every built-in "
                                      "answer is one line). Set false for multi-line answers.")
     few_shot: int = _f(3, "Few-shot baseline: solved training examples of the same category shown to the untouched "
@@ -313,6 +334,21 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
     t = cfg.train
     need(t.max_steps >= 1, f"train.max_steps: {t.max_steps} must be >= 1")
     need(t.repeats >= 1, f"train.repeats: {t.repeats} must be >= 1")
+    need(t.epochs is None or t.epochs > 0, f"train.epochs: {t.epochs} must be a positive number, or null")
+    need(t.early_stopping_patience >= 0, f"train.early_stopping_patience: {t.early_stopping_patience} must be >= 0")
+    need(not t.early_stopping_patience or t.curve_steps > 0,
+         "train.early_stopping_patience needs train.curve_steps > 0 (the measurement it watches)")
+    if t.trainer_args:
+        from dataclasses import fields as dc_fields
+
+        from transformers import TrainingArguments
+
+        known = {f.name for f in dc_fields(TrainingArguments)}
+        owned = set(TRAINER_ARGS_OWNED)
+        for k in t.trainer_args:
+            need(k in known, f"train.trainer_args.{k}: not a transformers TrainingArguments field")
+            need(k not in owned, f"train.trainer_args.{k}: set by nbatune from its own config; use "
+                                 f"{TRAINER_ARGS_OWNED.get(k, 'the matching train.* field')}")
     need(t.curve_steps >= 0, f"train.curve_steps: {t.curve_steps} must be >= 0 (0: off)")
     need(t.batch_size >= 1, f"train.batch_size: {t.batch_size} must be >= 1")
     need(t.grad_accum >= 1, f"train.grad_accum: {t.grad_accum} must be >= 1")
@@ -330,8 +366,20 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
     for r in t.report_to:
         need(r in ("tensorboard", "wandb", "mlflow", "none"),
              f"train.report_to: {r!r} is not allowed (allowed: 'tensorboard', 'wandb', 'mlflow')")
+        module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}.get(r)
+        need(module is None or importlib.util.find_spec(module) is not None,
+             f"train.report_to: {r!r} needs the {module} package: pip install 'nbatune[{r}]'")
     lo = cfg.lora
     need(lo.r >= 1, f"lora.r: {lo.r} must be >= 1")
+    init = lo.init_lora_weights
+    need(isinstance(init, bool) or init in ("gaussian", "pissa", "olora", "orthogonal") or
+         str(init).startswith("pissa_niter_"),
+         f"lora.init_lora_weights: {init!r} is not supported here (allowed: true, false, 'gaussian', 'pissa', "
+         "'pissa_niter_N', 'olora', 'orthogonal'; 'loftq', 'eva' and 'corda' need extra PEFT configs that nbatune "
+         "does not pass)")
+    tpl = cfg.model.chat_template
+    need(tpl is None or "{{" in tpl or "{%" in tpl or Path(tpl).expanduser().is_file(),
+         f"model.chat_template: {tpl!r} is neither a Jinja template (no '{{{{' or '{{%' in it) nor an existing file")
     need(lo.alpha >= 1, f"lora.alpha: {lo.alpha} must be >= 1")
     need(0 <= lo.dropout < 1, f"lora.dropout: {lo.dropout} must be in [0, 1)")
     need(cfg.model.max_length >= 16, f"model.max_length: {cfg.model.max_length} must be >= 16")

@@ -14,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.tokenize import IGNORE, PadCollator, render_prompt
+from .loss import answer_columns, answer_only_loss, shifted_targets
 from .runtime import Runtime
-from .training import answer_only_loss
 
 METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "nba_answer_match"
 
@@ -51,8 +51,8 @@ def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, 
     try:
         for s in range(0, len(rows), batch_size):
             batch = {k: v.to(_device(model)) for k, v in collate(rows[s:s + batch_size]).items()}
-            targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
-            keep = (targets != IGNORE).any(0).nonzero().squeeze(1)
+            targets = shifted_targets(batch["labels"])
+            keep = answer_columns(targets)
             with rt.autocast():
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                logits_to_keep=keep).logits
@@ -103,13 +103,18 @@ _NEWLINES: dict = {}
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new_tokens: int = 64,
+def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new_tokens: int | list[int] = 64,
                      batch_size: int = 32, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
-    """Greedy answers for each record's prompt, in order. Batched with left padding, prompts sorted by
-    length; a batch stops decoding once every answer has ended."""
+    """Greedy answers for each record's prompt, in order. Batched with left padding, sorted by token
+    budget then prompt length; a batch stops decoding once every answer has ended.
+
+    Args:
+        max_new_tokens: one budget for all, or one per record (``answer_budgets``).
+    """
     model.eval()
     prompts = [render_prompt(tokenizer, r["messages"]) for r in records]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(records)
+    order = sorted(range(len(prompts)), key=lambda i: (budgets[i], len(prompts[i])))
     out: list[str] = [""] * len(prompts)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -120,13 +125,24 @@ def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(_device(model))
             with rt.autocast():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
+                gen = model.generate(**enc, max_new_tokens=max(budgets[i] for i in idx), do_sample=False,
+                                     use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
             for j, i in enumerate(idx):
-                out[i] = tokenizer.decode(gen[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                text = tokenizer.decode(gen[j, enc["input_ids"].shape[1]:][: budgets[i]], skip_special_tokens=True)
+                out[i] = text.strip()
     finally:
         tokenizer.padding_side = side
     return out
+
+
+ANSWER_SLACK = 24  # tokens beyond the reference answer's length: room for a sentence around it
+
+
+def answer_budgets(tokenizer, records: list[dict], cap: int) -> list[int]:
+    """Per question, the reference answer's length plus ``ANSWER_SLACK`` tokens, at most ``cap``: the
+    same budget for every model, and no decoding of 96 tokens for a two-word answer."""
+    lengths = [len(tokenizer(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in records]
+    return [min(cap, n + ANSWER_SLACK) for n in lengths]
 
 
 def candidate_pools(*splits: list[dict]) -> dict[str, list[str]]:
@@ -194,8 +210,9 @@ def paired_difference(a: list[bool], b: list[bool], iters: int = 2000, seed: int
 def answer_and_score(model, tokenizer, records, rt: Runtime, eval_cfg, pools=None, desc="answers",
                      max_new_tokens: int | None = None) -> dict:
     """Generate an answer to every record and score them: accuracy, intervals, per category, flags."""
-    preds = generate_answers(model, tokenizer, records, rt, max_new_tokens or eval_cfg.max_new_tokens,
-                             eval_cfg.batch_size, desc, eval_cfg.stop_at_newline)
+    budgets = answer_budgets(tokenizer, records, max_new_tokens or eval_cfg.max_new_tokens)
+    preds = generate_answers(model, tokenizer, records, rt, budgets, eval_cfg.batch_size, desc,
+                             eval_cfg.stop_at_newline)
     return {**score(records, preds, pools), "predictions": preds}
 
 

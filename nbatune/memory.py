@@ -208,20 +208,13 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
         "logits": int(logits), "working": int(WORKING_FRACTION * (acts + logits)), "overhead": int(overhead)})
 
 
-def logit_positions(labels, chunked: bool) -> int:
-    """Positions whose logits our loss computes: the answer tokens (chunked loss), or every row at
-    each column where some row has an answer token (``logits_to_keep``)."""
-    from .data.tokenize import IGNORE
-
-    targets = labels[:, 1:] != IGNORE
-    return int(targets.sum()) if chunked else labels.shape[0] * int(targets.any(0).sum())
-
-
 def batch_footprint(rows: list[dict], collator, batch_size: int, chunked: bool, samples: int = 256,
                     seed: int = 0) -> tuple[int, int]:
     """The most positions and the most logit positions over ``samples`` random micro-batches, built by
     the trainer's own collator: padding and packing are counted as they will happen."""
     import random
+
+    from .loss import logit_positions
 
     rng = random.Random(seed)
     tokens = logits = 0
@@ -243,8 +236,22 @@ def available_bytes(device: str) -> int:
     return psutil.virtual_memory().available
 
 
+def memory_fixes(method: str, batch_size: int, grad_accum: int, gradient_checkpointing: bool) -> list[str]:
+    """What to change when ``method`` does not fit: the advice before training and after an OOM."""
+    tips = [f"train.batch_size: {batch_size} -> {max(1, batch_size // 2)} and train.grad_accum: {grad_accum} -> "
+            f"{grad_accum * 2} (the same effective batch)"]
+    if not gradient_checkpointing:
+        tips.append(f"train.gradient_checkpointing.{method}: true (about 30% slower, far less activation memory)")
+    if method == "full":
+        tips.append("lora or qlora instead of full fine-tuning, or train.optimizer.full: adamw_8bit (optimizer "
+                    "states 4x smaller)")
+    elif method == "lora":
+        tips.append("qlora (a 4-bit base takes about a quarter of the weight memory)")
+    return tips
+
+
 def check_fits(est: MemoryEstimate, budget: int, batch_size: int, policy: str = "refuse",
-               gradient_checkpointing: bool = False) -> None:
+               gradient_checkpointing: bool = False, grad_accum: int = 1) -> None:
     """Refuse (or warn about) a run whose estimated peak exceeds ``budget`` bytes.
 
     Raises:
@@ -253,14 +260,7 @@ def check_fits(est: MemoryEstimate, budget: int, batch_size: int, policy: str = 
     if policy == "skip" or est.total <= budget:
         return
     m = est.method
-    tips = [f"train.batch_size: {batch_size} -> {max(1, batch_size // 2)} (and double train.grad_accum to keep "
-            "the effective batch)"]
-    if not gradient_checkpointing:
-        tips.append(f"train.gradient_checkpointing.{m}: true")
-    if m == "full":
-        tips.append("lora or qlora instead of full fine-tuning, or train.optimizer.full: adamw_8bit")
-    elif m == "lora":
-        tips.append("qlora (4-bit base weights)")
+    tips = memory_fixes(m, batch_size, grad_accum, gradient_checkpointing)
     msg = (f"{m} needs about {est.total / GiB:.1f} GiB at its peak ({est.describe()}), but "
            f"{budget / GiB:.1f} GiB is available on {est.device}. Try: " + "; ".join(tips) +
            ". Set train.memory_check: warn to try anyway.")
@@ -283,11 +283,10 @@ def estimate_for_run(cfg, model_path: str, train_rows: list[dict], pad_id: int, 
                      precision: str) -> dict[str, MemoryEstimate]:
     """The estimate for each technique of a configured run, with the micro-batch sized by the
     trainer's own collator over the tokenized training rows (model config and batches read once)."""
-    from .data.tokenize import PackedCollator, PadCollator
+    from .data.tokenize import make_collator
 
     t = cfg.train
-    collator = (PackedCollator(pad_id, t.pack_row_tokens) if t.batching == "packed"
-                else PadCollator(pad_id, 8 if device == "cuda" else None))
+    collator = make_collator(t, pad_id, device)
     tokens, logit_tokens = batch_footprint(train_rows, collator, t.batch_size, t.loss_chunk_tokens > 0, seed=cfg.seed)
     shape = model_shape(model_path)
     return {m: estimate_for_config(cfg, m, shape, tokens, logit_tokens, device, precision) for m in cfg.methods}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraSettings, ModelConfig, QuantSettings
+from .config import METHODS, LoraSettings, ModelConfig, QuantSettings
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,10 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     if tok.pad_token is None:
         # Padding is masked by the attention mask and labels; the EOS *label* stays (built from the template).
         tok.pad_token = tok.eos_token
-    if not tok.chat_template:
+    if cfg.chat_template:
+        tpl = cfg.chat_template
+        tok.chat_template = tpl if ("{{" in tpl or "{%" in tpl) else Path(tpl).expanduser().read_text()
+    elif not tok.chat_template:
         log.warning("tokenizer at %s has no chat template; using the documented ChatML fallback", path)
         tok.chat_template = FALLBACK_CHAT_TEMPLATE
     return tok
@@ -137,7 +140,7 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
     """
     from transformers import AutoModelForCausalLM
 
-    if method not in ("base", "full", "lora", "qlora"):
+    if method not in ("base", *METHODS):
         raise ValueError(f"unknown method {method!r}")
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
               "dtype": torch.float32 if method == "full" else rt.dtype}

@@ -7,9 +7,10 @@ import html
 import json
 from pathlib import Path
 
+from .config import METHODS
 from .evaluation import paired_difference
 
-ORDER = ("base", "full", "lora", "qlora")
+ORDER = ("base", *METHODS)
 LABEL = {"base": "base (untouched)", "full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit)"}
 
 

@@ -59,6 +59,19 @@ class MethodResult:
         d["status"] = self.status.value
         return d
 
+    def record_training(self, out) -> None:
+        """Take what ``training.train`` returned (a ``TrainOutcome``)."""
+        self.loss_curve, self.final_train_loss, self.steps = out.loss_curve, out.final_loss, out.steps
+        self.train_seconds, self.train_tokens = out.seconds, out.real_tokens
+        self.tokens_per_second, self.learning_curve = out.tokens_per_second, out.learning_curve
+
+    def record_evaluation(self, ev: dict) -> None:
+        """Take what ``evaluation.evaluate_model`` returned."""
+        self.eval_loss, self.perplexity = ev["eval_loss"], ev["perplexity"]
+        self.accuracy, self.accuracy_ci95 = ev["accuracy"], list(ev["accuracy_ci95"])
+        self.per_category, self.predictions, self.correct = ev["per_category"], ev["predictions"], ev["correct"]
+        self.eval_seconds, self.retention = ev["eval_seconds"], ev.get("retention", {})
+
     def summary(self) -> dict:
         """What a repeat keeps: enough for means, spreads and paired tests."""
         return {"seed": self.seed, "status": self.status.value, "accuracy": self.accuracy,

@@ -1,9 +1,10 @@
-"""The one training path for all three techniques: a transformers ``Trainer`` whose loss runs the
-output head only where there is an answer token to predict."""
+"""The one training path for all three techniques: a transformers ``Trainer`` with our answer-only
+loss (nbatune/loss.py), atomic checkpoints, a learning-curve callback, and clear errors."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -11,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import TrainConfig
-from .data.tokenize import IGNORE, PackedCollator, PadCollator
+from .data.tokenize import make_collator
+from .loss import answer_only_loss
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -30,21 +31,14 @@ class OutOfMemoryHint(RuntimeError):
 
 
 def explain_oom(e: BaseException, cfg: TrainConfig, method: str) -> OutOfMemoryHint:
-    import torch
+    from .memory import memory_fixes
 
     need = ""
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         need = (f" Peak allocated before failing: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of "
                 f"{total / 2**30:.1f} GiB.")
-    tips = [f"halve train.batch_size ({cfg.batch_size} -> {max(1, cfg.batch_size // 2)}) and double "
-            f"train.grad_accum ({cfg.grad_accum} -> {cfg.grad_accum * 2}) to keep the effective batch"]
-    if not cfg.gradient_checkpointing.get(method):
-        tips.append(f"set train.gradient_checkpointing.{method}: true (about 30% slower, far less activation memory)")
-    if method == "full":
-        tips.append("use lora or qlora, or train.optimizer.full: adamw_8bit (optimizer states 4x smaller)")
-    elif method == "lora":
-        tips.append("use qlora (a 4-bit base takes about a quarter of the weight memory)")
+    tips = memory_fixes(method, cfg.batch_size, cfg.grad_accum, cfg.gradient_checkpointing.get(method, False))
     return OutOfMemoryHint(f"out of memory while training {method}.{need} Try: " + "; ".join(tips) + ".")
 
 
@@ -53,98 +47,6 @@ class CheckpointError(RuntimeError):
 
 
 STAGING_PREFIX = ".staging-"
-
-
-def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None, chunk_tokens: int = 512):
-    """Cross-entropy over answer tokens; returns (loss, number of predicted tokens).
-
-    The 49k-way output head is the single largest matmul per token for small models, so it never
-    runs at prompt positions. With ``chunk_tokens > 0`` it runs only at the answer tokens themselves,
-    ``chunk_tokens`` at a time, without ever holding all their logits (``chunked_head_loss``);
-    with 0, the model computes logits at the answer columns (``logits_to_keep`` takes an index tensor).
-    """
-    labels = inputs["labels"]
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)  # position t predicts token t+1
-    keep = (targets != IGNORE).any(0).nonzero().squeeze(1)
-    targets = targets[:, keep]
-    n = (targets != IGNORE).sum()
-    # padded batches carry an attention mask; packed ones carry position_ids (and must not carry a mask)
-    extra = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
-    head = _plain_head(model) if chunk_tokens else None
-    if head is None:
-        logits = model(input_ids=inputs["input_ids"], logits_to_keep=keep, **extra).logits.float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
-                               reduction="sum")
-    else:
-        captured = []
-
-        def take_hidden(module, args):  # keep the head's input, and give the head nothing to compute
-            captured.append(args[0])
-            return (args[0][:, :0],)
-
-        # The call goes through the model itself (not its decoder), so DDP and PEFT wrappers see it.
-        handle = head.register_forward_pre_hook(take_hidden)
-        try:
-            model(input_ids=inputs["input_ids"], logits_to_keep=keep, **extra)
-        finally:
-            handle.remove()
-        mask = targets != IGNORE
-        loss = chunked_head_loss(captured[0][mask], head.weight, targets[mask], chunk_tokens)
-    return loss / (num_items if num_items is not None else n.clamp(min=1)), n
-
-
-def _plain_head(model):
-    """The output head when it is a bias-free linear layer whose logits are used as they are (no
-    soft-capping or scaling), so that the loss may apply it itself; else None."""
-    inner = getattr(model, "module", model)  # DistributedDataParallel
-    config = getattr(inner, "config", None)
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if (not isinstance(head, torch.nn.Linear) or head.bias is not None or config is None
-            or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None)):
-        return None
-    return head
-
-
-def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, ``chunk`` rows at a time.
-
-    The gradients are worked out chunk by chunk in the forward pass (as in Liger's fused linear
-    cross-entropy), so at most ``chunk x vocab`` logits exist at once instead of all of them plus their
-    softmax and gradients: for SmolLM2's 49,152-token vocabulary that is about 16 bytes x 49,152 per
-    answer token saved.
-    """
-    return _ChunkedHeadLoss.apply(hidden, weight, targets, chunk)
-
-
-class _ChunkedHeadLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        for s in range(0, hidden.shape[0], chunk):
-            h, t = hidden[s:s + chunk], targets[s:s + chunk]
-            logits = (h @ weight.T).float()  # under autocast: the compute dtype, like the model's own head
-            lse = logits.logsumexp(-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if want_h or want_w:
-                d = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                d[torch.arange(len(t), device=d.device), t] -= 1  # d(loss)/d(logits)
-                d = d.to(h.dtype)
-                if want_h:
-                    grad_h[s:s + chunk] = (d @ weight).to(hidden.dtype)
-                if want_w:
-                    grad_w += (d.T @ h).float()
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.weight_dtype = weight.dtype
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_out if grad_h is not None else None,
-                (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None)
 
 
 class AnswerOnlyTrainer(Trainer):
@@ -187,8 +89,8 @@ class LearningCurve(TrainerCallback):
     """Every ``every`` optimizer steps (and at the last), ``measure(model)`` (a cheap validation score),
     with the training tokens and seconds so far; its own time is left out of the seconds."""
 
-    def __init__(self, measure, every: int, trainer_ref: list):
-        self.measure, self.every, self.trainer_ref = measure, every, trainer_ref
+    def __init__(self, measure, every: int, trainer_ref: list, patience: int = 0):
+        self.measure, self.every, self.trainer_ref, self.patience = measure, every, trainer_ref, patience
         self.points: list[dict] = []
         self.spent = 0.0
         self.t0 = 0.0
@@ -204,6 +106,11 @@ class LearningCurve(TrainerCallback):
         self.points.append({"step": state.global_step, "tokens": self.trainer_ref[0].real_tokens,
                             "seconds": round(start - self.t0 - self.spent, 2), "exact_match": value})
         self.spent += time.perf_counter() - start
+        best = max(range(len(self.points)), key=lambda i: self.points[i]["exact_match"])  # first of equals
+        if self.patience and len(self.points) - 1 - best >= self.patience:
+            log.info("early stop at step %d: no improvement in %d measurements", state.global_step, self.patience)
+            self.points[-1]["early_stop"] = True
+            control.should_training_stop = True
 
 
 @dataclass
@@ -220,15 +127,25 @@ class TrainOutcome:
         return self.real_tokens / self.seconds if self.seconds else 0.0
 
 
-def training_arguments(method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path, seed: int) -> TrainingArguments:
+def total_steps(cfg: TrainConfig, n_rows: int, world_size: int = 1) -> int:
+    """``train.max_steps``, or the steps ``train.epochs`` passes over ``n_rows`` take."""
+    if cfg.epochs is None:
+        return cfg.max_steps
+    per_step = cfg.batch_size * cfg.grad_accum * world_size
+    return max(1, math.ceil(cfg.epochs * n_rows / per_step))
+
+
+def training_arguments(method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path, seed: int,
+                       steps: int | None = None) -> TrainingArguments:
+    steps = steps or cfg.max_steps
     return TrainingArguments(
         output_dir=str(out_dir),
-        max_steps=cfg.max_steps,
+        max_steps=steps,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate[method],
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=int(round(cfg.warmup_ratio * cfg.max_steps)),
+        warmup_steps=int(round(cfg.warmup_ratio * steps)),
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         optim=cfg.optimizer[method],
@@ -245,6 +162,7 @@ def training_arguments(method: str, cfg: TrainConfig, rt: Runtime, out_dir: Path
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **cfg.trainer_args,
     )
 
 
@@ -271,16 +189,16 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     """
     import datasets
 
-    args = training_arguments(method, cfg, rt, out_dir, seed)
-    collator = (PackedCollator(tokenizer.pad_token_id, cfg.pack_row_tokens) if cfg.batching == "packed"
-                else PadCollator(tokenizer.pad_token_id, 8 if rt.device == "cuda" else None))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args = training_arguments(method, cfg, rt, out_dir, seed, total_steps(cfg, len(train_rows), world))
+    collator = make_collator(cfg, tokenizer.pad_token_id, rt.device)
     trainer = AnswerOnlyTrainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows), data_collator=collator,
         loss_chunk_tokens=cfg.loss_chunk_tokens,
     )
     recorder = None
     if curve is not None and cfg.curve_steps:
-        recorder = LearningCurve(curve, cfg.curve_steps, [trainer])
+        recorder = LearningCurve(curve, cfg.curve_steps, [trainer], cfg.early_stopping_patience)
         trainer.add_callback(recorder)
     ckpt = None
     if resume:

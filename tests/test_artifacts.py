@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from tests.helpers import tiny_config
 from nbatune.compare import Comparison
 
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("artifacts")
-    cmp = Comparison(tiny_config(tiny_model_dir, tmp, methods=["full", "lora"]))
+    cmp = Comparison(tiny_config(tiny_model_dir, tmp, methods=["full", "lora", "qlora"]))
     cmp.setup()
     res = cmp.execute()
     return cmp, res
@@ -38,11 +38,24 @@ def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_logits(run, ti
     assert not torch.allclose(a, plain), "the adapter must change the output"
     from nbatune.inference import merge_adapter
 
-    merged_dir = merge_adapter(res["run_dir"], "lora")
+    merged_dir = merge_adapter(res["run_dir"], "lora", dtype="float32")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, a, rtol=1e-4, atol=1e-4)
     assert (Path(merged_dir) / "model.safetensors").is_file()
+    bf16_dir = merge_adapter(res["run_dir"], "lora", Path(res["run_dir"]) / "lora" / "merged-bf16")
+    assert AutoModelForCausalLM.from_pretrained(bf16_dir).dtype == torch.bfloat16  # the default export
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_a_reloaded_model_reproduces_its_scored_answers(run, method):
+    from nbatune.evaluation import answer_and_score
+    from nbatune.inference import load_from_run
+
+    cmp, res = run
+    model, tok, rt, _ = load_from_run(res["run_dir"], method)
+    again = answer_and_score(model, tok, cmp.test_records[:8], rt, cmp.cfg.eval, cmp.pools)["predictions"]
+    assert again == res[method]["predictions"][:8]
 
 
 def test_full_model_reloads_with_plain_transformers(run):
@@ -69,11 +82,11 @@ def test_report_rebuilds_from_saved_results_without_retraining(run):
         assert (run_dir / png).stat().st_size > 1000
 
 
-def test_compare_rebuilds_the_same_table_from_a_saved_run(run):
+def test_rebuild_report_gives_the_same_table_from_a_saved_run(run):
     from nbatune.report import table
 
     cmp, res = run
-    again = Comparison({"output_dir": "unused"}).compare(res["run_dir"])
+    again = Comparison({"output_dir": "unused"}).rebuild_report(res["run_dir"])
     assert table(again) == table(res)
     assert again["comparison"]["recommendation"] == res["comparison"]["recommendation"]
 
@@ -104,6 +117,12 @@ def test_two_runs_never_share_an_output_directory(run, tiny_model_dir, tmp_path)
     Comparison(cfg).setup()
     with pytest.raises(FileExistsError, match="already exists"):
         Comparison(cfg).setup()
+
+
+def test_default_run_folders_never_collide_even_in_the_same_second(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path)
+    dirs = {Comparison(cfg).setup().run_dir for _ in range(3)}
+    assert len(dirs) == 3 and all(d.is_dir() for d in dirs)
 
 
 def test_a_failing_method_is_recorded_and_the_others_still_run(tiny_model_dir, tmp_path):

@@ -38,3 +38,31 @@ def test_benchmark_runs_ours_and_the_trl_peer_on_a_random_checkpoint(tmp_path):
     assert {r["kind"] for r in runs} == {"peer", "ours"}
     assert all(r["tokens"] > 0 and r["seconds"] > 0 and r["peak"] > 0 for r in runs)
     assert "| lora |" in out.stdout
+
+
+def test_gpu_bundle_plan_and_size_arithmetic(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_bundle
+
+    plan = gpu_bundle.plan()
+    names = [w.split("==")[0] for w in plan["wheels"]]
+    assert {"trl", "bitsandbytes", "datasets", "evaluate", "gguf", "dill", "multiprocess"} == set(names)
+    assert len(names) == len(set(names)) and all("==" in w for w in plan["wheels"])  # one pinned version each
+    assert "tokenizer.json" in plan["tokenizer"] and plan["python"] == "3.12"
+    mib = 2**20
+    assert "60.0 MiB of 64 MiB" in gpu_bundle.check_size(45 * mib, 15 * mib)
+    with pytest.raises(SystemExit, match="too large to travel: bundle 50.0 MiB \\+ working tree 15.0 MiB"):
+        gpu_bundle.check_size(50 * mib, 15 * mib)
+    tree = gpu_bundle.working_tree_bytes()
+    assert 0 < tree < 16 * mib  # the tree leaves room for the 45 MB of wheels
+
+
+def test_gpu_script_dry_run_checks_everything_but_the_gpu(tmp_path):
+    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1", "OUT": str(tmp_path),
+                              "BUNDLE": str(tmp_path / "no-bundle")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    for stage in ("bench/bench.py --model smollm2-1.7b", "--peers defaults,tuned", "bench/memory.py",
+                  "bench/gpu_facade.py"):
+        assert stage in out.stdout
+    assert "facade config ok" in out.stdout and "dry run: ok" in out.stdout

@@ -25,6 +25,12 @@ def test_quick_config_only_holds_diffs_on_top_of_default():
     assert quick.lora == default.lora and quick.train.learning_rate == default.train.learning_rate
 
 
+def test_seeds_config_is_the_default_with_three_training_seeds():
+    seeds, default = load_config(CONFIG_DIR / "seeds.yaml").to_dict(), load_config(CONFIG_DIR / "default.yaml").to_dict()
+    assert seeds["train"].pop("repeats") == 3 and default["train"].pop("repeats") == 1
+    assert seeds == default
+
+
 def test_none_dict_and_object_give_the_same_defaults():
     a = load_config(None)
     assert load_config({}).to_dict() == a.to_dict() == load_config(a).to_dict()
@@ -88,3 +94,24 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, nbatune; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_facade_imports_from_any_directory(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from implement_rec_036 import ImplementImplementFullFinetuningLoraAndQloraTechniques as F; "
+            "import implement_rec_036, pathlib; print(F.__name__, pathlib.Path(implement_rec_036.__file__).name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert out.stdout.split() == ["ImplementImplementFullFinetuningLoraAndQloraTechniques", "implement_rec_036.py"], \
+        out.stderr
+
+
+def test_a_logger_that_is_not_installed_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"nbatune\[wandb\]"):
+        load_config(None, ["train.report_to=[wandb]"])

@@ -201,7 +201,7 @@ def test_csv_alpaca_loads(tmp_path):
 @pytest.mark.parametrize("fmt,suffix", [(f, ".jsonl") for f in ROWS] + [("alpaca", s) for s in (".json", ".csv",
                                                                                                  ".parquet", "saved")])
 def test_user_data_trains_through_setup(tiny_model_dir, tmp_path, fmt, suffix):
-    from conftest import tiny_config
+    from tests.helpers import tiny_config
     from nbatune.compare import Comparison
 
     path = _write(ROWS[fmt] * 3, tmp_path / f"d{suffix if suffix != 'saved' else ''}")
@@ -270,7 +270,7 @@ def test_everything_dropped_gives_a_counted_error(tiny_model_dir):
 
 
 def test_missing_chat_template_falls_back_to_chatml(tmp_path, caplog):
-    from conftest import tiny_tokenizer
+    from tests.helpers import tiny_tokenizer
     from nbatune.modeling import load_tokenizer
 
     tiny_tokenizer(chat_template=None).save_pretrained(tmp_path)
@@ -278,3 +278,41 @@ def test_missing_chat_template_falls_back_to_chatml(tmp_path, caplog):
     assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                                                add_generation_prompt=True)
     assert "no chat template" in caplog.text
+
+
+def test_chat_template_override_from_a_string_or_a_file(tiny_model_dir, tmp_path):
+    from nbatune.config import ConfigError, load_config
+    from nbatune.modeling import load_tokenizer
+
+    tpl = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}" \
+          "{% if add_generation_prompt %}[assistant] {% endif %}"
+    (tmp_path / "t.jinja").write_text(tpl)
+    for value in (tpl, str(tmp_path / "t.jinja")):
+        tok = load_tokenizer(str(tiny_model_dir), ModelConfig(chat_template=value))
+        assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                       add_generation_prompt=True) == "[user] hi\n[assistant] "
+    with pytest.raises(ConfigError, match="model.chat_template: .*neither a Jinja template"):
+        load_config(None, [f"model.chat_template={tmp_path / 'missing.jinja'}"])
+
+
+def test_multi_turn_data_learns_every_assistant_turn_by_default(tiny_model_dir):
+    from nbatune.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir), ModelConfig())
+    rec = {"messages": [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "one"},
+                        {"role": "user", "content": "second question"}, {"role": "assistant", "content": "two"}]}
+
+    def learned(all_turns):
+        row = tokenize_records([rec], tok, 1000, "truncate", "train", all_turns)[0][0]
+        return tok.decode([x for x in row["labels"] if x != -100])
+
+    assert "one" in learned(True) and "two" in learned(True) and "question" not in learned(True)
+    assert "one" not in learned(False) and "two" in learned(False)
+
+
+def test_peft_inits_that_need_extra_configs_are_refused_before_anything_runs():
+    from nbatune.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="lora.init_lora_weights: 'loftq' is not supported"):
+        load_config(None, ["lora.init_lora_weights=loftq"])
+    assert load_config(None, ["lora.init_lora_weights=pissa_niter_4"]).lora.init_lora_weights == "pissa_niter_4"

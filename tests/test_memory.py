@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from tests.helpers import tiny_config
 
 from nbatune.compare import Comparison
 from nbatune.config import load_config

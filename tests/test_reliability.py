@@ -7,14 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_config
+from tests.helpers import kill_when, slow_child, tiny_config
 from nbatune.compare import Comparison
 from nbatune.training import CheckpointError, latest_checkpoint
 
@@ -27,28 +25,6 @@ def _cfg(model_dir, tmp_path, **over):
     return tiny_config(model_dir, tmp_path, **{**base, **over})
 
 
-def _slow_child(cfg: dict, delay: float, steps_file: Path | None = None) -> subprocess.Popen:
-    """Run the comparison in a separate process, each training step slowed down so it can be killed
-    mid-run; with ``steps_file``, one line is appended there after every finished step."""
-    code = textwrap.dedent(f"""
-        import json, sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from nbatune.training import AnswerOnlyTrainer
-        step = AnswerOnlyTrainer.training_step
-        def slow(self, *a, **k):
-            time.sleep({delay})
-            out = step(self, *a, **k)
-            if {str(steps_file) if steps_file else ''!r}:
-                with open({str(steps_file)!r}, "a") as f:
-                    f.write("step\\n")
-            return out
-        AnswerOnlyTrainer.training_step = slow
-        from nbatune.compare import Comparison
-        Comparison(json.loads({json.dumps(json.dumps(cfg))})).execute()
-    """)
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def _final_adapter(res) -> dict:
     from safetensors.torch import load_file
 
@@ -59,13 +35,9 @@ def test_a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tiny_mo
     straight = Comparison(_cfg(tiny_model_dir, tmp_path / "a")).execute()
 
     cfg = _cfg(tiny_model_dir, tmp_path / "b")
-    proc = _slow_child(cfg, delay=0.4)
+    proc = slow_child(cfg, tmp_path, delay=0.4)
     ckpt_dir = Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (ckpt_dir / "checkpoint-4").is_dir():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # a real kill, mid-run: no handler runs
-    proc.wait()
+    kill_when(proc, (ckpt_dir / "checkpoint-4").is_dir)  # a real kill, mid-run: no handler runs
     assert (ckpt_dir / "checkpoint-4").is_dir(), proc.stderr.read().decode()[-2000:]
     assert not (ckpt_dir / "checkpoint-8").exists()
 
@@ -117,13 +89,9 @@ def test_resume_with_no_interrupted_run_is_clear(tiny_model_dir, tmp_path):
 
 def test_a_truncated_checkpoint_is_named_and_an_earlier_one_suggested(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path)
-    proc = _slow_child(cfg, delay=0.4)
+    proc = slow_child(cfg, tmp_path, delay=0.4)
     ckpt_dir = Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (ckpt_dir / "checkpoint-4").is_dir():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, (ckpt_dir / "checkpoint-4").is_dir)
     weights = ckpt_dir / "checkpoint-4" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     res = Comparison(cfg).execute(resume=True)
@@ -154,14 +122,11 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_model_di
 def test_ctrl_c_saves_a_checkpoint_and_partial_results_then_resumes(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path, methods=["lora", "qlora"], **{"train.save_steps": 0})
     steps = tmp_path / "steps.txt"
-    proc = _slow_child(cfg, delay=0.4, steps_file=steps)
+    proc = slow_child(cfg, tmp_path, delay=0.4, steps_file=steps)
     run = Path(cfg["output_dir"]) / "r"
-    deadline = time.time() + 180
     # LoRA takes 8 steps; interrupt once QLoRA has finished two
-    while time.time() < deadline and (not steps.is_file() or len(steps.read_text().splitlines()) < 10):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) != 0
+    kill_when(proc, lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 10, 180, signal.SIGINT)
+    assert proc.returncode != 0
     saved = json.loads((run / "results.json").read_text())
     assert saved["lora"]["status"] == "ok" and saved["qlora"]["status"] == "interrupted"
     assert latest_checkpoint(run / "qlora" / "checkpoints") is not None
@@ -230,8 +195,8 @@ def test_out_of_memory_names_the_need_and_the_fixes(tiny_model_dir, tmp_path, mo
     for m in ("lora", "full"):
         err = res[m]["error"]
         assert res[m]["status"] == "failed" and "out of memory while training" in err
-        assert "halve train.batch_size (8 -> 4) and double train.grad_accum (1 -> 2)" in err
-    assert "use qlora" in res["lora"]["error"] and "adamw_8bit" in res["full"]["error"]
+        assert "train.batch_size: 8 -> 4 and train.grad_accum: 1 -> 2" in err
+    assert "qlora (a 4-bit base" in res["lora"]["error"] and "adamw_8bit" in res["full"]["error"]
 
 
 def test_an_unwritable_output_directory_is_named_before_training(tiny_model_dir, tmp_path):

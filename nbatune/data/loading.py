@@ -44,7 +44,7 @@ def load_splits(data: DataConfig, model: ModelConfig) -> dict[str, list[dict]]:
                              test_size=data.test_size).items()}
         fmt = "nba"
     else:
-        raw = _read_source(data.source)
+        raw = read_source(data.source)
         fmt = data.format if data.format != "auto" else detect_format(raw["train"], data.source)
         raw = _ensure_splits(raw, data.test_fraction, data.seed)
     out = {}
@@ -122,7 +122,12 @@ def _nonempty(value, col, where) -> str:
     return str(value)
 
 
-def _read_source(source: str) -> dict[str, list[dict]]:
+def read_source(source: str) -> dict[str, list[dict]]:
+    """The rows of a user dataset by split, as they are in the file (no format applied yet).
+
+    Raises:
+        DataError: missing file or folder, unknown file type, or a file ``datasets`` cannot read.
+    """
     import datasets
 
     path = Path(source).expanduser()

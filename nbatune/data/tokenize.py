@@ -27,37 +27,48 @@ def render_prompt(tok, messages: list[dict]) -> str:
     return tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
 
 
-def render(tok, messages: list[dict]) -> tuple[str, str]:
-    """(prompt text up to the assistant header, answer text) using the model's own chat template."""
-    prompt = render_prompt(tok, messages)
-    full = tok.apply_chat_template(messages, tokenize=False)
-    if not full.startswith(prompt):
-        raise DataError(f"the chat template of {tok.name_or_path!r} does not render the prompt as a prefix of the "
-                        "full conversation, so the answer cannot be separated from the prompt")
-    return prompt, full[len(prompt):]
+def segments(tok, messages: list[dict], all_turns: bool = True) -> list[tuple[str, bool]]:
+    """The rendered conversation as ``(text, is_answer)`` pieces, using the model's own chat template.
+    With ``all_turns`` every assistant turn is an answer to learn (as TRL's ``assistant_only_loss``);
+    otherwise only the last one."""
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    targets = turns if all_turns else turns[-1:]
+    out, done = [], ""
+    for i in targets:
+        prompt = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise DataError(f"the chat template of {tok.name_or_path!r} does not render each prompt as a prefix of the "
+                            "conversation, so the answers cannot be separated from the prompts; set "
+                            "model.chat_template to one that does")
+        out += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    return out
 
 
-def tokenize_records(records: list[dict], tok, max_length: int, overlong: str, split: str) -> tuple[list[dict], TokenizeStats]:
-    """Each row gets ``input_ids``, ``labels`` (prompt masked with -100) and ``length``.
+def tokenize_records(records: list[dict], tok, max_length: int, overlong: str, split: str,
+                     all_turns: bool = True) -> tuple[list[dict], TokenizeStats]:
+    """Each row gets ``input_ids``, ``labels`` (everything but the answers masked with -100) and ``length``.
 
     Raises:
         DataError: nothing is left after preprocessing (the message counts what was dropped and why).
     """
     rows, stats = [], TokenizeStats()
     for rec in records:
-        prompt, answer = render(tok, rec["messages"])
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tok(answer, add_special_tokens=False)["input_ids"]
-        ids = p_ids + a_ids
+        ids, labels = [], []
+        for text, is_answer in segments(tok, rec["messages"], all_turns):
+            piece = tok(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if is_answer else [IGNORE] * len(piece)
         if len(ids) > max_length:
-            if overlong == "drop" or len(p_ids) >= max_length:
+            first_answer = next((i for i, x in enumerate(labels) if x != IGNORE), len(ids))
+            if overlong == "drop" or first_answer >= max_length:
                 reason = "longer than model.max_length" if overlong == "drop" else "prompt alone exceeds max_length"
                 stats.dropped += 1
                 stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
                 continue
             stats.truncated += 1
-            ids = ids[:max_length]
-        labels = [IGNORE] * len(p_ids) + ids[len(p_ids):]
+            ids, labels = ids[:max_length], labels[:max_length]
         rows.append({"input_ids": ids, "labels": labels, "length": len(ids)})
     stats.kept = len(rows)
     if stats.truncated or stats.dropped:
@@ -67,6 +78,14 @@ def tokenize_records(records: list[dict], tok, max_length: int, overlong: str, s
         why = ", ".join(f"{k}: {v}" for k, v in stats.reasons.items()) or "no rows"
         raise DataError(f"{split} dataset is empty after preprocessing ({stats.dropped} dropped: {why})")
     return rows, stats
+
+
+def make_collator(train_cfg, pad_id: int, device: str):
+    """The trainer's collator for ``train.batching``: the training loop and the memory estimator both
+    build their batches with it."""
+    if train_cfg.batching == "packed":
+        return PackedCollator(pad_id, train_cfg.pack_row_tokens)
+    return PadCollator(pad_id, 8 if device == "cuda" else None)
 
 
 class PadCollator:

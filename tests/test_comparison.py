@@ -1,0 +1,98 @@
+"""What makes the comparison trustworthy: parity between techniques, seeds that can be varied on a
+fixed test set, baselines, and the statistics that decide what is "real"."""
+
+from __future__ import annotations
+
+import pytest
+from tests.helpers import tiny_config
+
+from nbatune import baselines, evaluation
+from nbatune.compare import Comparison
+from nbatune.report import holm, mcnemar
+
+
+def test_mcnemar_matches_the_exact_binomial():
+    a = [True] * 10 + [False] * 2 + [True] * 20
+    b = [False] * 10 + [True] * 2 + [True] * 20
+    # 10 vs 2 discordant pairs: p = 2 * P(X <= 2 | n=12, 1/2) = 2 * 79 / 4096
+    assert mcnemar(a, b) == pytest.approx(2 * 79 / 4096)
+    assert mcnemar(a, a) == 1.0
+
+
+def test_holm_multiplies_by_the_number_left_and_stays_monotone():
+    adj = holm({"x": 0.01, "y": 0.04, "z": 0.03})
+    assert adj == pytest.approx({"x": 0.03, "z": 0.06, "y": 0.06})
+
+
+def test_trivial_baseline_finds_the_constant_and_the_copied_number():
+    def rec(cat, q, a, kind, tol=0.0):
+        return {"category": cat, "answer": a, "answer_type": kind, "tolerance": tol,
+                "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+    train = [rec("team", "who?", "Boston Celtics", "name")] * 3 + [rec("team", "who?", "Miami Heat", "name")]
+    train += [rec("copy", f"{i} PTS, {i + 3} AST", f"AST = {i + 3}", "number", 0.01) for i in range(5)]
+    pools = evaluation.candidate_pools(train)
+    rules = baselines.fit_trivial(train, pools)
+    assert rules["team"] == {"rule": "constant", "answer": "Boston Celtics", "train_accuracy": 0.75}
+    assert rules["copy"]["rule"] == "copy_number" and rules["copy"]["index"] == 1
+    test = [rec("copy", "7 PTS, 10 AST", "AST = 10", "number", 0.01), rec("team", "who?", "Miami Heat", "name")]
+    assert baselines.trivial_predictions(rules, test) == ["10", "Boston Celtics"]
+
+
+def test_few_shot_prompts_hold_k_solved_examples_of_the_same_category():
+    sys_msg = {"role": "system", "content": "S"}
+
+    def rec(cat, i):
+        return {"category": cat, "messages": [sys_msg, {"role": "user", "content": f"{cat} q{i}"},
+                                              {"role": "assistant", "content": f"{cat} a{i}"}]}
+
+    train = [rec("a", i) for i in range(5)] + [rec("b", i) for i in range(5)]
+    shots = baselines.few_shot_records([rec("a", 99)], train, 3, seed=0)[0]["messages"]
+    assert shots[0] == sys_msg and len(shots) == 1 + 2 * 3 + 2
+    assert all(m["content"].startswith("a ") for m in shots[1:])
+    assert shots[-2]["content"] == "a q99"
+    assert baselines.few_shot_records([rec("a", 99)], train, 3, seed=0) == baselines.few_shot_records(
+        [rec("a", 99)], train, 3, seed=0)
+
+
+def test_every_technique_sees_the_same_examples_in_the_same_order(tiny_model_dir, tmp_path, monkeypatch):
+    from nbatune.data import tokenize
+
+    seen: dict[str, list] = {}
+    current = []
+    real_call = tokenize.PackedCollator.__call__
+
+    def recording(self, batch):
+        current.append([tuple(b["input_ids"]) for b in batch])
+        return real_call(self, batch)
+
+    monkeypatch.setattr(tokenize.PackedCollator, "__call__", recording)
+    cmp = Comparison(tiny_config(tiny_model_dir, tmp_path, evaluate_base=False, **{"eval.retention": False}))
+    cmp.setup()
+    for m in ("full", "lora", "qlora"):
+        current.clear()
+        res = cmp._run_method(m, cmp.cfg.seed, save=False)
+        assert res.status.value == "ok", res.error
+        seen[m] = (list(current), res.steps, res.train_tokens)
+    assert seen["full"] == seen["lora"] == seen["qlora"]
+    assert len(seen["full"][0]) >= cmp.cfg.train.max_steps  # the data loader may collate one batch ahead
+    assert seen["full"][1] == cmp.cfg.train.max_steps
+
+
+def test_repeats_vary_training_seeds_on_one_fixed_test_set(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, methods=["lora", "qlora"], evaluate_base=False,
+                      **{"train.repeats": 2, "eval.retention": False})
+    res = Comparison(cfg).setup().execute()
+    for m in ("lora", "qlora"):
+        reps = res[m]["repeats"]
+        assert [r["seed"] for r in reps] == [0, 1]
+        assert all(len(r["correct"]) == len(res["test_questions"]) for r in reps)
+        assert res[m]["accuracy_mean"] == pytest.approx(sum(r["accuracy"] for r in reps) / 2)
+        assert res[m]["accuracy_sd"] is not None
+    pair = res["comparison"]["pairs"]["qlora-vs-lora"]
+    assert pair["seeds"]["seeds"] == 2 and isinstance(pair["real"], bool) and "p_holm" in pair
+    # another training seed trains differently; another data seed draws another test set
+    other = Comparison({**cfg, "seed": 5}).setup()
+    assert [r["messages"] for r in other.test_records] == [r["messages"] for r in Comparison(cfg).setup().test_records]
+    moved = Comparison({**cfg, "data": {**cfg["data"], "seed": 5}}).setup()
+    assert [r["messages"] for r in moved.test_records] != [r["messages"] for r in other.test_records]
