@@ -106,6 +106,9 @@ def test_results_carry_baselines_retention_learning_curves_and_provenance(execut
         assert curve[0]["tokens"] == res[m]["train_tokens"] and 0 <= curve[0]["exact_match"] <= 1
         assert [r["seed"] for r in res[m]["repeats"]] == [0]
     assert cmp["comparisons_made"] == 3
+    report = (Path(res["run_dir"]) / "report.md").read_text()
+    assert "Every technique trained the same steps on the same examples in the same order: 4 steps" in report
+    assert "Strongest baseline" in report and "Forgetting" in report and "NF4" in report
     assert res["provenance"]["nf4_error"]["relative_error"] > 0
     assert res["provenance"]["name"] == str(Path(res["model_path"])) or res["provenance"]["path"] == res["model_path"]
 

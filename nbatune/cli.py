@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--method", default="lora", choices=["base", *METHODS])
     a.add_argument("--max-new-tokens", type=int, default=64)
 
+    x = sub.add_parser("export", help="a standalone checkpoint of a run's technique (adapters merged), in bf16 by "
+                                      "default, that plain transformers loads")
+    x.add_argument("run_dir")
+    x.add_argument("--method", required=True, choices=METHODS)
+    x.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    x.add_argument("--out", default=None, help="default: <run>/<method>/merged (adapters) or export-<dtype> (full)")
+
     d = sub.add_parser("dataset", help="build, inspect or validate instruction data")
     dsub = d.add_subparsers(dest="action", required=True)
     b = dsub.add_parser("build", help="write the built-in dataset (JSONL + card)")
@@ -67,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "train": _train, "memory": _memory, "report": _report, "ask": _ask, "dataset": _dataset}[args.cmd](args)
+        return {"run": _run, "train": _train, "memory": _memory, "report": _report, "ask": _ask, "export": _export,
+                "dataset": _dataset}[args.cmd](args)
     except Exception as e:  # a CLI user wants the message, not a traceback
         from .config import ConfigError
         from .data.loading import DataError
@@ -173,6 +181,15 @@ def _ask(args) -> int:
                         {"role": "assistant", "content": ""}]}
     answer = generate_answers(model, tok, [rec], rt, args.max_new_tokens, 1, desc="thinking")[0]
     print(answer or "(the model gave an empty answer)")
+    return 0
+
+
+def _export(args) -> int:
+    from .inference import export
+
+    out = export(args.run_dir, args.method, args.out, args.dtype)
+    note = " (merged into the unquantized base: not the 4-bit model that was scored)" if args.method == "qlora" else ""
+    print(f"exported {args.method} as {args.dtype} to {out}{note}")
     return 0
 
 

@@ -98,14 +98,16 @@ class TrainConfig:
     repeats: int = _f(1, "Train every technique this many times, with seeds seed, seed+1, ..., on the same data and "
                          "test set; results keep every repeat and give the mean and spread. The first repeat's "
                          "model is the one saved.")
-    batch_size: int = _f(16, "Examples per micro-batch.")
+    batch_size: int = _f(8, "Examples per micro-batch.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     learning_rate: dict[str, float] = _f({"full": 1e-4, "lora": 2e-3, "qlora": 2e-3},
                                          "Peak learning rate per method (adapters want a ~10-20x higher rate).")
+    learning_rate_source: str = _f("", "Where the learning rates come from (the report prints it), e.g. the sweep "
+                                       "file they were picked from.")
     optimizer: dict[str, str] = _f({"full": "adamw_torch_fused", "lora": "adamw_torch_fused", "qlora": "adamw_torch_fused"},
                                    "Optimizer per method: adamw_torch(_fused), adamw_8bit or paged_adamw_8bit. Fused "
                                    "is the same AdamW in one kernel (+9% full fine-tuning speed on CPU).")
-    gradient_checkpointing: dict[str, bool] = _f({"full": False, "lora": False, "qlora": True},
+    gradient_checkpointing: dict[str, bool] = _f({"full": False, "lora": False, "qlora": False},
                                                  "Recompute activations in backward: less memory, ~30% slower.")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = _f("cosine", "LR schedule.")
     warmup_ratio: float = _f(0.05, "Fraction of steps spent warming up the learning rate.")
@@ -121,7 +123,7 @@ class TrainConfig:
     loss_chunk_tokens: int = _f(512, "Output head + loss over the answer tokens only, this many at a time, never "
                                      "holding all their logits (less memory, less head compute). 0: the model "
                                      "computes the logits of every answer column.")
-    curve_steps: int = _f(10, "Learning curve: every this many steps, teacher-forced exact match on "
+    curve_steps: int = _f(20, "Learning curve: every this many steps, teacher-forced exact match on "
                               "eval.curve_examples validation rows (0: off).")
     early_stopping_patience: int = _f(0, "Stop a technique when the learning-curve score has not improved for this "
                                          "many measurements (every curve_steps); 0: off.")
@@ -149,7 +151,8 @@ class EvalConfig:
     retention: bool = _f(True, "Also score the general-knowledge retention set (forgetting) for the base and each "
                                "technique.")
     curve_examples: int = _f(48, "Validation rows scored for the learning curve (train.curve_steps).")
-    batch_size: int = _f(32, "Prompts per generation batch.")
+    batch_size: int = _f(64, "Prompts per generation batch (generation is overhead-bound on CPU: bigger batches "
+                               "are nearly free).")
     max_test_examples: int | None = _f(None, "Evaluate on at most this many test examples (None: all).")
     max_val_examples: int | None = _f(None, "Eval loss on at most this many validation examples (None: all).")
     num_samples: int = _f(6, "Side-by-side sample answers in the report.")
@@ -161,8 +164,10 @@ class RunConfig:
     ``execute()`` return without training; ``mode`` names the preset the run started from."""
 
     enabled: bool = _f(True, "Set false to make execute() a no-op that says so.")
-    mode: Literal["production", "quick", "test"] = _f("production", "Preset: production = configs/default.yaml "
-                                                                    "sizes, quick = configs/quick.yaml, test = tiny.")
+    mode: Literal["production", "quick", "test"] = _f("production", "The preset this config is laid over, for a "
+                                                                    "YAML file and a dict alike: production = the "
+                                                                    "defaults here (= configs/default.yaml), quick = "
+                                                                    "configs/quick.yaml on top, test = the defaults.")
     seed: int = _f(42, "Training seed: adapter initialisation and data order (the dataset has data.seed).")
     methods: list[str] = _f(list(METHODS), "Which techniques to run, in order: full, lora, qlora.")
     evaluate_base: bool = _f(True, "Also evaluate the untouched base model.")
@@ -185,8 +190,8 @@ def load_config(config: None | str | Path | dict | RunConfig = None, overrides: 
     """Build a validated ``RunConfig``.
 
     Args:
-        config: None (configs/default.yaml if present, else the dataclass defaults), a YAML path, a
-            dict of (nested) fields, or a ``RunConfig``. A dict's ``mode`` picks the preset it is laid over.
+        config: None (the defaults, which configs/default.yaml spells out), a YAML path, a dict of (nested)
+            fields, or a ``RunConfig``. ``mode`` (in a YAML file or a dict) picks the preset it is laid over.
         overrides: dotted ``key=value`` strings applied last, e.g. ``train.max_steps=10``.
 
     Raises:
@@ -199,7 +204,8 @@ def load_config(config: None | str | Path | dict | RunConfig = None, overrides: 
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path} (shipped configs: {', '.join(shipped_configs())})")
-        data = _merge(_preset_dict("production"), yaml.safe_load(path.read_text()) or {})
+        own = yaml.safe_load(path.read_text()) or {}
+        data = _merge(_preset_dict(own.get("mode", "production") if isinstance(own, dict) else "production"), own)
     elif isinstance(config, dict):
         data = _merge(_preset_dict(config.get("mode", "production")), config)
     elif config is None:
@@ -226,7 +232,9 @@ def load_config(config: None | str | Path | dict | RunConfig = None, overrides: 
     return cfg
 
 
-PRESET_FILES = {"production": "default.yaml", "quick": "quick.yaml", "test": None}
+# The dataclass defaults are the production run (configs/default.yaml spells them out, and a test checks
+# that the two agree); a preset file holds only its differences from them.
+PRESET_FILES = {"production": None, "quick": "quick.yaml", "test": None}
 
 
 def _preset_dict(mode: str) -> dict:
@@ -234,8 +242,7 @@ def _preset_dict(mode: str) -> dict:
     path = CONFIG_DIR / name if name else None
     if path is None or not path.is_file():
         return {"mode": mode} if mode in PRESET_FILES else {}
-    base = yaml.safe_load(path.read_text()) or {}
-    return base
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def shipped_configs() -> list[str]:

@@ -41,6 +41,25 @@ def load_from_run(run_dir: str | Path, method: str):
     return model.eval(), tok, rt, cfg.model.system_prompt
 
 
+def export(run_dir: str | Path, method: str, out_dir: str | Path | None = None, dtype: str = "bfloat16") -> Path:
+    """A standalone checkpoint of ``method`` that plain ``AutoModelForCausalLM.from_pretrained`` loads:
+    the full model cast to ``dtype``, or an adapter merged into the base (``merge_adapter``)."""
+    if method in ("lora", "qlora"):
+        return merge_adapter(run_dir, method, out_dir, dtype)
+    if method != "full":
+        raise ValueError(f"export: {method!r} is not a trained technique (full, lora, qlora)")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    run_dir = Path(run_dir)
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "full" / "model", dtype=getattr(torch, dtype))
+    out = Path(out_dir or run_dir / "full" / f"export-{dtype}")
+    model.save_pretrained(out)
+    results = json.loads((run_dir / "results.json").read_text())
+    load_tokenizer(results["model_path"], load_config(results["config"]).model).save_pretrained(out)
+    return out
+
+
 def merge_adapter(run_dir: str | Path, method: str = "lora", out_dir: str | Path | None = None,
                   dtype: str = "bfloat16") -> Path:
     """Merge a LoRA/QLoRA adapter into the base and save a standalone checkpoint in ``dtype`` (bf16:

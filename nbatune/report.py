@@ -219,6 +219,32 @@ def _scoring_by_category(results: dict) -> dict[str, str]:
     return out
 
 
+PRECISION = {"full": "fp32 master weights under bf16 autocast", "lora": "frozen base stored in bf16, fp32 adapters",
+             "qlora": "frozen base in 4-bit NF4 with bf16 compute, fp32 adapters"}
+
+
+def parity(results: dict) -> str:
+    """Same data, steps and tokens for every technique; the precision each technique allows; where the
+    learning rates came from."""
+    trained = {m: r for m, r in _ok(results).items() if m != "base"}
+    if not trained:
+        return "No technique finished."
+    seen = {(r["steps"], r["train_tokens"]) for r in trained.values()}
+    cfg = (results.get("config") or {}).get("train", {})
+    lines = [("Every technique trained the same steps on the same examples in the same order: "
+              f"{next(iter(seen))[0]} steps, {next(iter(seen))[1]:,} tokens.") if len(seen) == 1 else
+             "Steps or tokens differ between techniques: " + ", ".join(
+                 f"{LABEL[m]} {r['steps']} steps / {r['train_tokens']:,} tokens" for m, r in trained.items()),
+             "Precision (as each technique allows; the rest is the same): " + "; ".join(
+                 f"{LABEL[m]}: {PRECISION[m]}" for m in trained) + "."]
+    rates = cfg.get("learning_rate") or {}
+    if rates:
+        lines.append("Learning rates: " + ", ".join(f"{LABEL[m]} {rates[m]:g}" for m in trained if m in rates)
+                     + (f" (from {cfg['learning_rate_source']})." if cfg.get("learning_rate_source") else
+                        " (set by hand: no sweep named in train.learning_rate_source)."))
+    return " ".join(lines)
+
+
 def pairs_table(cmp: dict) -> str:
     rows = ["| comparison | difference | 95% interval | McNemar p (Holm) | seeds: mean diff / spread | real? |",
             "|---|---:|---|---|---|---|"]
@@ -361,6 +387,7 @@ def markdown(results: dict) -> str:
         "seeds exceeds twice the larger seed standard deviation (train.repeats >= 2).", "",
         pairs_table(cmp), "",
         "## Accuracy per category", "", category_table(results), "",
+        "## Parity", "", parity(results), "",
         "## Base model provenance", "",
         f"{prov.get('source', '')}. {prov.get('note', '')}".strip() + (
             f" NF4{' + double quant' if nf4.get('double_quant') else ''} adds a relative weight error of "

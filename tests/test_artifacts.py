@@ -181,3 +181,18 @@ def test_training_metrics_reach_tensorboard_when_asked(tiny_model_dir, tmp_path)
     assert res["lora"]["status"] == "ok", res["lora"]["error"]
     events = list(Path(res["run_dir"]).rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_export_writes_a_bf16_checkpoint_plain_transformers_loads(run, method, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from nbatune.cli import main
+
+    _, res = run
+    out = Path(res["run_dir"]) / f"export-{method}"
+    assert main(["export", res["run_dir"], "--method", method, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "bfloat16" in said and ("unquantized base" in said) == (method == "qlora")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.bfloat16 and not any("lora" in n for n, _ in model.named_parameters())

@@ -96,3 +96,24 @@ def test_repeats_vary_training_seeds_on_one_fixed_test_set(tiny_model_dir, tmp_p
     assert [r["messages"] for r in other.test_records] == [r["messages"] for r in Comparison(cfg).setup().test_records]
     moved = Comparison({**cfg, "data": {**cfg["data"], "seed": 5}}).setup()
     assert [r["messages"] for r in moved.test_records] != [r["messages"] for r in other.test_records]
+
+
+def test_measuring_the_learning_curve_leaves_4bit_weights_trainable(tiny_model_dir, tmp_path):
+    """bitsandbytes repacks a 4-bit weight into an inference-only layout on its first eval-mode forward
+    on AVX512-BF16 CPUs; a mid-training measurement must not trigger it, or QLoRA stops learning."""
+    import torch
+
+    from nbatune.evaluation import teacher_forced_exact_match
+    from nbatune.runtime import Runtime
+    from tests.helpers import tiny_config as cfg_for
+
+    cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
+    from nbatune.modeling import load_model
+
+    model = load_model(cmp.model_path, "qlora", cmp.cfg.model, Runtime("cpu", "bf16"), cmp.cfg.lora, cmp.cfg.quant, 0)
+    model.train()
+    teacher_forced_exact_match(model, cmp.tokenizer, cmp.val_rows[:4], Runtime("cpu", "bf16"))
+    four_bit = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert four_bit and model.training
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit)
+    assert all(m.weight.dtype == torch.uint8 for m in four_bit)

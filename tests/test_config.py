@@ -31,6 +31,18 @@ def test_seeds_config_is_the_default_with_three_training_seeds():
     assert seeds == default
 
 
+def test_default_yaml_spells_out_exactly_the_dataclass_defaults():
+    assert load_config(CONFIG_DIR / "default.yaml").to_dict() == RunConfig().to_dict()
+
+
+def test_mode_picks_the_preset_for_a_yaml_file_and_a_dict_alike(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("mode: quick\nseed: 7\n")
+    from_file, from_dict = load_config(p), load_config({"mode": "quick", "seed": 7})
+    assert from_file.to_dict() == from_dict.to_dict()
+    assert from_file.train.max_steps == load_config(CONFIG_DIR / "quick.yaml").train.max_steps < RunConfig().train.max_steps
+
+
 def test_none_dict_and_object_give_the_same_defaults():
     a = load_config(None)
     assert load_config({}).to_dict() == a.to_dict() == load_config(a).to_dict()
