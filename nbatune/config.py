@@ -100,10 +100,12 @@ class TrainConfig:
                          "model is the one saved.")
     batch_size: int = _f(8, "Examples per micro-batch.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
-    learning_rate: dict[str, float] = _f({"full": 1e-4, "lora": 2e-3, "qlora": 2e-3},
-                                         "Peak learning rate per method (adapters want a ~10-20x higher rate).")
-    learning_rate_source: str = _f("", "Where the learning rates come from (the report prints it), e.g. the sweep "
-                                       "file they were picked from.")
+    learning_rate: dict[str, float] = _f({"full": 2e-4, "lora": 2e-3, "qlora": 4e-3},
+                                         "Peak learning rate per method, from the sweep named in "
+                                         "learning_rate_source (adapters want a ~10-20x higher rate).")
+    learning_rate_source: str = _f("bench/sweep-cpu-20261130*.json (60-step runs per rate, validation exact "
+                                   "match; BENCHMARKS.md)", "Where the learning rates come from (the report prints "
+                                                            "it): the sweep they were picked from.")
     optimizer: dict[str, str] = _f({"full": "adamw_torch_fused", "lora": "adamw_torch_fused", "qlora": "adamw_torch_fused"},
                                    "Optimizer per method: adamw_torch(_fused), adamw_8bit or paged_adamw_8bit. Fused "
                                    "is the same AdamW in one kernel (+9% full fine-tuning speed on CPU).")
