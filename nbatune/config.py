@@ -62,7 +62,7 @@ class DataConfig:
         "auto", "Row format of a user dataset; 'auto' detects it from the columns.")
     train_size: int = _f(3200, "Built-in dataset: training examples.")
     val_size: int = _f(160, "Built-in dataset: validation examples (eval loss and perplexity).")
-    test_size: int = _f(320, "Built-in dataset: test examples (answer accuracy).")
+    test_size: int = _f(200, "Built-in dataset: test examples (answer accuracy).")
     test_fraction: float = _f(0.1, "User data without a test split: fraction carved out, deterministically from "
                                    "data.seed.")
     overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples longer than model.max_length.")
@@ -125,7 +125,7 @@ class TrainConfig:
     loss_chunk_tokens: int = _f(512, "Output head + loss over the answer tokens only, this many at a time, never "
                                      "holding all their logits (less memory, less head compute). 0: the model "
                                      "computes the logits of every answer column.")
-    curve_steps: int = _f(20, "Learning curve: every this many steps, teacher-forced exact match on "
+    curve_steps: int = _f(30, "Learning curve: every this many steps, teacher-forced exact match on "
                               "eval.curve_examples validation rows (0: off).")
     early_stopping_patience: int = _f(0, "Stop a technique when the learning-curve score has not improved for this "
                                          "many measurements (every curve_steps); 0: off.")
@@ -152,11 +152,11 @@ class EvalConfig:
                           "base before each question (0: no few-shot baseline).")
     retention: bool = _f(True, "Also score the general-knowledge retention set (forgetting) for the base and each "
                                "technique.")
-    curve_examples: int = _f(48, "Validation rows scored for the learning curve (train.curve_steps).")
+    curve_examples: int = _f(32, "Validation rows scored for the learning curve (train.curve_steps).")
     batch_size: int = _f(64, "Prompts per generation batch (generation is overhead-bound on CPU: bigger batches "
                                "are nearly free).")
     max_test_examples: int | None = _f(None, "Evaluate on at most this many test examples (None: all).")
-    max_val_examples: int | None = _f(None, "Eval loss on at most this many validation examples (None: all).")
+    max_val_examples: int | None = _f(64, "Eval loss on at most this many validation examples (None: all).")
     num_samples: int = _f(6, "Side-by-side sample answers in the report.")
 
 
