@@ -12,12 +12,10 @@ A technique has learned only what it scores above the strongest of them.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter, defaultdict
 
 from .evaluation import scorer
 
-_NUM = re.compile(r"(?<![\d.])-?(?:\d+(?:\.\d+)?|\.\d+)")
 MAX_CONSTANTS = 300  # most frequent training answers tried per category (ties broken by first seen)
 
 
@@ -46,7 +44,7 @@ def fit_trivial(train: list[dict], pools: dict[str, list[str]], categories=None)
                            for g, (w, tol) in zip(values, want))
 
             scored = [({"rule": "constant", "answer": a}, hits([m.value_of(a)] * len(rows))) for a in constants]
-            numbers = [[float(x) for x in _NUM.findall(question_text(r))] for r in rows]
+            numbers = [[float(x) for x in scorer()._NUM.findall(question_text(r))] for r in rows]
             for k in range(min(max(map(len, numbers)), 20)):
                 scored.append(({"rule": "copy_number", "index": k},
                                hits([n[k] if k < len(n) else None for n in numbers])))
@@ -62,7 +60,7 @@ def answer_of(rule: dict, record: dict) -> str:
     """What the rule answers to ``record`` (an empty answer when it has nothing to say)."""
     if rule["rule"] == "constant":
         return rule["answer"]
-    numbers = _NUM.findall(question_text(record))
+    numbers = scorer()._NUM.findall(question_text(record))
     return numbers[rule["index"]] if rule["index"] < len(numbers) else ""
 
 
