@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--method", required=True, choices=METHODS)
     x.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     x.add_argument("--out", default=None, help="default: <run>/<method>/merged (adapters) or export-<dtype> (full)")
+    x.add_argument("--gguf", default=None, choices=["f16", "q8_0"],
+                   help="also write model-<type>.gguf for llama.cpp / Ollama (llama-architecture models)")
 
     d = sub.add_parser("dataset", help="build, inspect or validate instruction data")
     dsub = d.add_subparsers(dest="action", required=True)
@@ -187,9 +189,11 @@ def _ask(args) -> int:
 def _export(args) -> int:
     from .inference import export
 
-    out = export(args.run_dir, args.method, args.out, args.dtype)
+    out = export(args.run_dir, args.method, args.out, args.dtype, args.gguf)
     note = " (merged into the unquantized base: not the 4-bit model that was scored)" if args.method == "qlora" else ""
     print(f"exported {args.method} as {args.dtype} to {out}{note}")
+    if args.gguf:
+        print(f"GGUF ({args.gguf}): {out / f'model-{args.gguf}.gguf'}")
     return 0
 
 

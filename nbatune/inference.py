@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import load_config
+from .config import METHODS, load_config
 from .modeling import load_tokenizer, quantization_config
 from .runtime import resolve
 
 
 def load_from_run(run_dir: str | Path, method: str):
     """(model, tokenizer, runtime, system prompt) for ``method`` of a finished run: exactly the model
-    that was scored. Full fine-tuning: its fp32 weights (scored under the run's autocast). LoRA: the
+    that was scored. The base and full fine-tuning: fp32 weights (scored under the run's autocast). LoRA: the
     adapter on the base in the compute dtype. QLoRA: the adapter on the same 4-bit NF4 base, prepared
     as in training (norms and embeddings in fp32), not on an unquantized copy."""
     import torch
@@ -25,8 +25,9 @@ def load_from_run(run_dir: str | Path, method: str):
     rt = resolve(cfg.train.device, cfg.train.precision)
     base = results["model_path"]
     tok = load_tokenizer(base, cfg.model)
-    if method == "full":
-        model = AutoModelForCausalLM.from_pretrained(run_dir / "full" / "model", dtype=torch.float32)
+    if method in ("full", "base"):
+        path = run_dir / "full" / "model" if method == "full" else base
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     else:
         kwargs = {"dtype": rt.dtype}
         if method == "qlora":
@@ -41,22 +42,34 @@ def load_from_run(run_dir: str | Path, method: str):
     return model.eval(), tok, rt, cfg.model.system_prompt
 
 
-def export(run_dir: str | Path, method: str, out_dir: str | Path | None = None, dtype: str = "bfloat16") -> Path:
+def export(run_dir: str | Path, method: str, out_dir: str | Path | None = None, dtype: str = "bfloat16",
+           gguf: str | None = None) -> Path:
     """A standalone checkpoint of ``method`` that plain ``AutoModelForCausalLM.from_pretrained`` loads:
-    the full model cast to ``dtype``, or an adapter merged into the base (``merge_adapter``)."""
-    if method in ("lora", "qlora"):
-        return merge_adapter(run_dir, method, out_dir, dtype)
-    if method != "full":
-        raise ValueError(f"export: {method!r} is not a trained technique (full, lora, qlora)")
-    import torch
-    from transformers import AutoModelForCausalLM
+    the full model, or an adapter merged into the base, cast to ``dtype``.
 
+    Args:
+        gguf: also write ``model-<gguf>.gguf`` (``f16`` or ``q8_0``) into the folder, converted from the
+            fp32 weights before the cast, for llama.cpp / Ollama.
+    """
+    import torch
+
+    if method not in METHODS:
+        raise ValueError(f"export: {method!r} is not a trained technique ({', '.join(METHODS)})")
     run_dir = Path(run_dir)
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "full" / "model", dtype=getattr(torch, dtype))
-    out = Path(out_dir or run_dir / "full" / f"export-{dtype}")
-    model.save_pretrained(out)
     results = json.loads((run_dir / "results.json").read_text())
-    load_tokenizer(results["model_path"], load_config(results["config"]).model).save_pretrained(out)
+    cfg = load_config(results["config"])
+    model = _standalone_fp32(run_dir, method, results["model_path"])
+    tok = load_tokenizer(results["model_path"], cfg.model)
+    default = run_dir / method / ("merged" if method != "full" else f"export-{dtype}")
+    out = Path(out_dir or default)
+    if gguf:
+        from .gguf_export import source_pre_tokenizer, write_gguf
+        from .modeling import EMBEDDED, embedded_gguf
+
+        pre = source_pre_tokenizer(embedded_gguf(cfg.model.name_or_path)) if cfg.model.name_or_path in EMBEDDED else None
+        write_gguf(model, tok, out / f"model-{gguf}.gguf", gguf, name=f"{run_dir.name}-{method}", pre=pre or "gpt2")
+    model.to(getattr(torch, dtype)).save_pretrained(out)
+    tok.save_pretrained(out)
     return out
 
 
@@ -65,16 +78,18 @@ def merge_adapter(run_dir: str | Path, method: str = "lora", out_dir: str | Path
     """Merge a LoRA/QLoRA adapter into the base and save a standalone checkpoint in ``dtype`` (bf16:
     half of fp32 on disk). A QLoRA adapter is merged into the unquantized base: the merged model is not
     the 4-bit model that was scored, and its answers can differ slightly."""
+    if method not in ("lora", "qlora"):
+        raise ValueError(f"merge_adapter: {method!r} has no adapter (lora, qlora)")
+    return export(run_dir, method, out_dir, dtype)
+
+
+def _standalone_fp32(run_dir: Path, method: str, base: str):
+    """The full model, or the adapter merged into the fp32 base."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    run_dir = Path(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(results["model_path"], dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, run_dir / method / "adapter").merge_and_unload()
-    merged = merged.to(getattr(torch, dtype))
-    out = Path(out_dir or run_dir / method / "merged")
-    merged.save_pretrained(out)
-    load_tokenizer(results["model_path"], load_config(results["config"]).model).save_pretrained(out)
-    return out
+    if method == "full":
+        return AutoModelForCausalLM.from_pretrained(run_dir / "full" / "model", dtype=torch.float32)
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    return PeftModel.from_pretrained(base_model, run_dir / method / "adapter").merge_and_unload()

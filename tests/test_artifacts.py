@@ -196,3 +196,80 @@ def test_export_writes_a_bf16_checkpoint_plain_transformers_loads(run, method, c
     assert "bfloat16" in said and ("unquantized base" in said) == (method == "qlora")
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.dtype == torch.bfloat16 and not any("lora" in n for n, _ in model.named_parameters())
+
+
+# A GGUF written with the gguf package, read back by transformers' own GGUF loader: the same logits as the
+# merged model within the rounding of the format (measured maxima in BENCHMARKS.md), the same tokens.
+GGUF_TOLERANCE = {"f16": 0.02, "q8_0": 0.1}  # max |logit difference| / logit standard deviation
+
+
+def _gguf_round_trip(model, tok, gguf_path: Path, texts: list[str]) -> float:
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    alone = gguf_path.parent / f"{gguf_path.stem}-alone"  # as a llama.cpp user gets it: no tokenizer.json beside
+    alone.mkdir()
+    shutil.copy(gguf_path, alone / gguf_path.name)
+    back = AutoModelForCausalLM.from_pretrained(alone, gguf_file=gguf_path.name, dtype=torch.float32).eval()
+    back_tok = AutoTokenizer.from_pretrained(alone, gguf_file=gguf_path.name)
+    for t in texts:
+        assert back_tok(t, add_special_tokens=False)["input_ids"] == tok(t, add_special_tokens=False)["input_ids"], t
+    assert back_tok.eos_token_id == tok.eos_token_id
+    ids = tok(texts[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        want, got = model.eval()(input_ids=ids).logits, back(input_ids=ids).logits
+    return float((want - got).abs().max() / want.std())
+
+
+@pytest.mark.parametrize("qtype", ["f16", "q8_0"])
+def test_gguf_export_reads_back_with_the_merged_models_logits(run, qtype, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from nbatune.cli import main
+    from nbatune.modeling import load_tokenizer
+
+    cmp, res = run
+    out = Path(res["run_dir"]) / f"gguf-{qtype}"
+    assert main(["export", res["run_dir"], "--method", "lora", "--out", str(out), "--dtype", "float32",
+                 "--gguf", qtype]) == 0
+    assert f"model-{qtype}.gguf" in capsys.readouterr().out
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    tok = load_tokenizer(str(out), cmp.cfg.model)
+    texts = [cmp.tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in cmp.test_records[:3]]
+    assert _gguf_round_trip(merged, tok, out / f"model-{qtype}.gguf", texts) < GGUF_TOLERANCE[qtype]
+
+
+def test_gguf_export_refuses_a_non_llama_model_and_names_the_alternative(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from nbatune.gguf_export import GGUFExportError, write_gguf
+    from tests.helpers import tiny_tokenizer
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=512))
+    with pytest.raises(GGUFExportError, match="convert_hf_to_gguf"):
+        write_gguf(model, tiny_tokenizer(), tmp_path / "x.gguf", "f16")
+    with pytest.raises(GGUFExportError, match="q4_k"):
+        write_gguf(model, tiny_tokenizer(), tmp_path / "x.gguf", "q4_k")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qtype", ["f16", "q8_0"])
+def test_gguf_export_of_the_embedded_model_round_trips(tmp_path, qtype):
+    """SmolLM2 with its real tokenizer (49152 tokens, digit-splitting pre-tokenizer, chat template)."""
+    from transformers import AutoModelForCausalLM
+
+    from nbatune.config import ModelConfig
+    from nbatune.gguf_export import source_pre_tokenizer, write_gguf
+    from nbatune.modeling import embedded_gguf, load_tokenizer, resolve_model_path
+
+    cfg = ModelConfig()
+    path = resolve_model_path(cfg)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = load_tokenizer(path, cfg)
+    out = write_gguf(model, tok, tmp_path / f"smollm2-{qtype}.gguf", qtype,
+                     pre=source_pre_tokenizer(embedded_gguf(cfg.name_or_path)))
+    texts = [tok.apply_chat_template([{"role": "user", "content": "What was Stephen Curry's TS% in 2015-16?"}],
+                                     tokenize=False, add_generation_prompt=True),
+             "The Bulls went 72-10 in 1995-96; 1,234 points, 3.5% and émigré."]
+    assert _gguf_round_trip(model, tok, out, texts) < GGUF_TOLERANCE[qtype]

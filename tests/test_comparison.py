@@ -117,3 +117,65 @@ def test_measuring_the_learning_curve_leaves_4bit_weights_trainable(tiny_model_d
     assert four_bit and model.training
     assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit)
     assert all(m.weight.dtype == torch.uint8 for m in four_bit)
+
+
+def _talkative_tiny_model(vocab_size: int):
+    """A tiny random model with weights large enough that greedy decoding varies from token to token."""
+    import torch
+
+    from tests.helpers import tiny_llama
+
+    model = tiny_llama(vocab_size, seed=3)
+    torch.manual_seed(3)
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    return model.eval().requires_grad_(False)
+
+
+def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(tiny_model_dir, tmp_path):
+    """Rows leave the batch at their own budget or stop token; what is left decodes exactly as
+    ``generate`` does for one prompt at a time."""
+    import torch
+
+    from nbatune import evaluation
+    from tests.helpers import tiny_config as cfg_for
+
+    cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
+    tok, model = cmp.tokenizer, _talkative_tiny_model(len(cmp.tokenizer))
+    prompts = [evaluation.render_prompt(tok, r["messages"]) for r in cmp.test_records[:6]]
+    budgets = [3, 12, 5, 12, 1, 9]
+    alone = []
+    for p, b in zip(prompts, budgets):
+        ids = tok(p, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            alone.append(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=b, do_sample=False,
+                                        pad_token_id=tok.pad_token_id, eos_token_id=None)[0, ids.shape[1]:].tolist())
+    stop = [alone[1][4]]  # a token one row emits mid-answer: that row must end there, others go on
+    want = [a[: a.index(stop[0]) + 1] if stop[0] in a else a for a in alone]
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    got = evaluation.greedy_decode(model, enc["input_ids"], enc["attention_mask"], budgets, stop)
+    assert got == want
+    assert len({len(g) for g in got}) >= 3
+
+
+def test_cached_weight_casts_change_no_answer_and_leave_the_model_frozen(tiny_model_dir, tmp_path, monkeypatch):
+    """Frozen fp32 weights are marked as requiring grad only while decoding, so that autocast casts them
+    once per batch instead of once per step; the answers are the same as without, and the model stays frozen."""
+    import contextlib
+
+    import torch
+
+    from nbatune import evaluation
+    from nbatune.runtime import Runtime
+    from tests.helpers import tiny_config as cfg_for
+
+    rt = Runtime("cpu", "bf16")
+    cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
+    model = _talkative_tiny_model(len(cmp.tokenizer))
+    records = cmp.test_records[:6]
+    cached = evaluation.generate_answers(model, cmp.tokenizer, records, rt, 10, batch_size=4)
+    assert not any(p.requires_grad for p in model.parameters())
+    monkeypatch.setattr(evaluation, "cached_weight_casts", lambda m: contextlib.nullcontext())
+    assert evaluation.generate_answers(model, cmp.tokenizer, records, rt, 10, batch_size=4) == cached
+    assert any(cached) and all(p.dtype == torch.float32 for p in model.parameters())
