@@ -200,10 +200,11 @@ def test_export_writes_a_bf16_checkpoint_plain_transformers_loads(run, method, c
 
 # A GGUF written with the gguf package, read back by transformers' own GGUF loader: the same logits as the
 # merged model within the rounding of the format (measured maxima in BENCHMARKS.md), the same tokens.
-GGUF_TOLERANCE = {"f16": 0.02, "q8_0": 0.1}  # max |logit difference| / logit standard deviation
+# (max |logit difference| / logit standard deviation, share of positions with the same greedy next token)
+GGUF_TOLERANCE = {"f16": (0.02, 1.0), "q8_0": (0.25, 0.9)}
 
 
-def _gguf_round_trip(model, tok, gguf_path: Path, texts: list[str]) -> float:
+def _gguf_round_trip(model, tok, gguf_path: Path, texts: list[str]) -> tuple[float, float]:
     import shutil
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -216,10 +217,16 @@ def _gguf_round_trip(model, tok, gguf_path: Path, texts: list[str]) -> float:
     for t in texts:
         assert back_tok(t, add_special_tokens=False)["input_ids"] == tok(t, add_special_tokens=False)["input_ids"], t
     assert back_tok.eos_token_id == tok.eos_token_id
-    ids = tok(texts[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = tok(" ".join(texts), return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         want, got = model.eval()(input_ids=ids).logits, back(input_ids=ids).logits
-    return float((want - got).abs().max() / want.std())
+    same_next = float((want.argmax(-1) == got.argmax(-1)).float().mean())
+    return float((want - got).abs().max() / want.std()), same_next
+
+
+def _within(measured: tuple[float, float], qtype: str) -> bool:
+    max_diff, same_next = GGUF_TOLERANCE[qtype]
+    return measured[0] < max_diff and measured[1] >= same_next
 
 
 @pytest.mark.parametrize("qtype", ["f16", "q8_0"])
@@ -237,7 +244,8 @@ def test_gguf_export_reads_back_with_the_merged_models_logits(run, qtype, capsys
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     tok = load_tokenizer(str(out), cmp.cfg.model)
     texts = [cmp.tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in cmp.test_records[:3]]
-    assert _gguf_round_trip(merged, tok, out / f"model-{qtype}.gguf", texts) < GGUF_TOLERANCE[qtype]
+    measured = _gguf_round_trip(merged, tok, out / f"model-{qtype}.gguf", texts)
+    assert _within(measured, qtype), measured
 
 
 def test_gguf_export_refuses_a_non_llama_model_and_names_the_alternative(tmp_path):
@@ -272,4 +280,5 @@ def test_gguf_export_of_the_embedded_model_round_trips(tmp_path, qtype):
     texts = [tok.apply_chat_template([{"role": "user", "content": "What was Stephen Curry's TS% in 2015-16?"}],
                                      tokenize=False, add_generation_prompt=True),
              "The Bulls went 72-10 in 1995-96; 1,234 points, 3.5% and émigré."]
-    assert _gguf_round_trip(model, tok, out, texts) < GGUF_TOLERANCE[qtype]
+    measured = _gguf_round_trip(model, tok, out, texts)
+    assert _within(measured, qtype), measured
