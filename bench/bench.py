@@ -109,7 +109,9 @@ def run_peer(method: str, steps: int, batch: int, model: str, tuned: bool = Fals
                                                     target_modules="all-linear", task_type="CAUSAL_LM")
     extra = {}
     if tuned:
-        extra = {"gradient_checkpointing": False, "padding_free": True}
+        # padding-free without packing: each batch's examples concatenated, as ours; TRL 1.16 wants
+        # max_length=None then (our examples are all under the 320-token limit of our side)
+        extra = {"gradient_checkpointing": False, "padding_free": True, "max_length": None}
         if method != "full":
             init["dtype"] = torch.bfloat16
     args = SFTConfig(output_dir="/tmp/nbatune-bench/peer", max_steps=steps, per_device_train_batch_size=batch,
