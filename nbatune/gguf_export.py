@@ -10,13 +10,10 @@ round trip through transformers' GGUF loader is tested (tests/test_artifacts.py)
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 QTYPES = ("f16", "q8_0")
 
