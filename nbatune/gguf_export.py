@@ -147,9 +147,14 @@ def write_gguf(model, tokenizer, path: str | Path, qtype: str = "q8_0", name: st
     return path
 
 
-def source_pre_tokenizer(gguf_path: str | Path) -> str | None:
-    """``tokenizer.ggml.pre`` of an existing GGUF (the embedded model's), to carry it over."""
+def pre_tokenizer_name(name_or_path: str) -> str:
+    """llama.cpp's pre-tokenizer name for a base model: carried over from the embedded model's own GGUF
+    (``smollm`` for SmolLM2's digit splitting), ``gpt2`` (plain byte-level BPE) otherwise."""
     import gguf
 
-    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.pre")
-    return field.contents() if field is not None else None
+    from .modeling import EMBEDDED, embedded_gguf
+
+    if name_or_path not in EMBEDDED:
+        return "gpt2"
+    field = gguf.GGUFReader(str(embedded_gguf(name_or_path))).fields.get("tokenizer.ggml.pre")
+    return field.contents() if field is not None else "gpt2"

@@ -63,11 +63,10 @@ def export(run_dir: str | Path, method: str, out_dir: str | Path | None = None, 
     default = run_dir / method / ("merged" if method != "full" else f"export-{dtype}")
     out = Path(out_dir or default)
     if gguf:
-        from .gguf_export import source_pre_tokenizer, write_gguf
-        from .modeling import EMBEDDED, embedded_gguf
+        from .gguf_export import pre_tokenizer_name, write_gguf
 
-        pre = source_pre_tokenizer(embedded_gguf(cfg.model.name_or_path)) if cfg.model.name_or_path in EMBEDDED else None
-        write_gguf(model, tok, out / f"model-{gguf}.gguf", gguf, name=f"{run_dir.name}-{method}", pre=pre or "gpt2")
+        write_gguf(model, tok, out / f"model-{gguf}.gguf", gguf, name=f"{run_dir.name}-{method}",
+                   pre=pre_tokenizer_name(cfg.model.name_or_path))
     model.to(getattr(torch, dtype)).save_pretrained(out)
     tok.save_pretrained(out)
     return out

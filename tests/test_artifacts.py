@@ -268,15 +268,15 @@ def test_gguf_export_of_the_embedded_model_round_trips(tmp_path, qtype):
     from transformers import AutoModelForCausalLM
 
     from nbatune.config import ModelConfig
-    from nbatune.gguf_export import source_pre_tokenizer, write_gguf
-    from nbatune.modeling import embedded_gguf, load_tokenizer, resolve_model_path
+    from nbatune.gguf_export import pre_tokenizer_name, write_gguf
+    from nbatune.modeling import load_tokenizer, resolve_model_path
 
     cfg = ModelConfig()
     path = resolve_model_path(cfg)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = load_tokenizer(path, cfg)
     out = write_gguf(model, tok, tmp_path / f"smollm2-{qtype}.gguf", qtype,
-                     pre=source_pre_tokenizer(embedded_gguf(cfg.name_or_path)))
+                     pre=pre_tokenizer_name(cfg.name_or_path))
     texts = [tok.apply_chat_template([{"role": "user", "content": "What was Stephen Curry's TS% in 2015-16?"}],
                                      tokenize=False, add_generation_prompt=True),
              "The Bulls went 72-10 in 1995-96; 1,234 points, 3.5% and émigré."]
