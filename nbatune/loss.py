@@ -92,7 +92,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        grad_w = None  # fp32; the first chunk's product is assigned, not added to zeros (a vocab-sized fill saved)
         for s in range(0, hidden.shape[0], chunk):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
             logits = (h @ weight.T).float()  # under autocast: the compute dtype, like the model's own head
@@ -105,13 +105,19 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 if want_h:
                     grad_h[s:s + chunk] = (d @ weight).to(hidden.dtype)
                 if want_w:
-                    grad_w += (d.T @ h).float()
+                    part = (d.T @ h).float()
+                    grad_w = part if grad_w is None else grad_w.add_(part)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
+        ctx.used = False
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.used:  # the gradients below are scaled in place
+            raise RuntimeError("chunked_head_loss supports one backward pass per forward (no retain_graph reuse)")
+        ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_out if grad_h is not None else None,
-                (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None)
+        # In place: the saved gradients are used once, and a fresh vocab-sized tensor costs page faults here
+        return (grad_h.mul_(grad_out) if grad_h is not None else None,
+                grad_w.mul_(grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None)

@@ -162,6 +162,8 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
         model.requires_grad_(False)
     elif method in ("lora", "qlora"):
         model = add_lora(model, lora, seed, gradient_checkpointing, quantized=method == "qlora")
+        if method == "lora" and rt.precision != "fp32":
+            skip_adapter_input_casts(model)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -225,6 +227,17 @@ def add_lora(model, lora: LoraSettings, seed: int, gradient_checkpointing: bool,
         model.enable_input_require_grads()
     torch.manual_seed(seed)  # same adapter initialisation for LoRA and QLoRA
     return get_peft_model(model, lora_config(lora))
+
+
+def skip_adapter_input_casts(model) -> None:
+    """Stop PEFT casting each adapter's input to the adapter's fp32 when the base runs in bf16 under
+    autocast: autocast casts it straight back to bf16 for the adapter's matmul, so the cast is two copies
+    of every activation (and of its gradient) for the same numbers. Everything we run is under autocast."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -132,7 +132,8 @@ def _talkative_tiny_model(vocab_size: int):
     return model.eval().requires_grad_(False)
 
 
-def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: LoRA's base, whose prefill takes another path
+def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(tiny_model_dir, tmp_path, dtype):
     """Rows leave the batch at their own budget or stop token; what is left decodes exactly as
     ``generate`` does for one prompt at a time."""
     import torch
@@ -141,7 +142,7 @@ def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(ti
     from tests.helpers import tiny_config as cfg_for
 
     cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
-    tok, model = cmp.tokenizer, _talkative_tiny_model(len(cmp.tokenizer))
+    tok, model = cmp.tokenizer, _talkative_tiny_model(len(cmp.tokenizer)).to(getattr(torch, dtype))
     prompts = [evaluation.render_prompt(tok, r["messages"]) for r in cmp.test_records[:6]]
     budgets = [3, 12, 5, 12, 1, 9]
     alone = []

@@ -77,3 +77,31 @@ def test_no_pickle_loading_anywhere_in_the_package():
             assert "weights_only=True" in m.group(1), f"{f}: {m.group(0)}"
         assert "pickle.load" not in text, f
         assert "trust_remote_code=True" not in text, f
+
+
+def test_skipping_peft_input_casts_under_autocast_changes_no_loss_or_gradient():
+    """LoRA on a bf16 base under autocast: PEFT's cast of the adapter input to fp32 is undone by autocast,
+    so skipping it (faster) gives bit-identical losses and adapter gradients."""
+    import torch
+    from peft import get_peft_model
+
+    from nbatune.config import LoraSettings
+    from nbatune.modeling import lora_config, skip_adapter_input_casts
+    from tests.helpers import tiny_llama
+
+    ids = torch.randint(3, 64, (2, 10))
+    runs = []
+    for skip in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(tiny_llama(64).to(torch.bfloat16),
+                               lora_config(LoraSettings(r=4, alpha=8, init_lora_weights="gaussian")))
+        if skip:
+            skip_adapter_input_casts(model)
+            assert not model.base_model.model.model.layers[0].self_attn.q_proj.cast_input_dtype_enabled
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        runs.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert any(g.abs().sum() > 0 for g in runs[1][1])

@@ -1,0 +1,54 @@
+"""The answer-only loss: the chunked output head gives plain cross-entropy's value and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nbatune.data.tokenize import IGNORE
+from nbatune.loss import answer_only_loss, chunked_head_loss
+
+
+@pytest.mark.parametrize("chunk", [3, 512])
+def test_chunked_head_loss_matches_plain_cross_entropy_in_value_and_gradients(chunk):
+    torch.manual_seed(0)
+    hidden = torch.randn(10, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    targets = torch.randint(0, 40, (10,))
+    plain = F.cross_entropy(hidden @ weight.T, targets, reduction="sum") / 7
+    plain.backward()
+    want = (hidden.grad.clone(), weight.grad.clone())
+    hidden.grad = weight.grad = None
+    ours = chunked_head_loss(hidden, weight, targets, chunk) / 7
+    ours.backward()
+    torch.testing.assert_close(ours, plain)
+    torch.testing.assert_close(hidden.grad, want[0])
+    torch.testing.assert_close(weight.grad, want[1])
+
+
+def test_chunked_head_loss_refuses_a_second_backward_instead_of_doubling_gradients():
+    hidden = torch.randn(4, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    loss = chunked_head_loss(hidden, weight, torch.tensor([1, 2, 3, 4]), 2)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()
+
+
+def test_answer_only_loss_is_the_same_with_the_head_chunked_or_run_by_the_model():
+    from tests.helpers import tiny_llama
+
+    model = tiny_llama(64).double()
+    ids = torch.randint(3, 64, (2, 12))
+    labels = ids.clone()
+    labels[:, :7] = IGNORE  # the prompt
+    labels[1, 10:] = IGNORE  # padding
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": (labels != IGNORE) | (torch.arange(12) < 7)}
+    results = []
+    for chunk in (0, 2):
+        model.zero_grad()
+        loss, n = answer_only_loss(model, batch, chunk_tokens=chunk)
+        loss.backward()
+        results.append((loss.detach(), int(n), model.model.embed_tokens.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1] == 8
+    torch.testing.assert_close(results[0][2], results[1][2])
