@@ -133,13 +133,18 @@ def _talkative_tiny_model(vocab_size: int):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: LoRA's base, whose prefill takes another path
-def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(tiny_model_dir, tmp_path, dtype):
+@pytest.mark.parametrize("unpadded", [False, True], ids=["batched-prefill", "unpadded-prefill"])
+def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(tiny_model_dir, tmp_path, dtype,
+                                                                              unpadded, monkeypatch):
     """Rows leave the batch at their own budget or stop token; what is left decodes exactly as
-    ``generate`` does for one prompt at a time."""
+    ``generate`` does for one prompt at a time, whether the prompts were read as one padded batch or one
+    by one (long prompts) into one left-padded cache."""
     import torch
 
     from nbatune import evaluation
     from tests.helpers import tiny_config as cfg_for
+
+    monkeypatch.setattr(evaluation, "UNPADDED_PREFILL_TOKENS", 1 if unpadded else 10**6)
 
     cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
     tok, model = cmp.tokenizer, _talkative_tiny_model(len(cmp.tokenizer)).to(getattr(torch, dtype))
