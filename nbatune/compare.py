@@ -18,7 +18,7 @@ from .config import METHODS, RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
 from .data.tokenize import tokenize_records
-from .measure import PeakMemory, dir_size, free_memory, weights_bytes
+from .measure import PeakMemory, dir_size, free_memory, reuse_freed_memory, weights_bytes
 from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
 from .modeling import check_bitsandbytes, count_parameters, load_model
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
@@ -135,6 +135,10 @@ class Comparison:
         bad = [m for m in methods if m not in METHODS]
         if bad:
             raise ValueError(f"methods: {bad} are not techniques (allowed: {', '.join(METHODS)})")
+        with reuse_freed_memory():
+            return self._execute(methods, resume)
+
+    def _execute(self, methods: list[str], resume: bool) -> dict:
         t0 = time.perf_counter()
         self.results = {"schema_version": SCHEMA_VERSION, "run_dir": str(self.run_dir), "config": self.cfg.to_dict(),
                         "fingerprint": self._fingerprint(),

@@ -138,3 +138,33 @@ def test_memory_command_prints_each_technique_and_fails_when_one_does_not_fit(ti
     assert all(f"| {m} |" in out for m in ("full", "lora", "qlora")) and "yes" in out
     assert main(["memory", "--config", str(path), "--set", "train.memory_budget_gib=0.01"]) == 1
     assert "| NO |" in capsys.readouterr().out
+
+
+def test_freed_memory_stays_in_the_heap_during_a_run_and_goes_back_to_the_os_after():
+    """Inside ``reuse_freed_memory`` a freed 256 MiB block stays resident (the next step reuses it without
+    page faults); after it, glibc's default is back and the same block is returned to the OS on free."""
+    import ctypes
+    import os
+
+    import psutil
+    import torch
+
+    from nbatune.measure import reuse_freed_memory
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        pytest.skip("not glibc")
+    proc = psutil.Process(os.getpid())
+
+    def released_on_free() -> int:
+        block = torch.ones(2**26)  # 256 MiB, every page touched
+        held = proc.memory_info().rss
+        del block
+        return held - proc.memory_info().rss
+
+    with reuse_freed_memory():
+        kept = released_on_free()
+    returned = released_on_free()
+    assert kept < 64 * 2**20
+    assert returned > 192 * 2**20
