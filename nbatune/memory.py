@@ -44,8 +44,9 @@ MiB, GiB = 2**20, 2**30
 
 # Bytes saved for backward per token per decoder layer, bf16 autocast: (per hidden unit, per MLP unit,
 # per key/value unit). The residual stream is fp32 for full (fp32 master weights) and QLoRA (fp32
-# embeddings), bf16 for LoRA; QLoRA's 4-bit matmuls also keep fp32 copies of the MLP activations.
-ACT_COEF = {"full": (36.5, 8.25, 1.75), "lora": (28.5, 8.25, 2.25), "qlora": (28.5, 14.25, 2.25)}
+# embeddings), bf16 for LoRA; QLoRA's 4-bit matmuls also keep fp32 copies of the MLP activations. LoRA's
+# adapters read the base layer's own bf16 input (``skip_adapter_input_casts``), so they save no copy of it.
+ACT_COEF = {"full": (36.5, 8.25, 1.75), "lora": (20.5, 8.25, 2.25), "qlora": (28.5, 14.25, 2.25)}
 LOGIT_BYTES = 16
 CHUNKED_LOGIT_BYTES = 8  # fp32 logits turned into their gradient in place, plus its compute-dtype copy
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64, fp32 per 256 absmax (double quant)
