@@ -68,9 +68,9 @@ def child(model: str, method: str, batch: int, gc: bool, steps: int, models_dir:
     batches = []
     loss = training.answer_only_loss
 
-    def recording_loss(model, inputs, num_items=None, chunk_tokens=0):  # (positions, logit positions) per batch
+    def recording_loss(model, inputs, num_items=None, chunk_tokens=0):  # (positions, logit positions, width)
         labels = inputs["labels"]
-        batches.append((labels.numel(), logit_positions(labels, chunk_tokens > 0)))
+        batches.append((labels.numel(), logit_positions(labels, chunk_tokens > 0), labels.shape[-1]))
         return loss(model, inputs, num_items, chunk_tokens)
 
     training.answer_only_loss = recording_loss
@@ -82,14 +82,14 @@ def child(model: str, method: str, batch: int, gc: bool, steps: int, models_dir:
 
 
 def predict(model: str, method: str, batch: int, gc: bool, steps: int, models_dir: str, batches=None):
-    """The estimate for the given (positions, logit positions) batches, or, without them, the plan a run makes."""
+    """The estimate for the given (positions, logit positions, width) batches, or, without them, the plan a run makes."""
     from nbatune.memory import estimate_for_config, estimate_for_run, model_shape
 
     cfg, rt, path, tok, rows = setup_run(model, method, batch, gc, steps, models_dir)
     if batches is None:
         return estimate_for_run(cfg, path, rows, tok.pad_token_id, rt.device, rt.precision)[method]
     shape = model_shape(path)
-    return max((estimate_for_config(cfg, method, shape, n, k, rt.device, rt.precision) for n, k in batches),
+    return max((estimate_for_config(cfg, method, shape, n, k, rt.device, rt.precision, w) for n, k, w in batches),
                key=lambda e: e.total)
 
 

@@ -138,7 +138,8 @@ def _memory(args) -> int:
         device, precision = rt.device, rt.precision
     if args.seq_len:
         tokens = t.batch_size * args.seq_len
-        by_method = {m: estimate_for_config(cfg, m, cfg.model.name_or_path, tokens, tokens, device, precision)
+        by_method = {m: estimate_for_config(cfg, m, cfg.model.name_or_path, tokens, tokens, device, precision,
+                                            args.seq_len)
                      for m in cfg.methods}
     else:
         from .data.prepare import prepare_training_data

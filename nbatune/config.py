@@ -121,7 +121,12 @@ class TrainConfig:
     batching: Literal["packed", "grouped", "padded"] = _f(
         "packed", "packed: random batches packed padding-free (examples never attend to each other); grouped: "
                   "batches of similar length (little padding, but batches of one task); padded: random, padded.")
-    pack_row_tokens: int = _f(256, "packed: tokens per packed row (attention cost grows with it).")
+    pack_row_tokens: int = _f(128, "packed: tokens per packed row (attention cost and memory grow with it; a longer "
+                                        "example gets a row of its own).")
+    attention: Literal["auto", "lean_eager", "eager", "sdpa"] = _f(
+        "auto", "Attention kernel while training (evaluation keeps the model's own, SDPA). auto: lean_eager on "
+                "CPU (eager attention keeping only bf16 probabilities for backward: steps 7-19% faster than SDPA, "
+                "BENCHMARKS.md), sdpa elsewhere.")
     loss_chunk_tokens: int = _f(512, "Output head + loss over the answer tokens only, this many at a time, never "
                                      "holding all their logits (less memory, less head compute). 0: the model "
                                      "computes the logits of every answer column.")

@@ -47,6 +47,11 @@ MiB, GiB = 2**20, 2**30
 # embeddings), bf16 for LoRA; QLoRA's 4-bit matmuls also keep fp32 copies of the MLP activations. LoRA's
 # adapters read the base layer's own bf16 input (``skip_adapter_input_casts``), so they save no copy of it.
 ACT_COEF = {"full": (36.5, 8.25, 1.75), "lora": (20.5, 8.25, 2.25), "qlora": (28.5, 14.25, 2.25)}
+# Bytes per (query, key) pair, head and layer that an eager attention kernel keeps for backward (its
+# probabilities, masked pairs included), in (bf16/fp16, fp32); counted on the graph. Fused kernels
+# (SDPA, flash) keep none. ``nbatune_lean_eager`` is ``attention.lean_eager_attention``; transformers'
+# own eager keeps the softmax's fp32 output and its bf16 copy.
+ATTN_PAIR_BYTES = {"nbatune_lean_eager": (2, 4), "eager": (6, 4)}
 LOGIT_BYTES = 16
 CHUNKED_LOGIT_BYTES = 8  # fp32 logits turned into their gradient in place, plus its compute-dtype copy
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64, fp32 per 256 absmax (double quant)
@@ -158,7 +163,8 @@ class MemoryEstimate:
 
 def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | None = None, loss_chunk_tokens: int = 0,
                     precision: str = "bf16", device: str = "cpu", optimizer: str = "adamw_torch_fused",
-                    gradient_checkpointing: bool = False, lora_r: int = 16, double_quant: bool = True) -> MemoryEstimate:
+                    gradient_checkpointing: bool = False, lora_r: int = 16, double_quant: bool = True,
+                    attention: str = "sdpa", row_width: int = 0) -> MemoryEstimate:
     """Predict the peak memory of one training process.
 
     Args:
@@ -171,6 +177,9 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
         loss_chunk_tokens: > 0 for the chunked loss: logits of at most this many positions at a time.
         precision: ``bf16``/``fp16`` (autocast) or ``fp32``.
         gradient_checkpointing: keep only each layer's input, recompute the rest in backward.
+        attention: the attention implementation training runs with; an eager one keeps
+            ``heads x row_width`` probabilities per position (``ATTN_PAIR_BYTES``).
+        row_width: positions per row of the micro-batch.
     """
     if method not in ACT_COEF:
         raise ValueError(f"method must be full, lora or qlora, not {method!r}")
@@ -192,6 +201,8 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
     per_layer = a_h * s.hidden + a_i * s.intermediate + a_kv * s.kv_heads * s.head_dim
     if not half:
         per_layer *= FP32_ACT_SCALE
+    if attention in ATTN_PAIR_BYTES:
+        per_layer += ATTN_PAIR_BYTES[attention][0 if half else 1] * s.heads * row_width
     if gradient_checkpointing:  # every layer's input, plus one layer's activations while it is recomputed
         residual = 2 if method == "lora" and half else 4
         acts = tokens * (s.layers * s.hidden * residual + per_layer)
@@ -210,19 +221,20 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
 
 
 def batch_footprint(rows: list[dict], collator, batch_size: int, chunked: bool, samples: int = 256,
-                    seed: int = 0) -> tuple[int, int]:
-    """The most positions and the most logit positions over ``samples`` random micro-batches, built by
+                    seed: int = 0) -> tuple[int, int, int]:
+    """The most positions, logit positions and row width over ``samples`` random micro-batches, built by
     the trainer's own collator: padding and packing are counted as they will happen."""
     import random
 
     from .loss import logit_positions
 
     rng = random.Random(seed)
-    tokens = logits = 0
+    tokens = logits = width = 0
     for _ in range(samples):
         labels = collator(rng.sample(rows, min(batch_size, len(rows))))["labels"]
         tokens, logits = max(tokens, labels.numel()), max(logits, logit_positions(labels, chunked))
-    return tokens, logits
+        width = max(width, labels.shape[-1])
+    return tokens, logits, width
 
 
 def available_bytes(device: str) -> int:
@@ -271,13 +283,17 @@ def check_fits(est: MemoryEstimate, budget: int, batch_size: int, policy: str = 
 
 
 def estimate_for_config(cfg, method: str, model, tokens: int, logit_tokens: int | None, device: str,
-                        precision: str) -> MemoryEstimate:
-    """``estimate_memory`` with the technique's settings taken from a ``RunConfig``."""
+                        precision: str, width: int) -> MemoryEstimate:
+    """``estimate_memory`` with the technique's settings taken from a ``RunConfig``; ``width``: the
+    micro-batch's row width."""
+    from .attention import training_attention
+
     t = cfg.train
     return estimate_memory(model, method, tokens=tokens, logit_tokens=logit_tokens,
                            loss_chunk_tokens=t.loss_chunk_tokens, precision=precision, device=device,
                            optimizer=t.optimizer[method], gradient_checkpointing=t.gradient_checkpointing[method],
-                           lora_r=cfg.lora.r, double_quant=cfg.quant.bnb_4bit_use_double_quant)
+                           lora_r=cfg.lora.r, double_quant=cfg.quant.bnb_4bit_use_double_quant,
+                           attention=training_attention(t.attention, device), row_width=width)
 
 
 def estimate_for_run(cfg, model_path: str, train_rows: list[dict], pad_id: int, device: str,
@@ -288,9 +304,11 @@ def estimate_for_run(cfg, model_path: str, train_rows: list[dict], pad_id: int, 
 
     t = cfg.train
     collator = make_collator(t, pad_id, device)
-    tokens, logit_tokens = batch_footprint(train_rows, collator, t.batch_size, t.loss_chunk_tokens > 0, seed=cfg.seed)
+    tokens, logit_tokens, width = batch_footprint(train_rows, collator, t.batch_size, t.loss_chunk_tokens > 0,
+                                                  seed=cfg.seed)
     shape = model_shape(model_path)
-    return {m: estimate_for_config(cfg, m, shape, tokens, logit_tokens, device, precision) for m in cfg.methods}
+    return {m: estimate_for_config(cfg, m, shape, tokens, logit_tokens, device, precision, width)
+            for m in cfg.methods}
 
 
 def memory_budget(train_cfg, device: str) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .attention import attention_kernel, training_attention
 from .config import TrainConfig
 from .data.tokenize import make_collator
 from .loss import answer_only_loss
@@ -208,7 +209,8 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     for stale in Path(out_dir).glob(f"{STAGING_PREFIX}*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        with attention_kernel(model, training_attention(cfg.attention, rt.device)):
+            result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except torch.OutOfMemoryError as e:
         raise explain_oom(e, cfg, method) from e
     except KeyboardInterrupt:

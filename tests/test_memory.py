@@ -13,9 +13,10 @@ import pytest
 import torch
 from tests.helpers import tiny_config
 
+from nbatune.attention import register as register_lean_eager
 from nbatune.compare import Comparison
 from nbatune.config import load_config
-from nbatune.memory import ACT_COEF, MemoryBudgetError, estimate_memory, model_shape
+from nbatune.memory import MemoryBudgetError, estimate_memory, model_shape
 from nbatune.modeling import load_model
 from nbatune.runtime import Runtime
 
@@ -41,10 +42,12 @@ def _saved_bytes(model, rows: int, width: int) -> int:
     return sum(seen.values())
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "nbatune_lean_eager"])
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
-def test_activation_coefficients_match_the_autograd_graph(tmp_path, method):
-    """Per token and layer, what autograd really saves matches the estimator's coefficients. Counted
-    at two widths so that per-layer constants (autocast's weight copies) cancel out."""
+def test_activation_coefficients_match_the_autograd_graph(tmp_path, method, attention):
+    """What autograd really saves matches the estimator's activations: per token and layer, plus, with
+    an eager attention kernel, each head's probabilities (quadratic in the row width). Counted at two widths so
+    that per-layer constants (autocast's weight copies) cancel out."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fields = dict(SMALL)
@@ -54,10 +57,16 @@ def test_activation_coefficients_match_the_autograd_graph(tmp_path, method):
     cfg = load_config({"mode": "test"})
     model = load_model(str(tmp_path), method, cfg.model, Runtime("cpu", "bf16"), cfg.lora, cfg.quant, 0)
     model.train()
-    rows, layers = 4, SMALL["num_hidden_layers"]
-    measured = (_saved_bytes(model, rows, 240) - _saved_bytes(model, rows, 120)) / (rows * 120 * layers)
-    a_h, a_i, a_kv = ACT_COEF[method]
-    predicted = a_h * 128 + a_i * 512 + a_kv * 64
+    register_lean_eager()
+    model.set_attn_implementation(attention)
+    rows = 4
+    measured = _saved_bytes(model, rows, 240) - _saved_bytes(model, rows, 120)
+
+    def activations(width):
+        est = estimate_memory(SMALL, method, tokens=rows * width, attention=attention, row_width=width)
+        return est.parts["activations"]
+
+    predicted = activations(240) - activations(120)
     assert predicted == pytest.approx(measured, rel=0.15), (method, predicted, measured)
 
 

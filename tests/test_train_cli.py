@@ -1,5 +1,5 @@
-"""Training one technique as a practitioner would: `nbatune train`, epochs, early stopping, and any
-other TrainingArguments field passed through."""
+"""Training one technique as a practitioner would: `nbatune train`, epochs, early stopping, any other
+TrainingArguments field passed through, and the attention kernel training runs with."""
 
 from __future__ import annotations
 
@@ -47,3 +47,81 @@ def test_train_command_runs_one_technique_without_base_or_comparison(tiny_model_
     assert [p["step"] for p in curve] == [2, 4] and curve[-1].get("early_stop")
     assert res["lora"]["steps"] == 4 < 96 // 8  # one epoch would be 12 steps
     assert (Path(cfg["output_dir"]) / "one" / "report.md").is_file()
+
+
+def test_eager_attention_keeps_packed_examples_apart():
+    """Packed rows carry no attention mask, only restarting positions. The lean eager kernel that CPU
+    training uses must get the block-diagonal mask from them as SDPA does: each example's logits in a
+    packed row equal its logits alone."""
+    import torch
+
+    from nbatune.attention import LEAN_EAGER, register
+    from nbatune.data.tokenize import PackedCollator
+    from tests.helpers import tiny_llama
+
+    register()
+    model = tiny_llama(64).eval()
+    model.config.use_cache = False  # as load_model leaves it: with a cache, transformers ignores the restarts
+    model.set_attn_implementation(LEAN_EAGER)
+    examples = [list(range(3, 12)), list(range(20, 27)), list(range(40, 45))]
+    batch = PackedCollator(pad_id=2, row_tokens=32)([{"input_ids": e, "labels": e} for e in examples])
+    assert batch["input_ids"].shape[0] == 1  # all three share one row
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        at = 0
+        for e in sorted(examples, key=len, reverse=True):  # the collator packs longest first
+            alone = model(input_ids=torch.tensor([e])).logits[0]
+            assert torch.allclose(packed[at:at + len(e)], alone, atol=1e-5)
+            at += len(e)
+
+
+def test_auto_attention_is_lean_eager_on_cpu_and_sdpa_elsewhere():
+    from nbatune.attention import LEAN_EAGER, training_attention
+
+    assert training_attention("auto", "cpu") == training_attention("lean_eager", "cuda") == LEAN_EAGER
+    assert training_attention("auto", "cuda") == "sdpa"
+    assert training_attention("sdpa", "cpu") == "sdpa" and training_attention("eager", "cpu") == "eager"
+
+
+def test_lean_eager_attention_matches_sdpa_in_loss_and_gradients():
+    """Same loss and gradients as SDPA, in fp32 exactly, under bf16 autocast within rounding (the
+    probabilities it keeps are bf16)."""
+    import torch
+
+    from nbatune.attention import LEAN_EAGER, register
+    from tests.helpers import tiny_llama
+
+    register()
+    ids = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        runs = {}
+        for kernel in ("sdpa", LEAN_EAGER):
+            model = tiny_llama(64)
+            model.config.use_cache = False
+            model.set_attn_implementation(kernel)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            runs[kernel] = (loss.detach(), [p.grad for p in model.parameters()])
+        (la, ga), (lb, gb) = runs.values()
+        assert torch.allclose(la, lb, atol=tol, rtol=tol)
+        assert all(torch.allclose(a, b, atol=tol, rtol=10 * tol) for a, b in zip(ga, gb))
+
+
+@pytest.mark.parametrize("setting", ["auto", "sdpa"])
+def test_training_runs_with_the_configured_attention_and_gives_the_model_its_own_back(
+        tiny_model_dir, tmp_path, monkeypatch, setting):
+    from nbatune import attention, training
+    from nbatune.compare import Comparison
+    from nbatune.modeling import load_model
+
+    eager_calls = []
+    real = attention.lean_eager_attention
+    monkeypatch.setattr(attention, "lean_eager_attention", lambda *a, **k: eager_calls.append(1) or real(*a, **k))
+    cmp = Comparison(tiny_config(tiny_model_dir, tmp_path, evaluate_base=False, methods=["lora"],
+                                 **{"eval.retention": False, "train.attention": setting})).setup()
+    model = load_model(cmp.model_path, "lora", cmp.cfg.model, cmp.rt, cmp.cfg.lora, cmp.cfg.quant, 0)
+    assert model.config._attn_implementation == "sdpa"
+    training.train(model, cmp.tokenizer, cmp.train_rows, "lora", cmp.cfg.train, cmp.rt, tmp_path / "ckpt", 0)
+    assert bool(eager_calls) == (setting == "auto")  # tests run on CPU, where auto means lean eager
+    assert model.config._attn_implementation == "sdpa"  # evaluation decodes as before
