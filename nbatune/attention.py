@@ -19,6 +19,9 @@ def lean_eager_attention(module, query, key, value, attention_mask, scaling: flo
     fused kernel rounds them before multiplying by the values)."""
     from transformers.models.llama.modeling_llama import repeat_kv
 
+    if kwargs.get("softcap") or getattr(module, "sinks", None) is not None:
+        raise ValueError("train.attention: the lean eager kernel has no logit soft-capping or attention sinks, "
+                         "which this model uses; set train.attention: eager (or sdpa)")
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -45,7 +48,7 @@ def register() -> None:
 
 def training_attention(setting: str, device: str) -> str:
     """The kernel ``train.attention`` means on ``device``: ``auto`` is the lean eager kernel on CPU,
-    SDPA elsewhere (fused kernels win on GPUs)."""
+    SDPA elsewhere (fused kernels are the fast path on GPUs)."""
     if setting == "lean_eager" or (setting == "auto" and device == "cpu"):
         return LEAN_EAGER
     return "sdpa" if setting == "auto" else setting

@@ -92,7 +92,7 @@ class QuantSettings:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = _f(120, "Optimizer steps per method. Same for every method: same data, same token budget.")
+    max_steps: int = _f(140, "Optimizer steps per method. Same for every method: same data, same token budget.")
     epochs: float | None = _f(None, "Train this many passes over the training split instead of max_steps (the steps "
                                     "are worked out from the batch size, accumulation and processes).")
     repeats: int = _f(1, "Train every technique this many times, with seeds seed, seed+1, ..., on the same data and "

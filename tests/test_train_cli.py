@@ -125,3 +125,13 @@ def test_training_runs_with_the_configured_attention_and_gives_the_model_its_own
     training.train(model, cmp.tokenizer, cmp.train_rows, "lora", cmp.cfg.train, cmp.rt, tmp_path / "ckpt", 0)
     assert bool(eager_calls) == (setting == "auto")  # tests run on CPU, where auto means lean eager
     assert model.config._attn_implementation == "sdpa"  # evaluation decodes as before
+
+
+def test_lean_eager_attention_refuses_soft_capped_models_and_names_the_fix():
+    import torch
+
+    from nbatune.attention import lean_eager_attention
+
+    q = torch.zeros(1, 2, 3, 4)
+    with pytest.raises(ValueError, match="train.attention: eager"):
+        lean_eager_attention(torch.nn.Module(), q, q, q, None, 0.5, softcap=30.0)
