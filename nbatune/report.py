@@ -62,8 +62,9 @@ def comparison(results: dict) -> dict:
         pair["beyond_seed_spread"] = None if spread is None else abs(spread["mean_diff"]) > spread["spread"]
         pair["real"] = (p_adj < 0.05 and not pair["within_noise"] and bool(pair["beyond_seed_spread"]))
     out["comparisons_made"] = len(raw)
+    not_compared = _not_compared(results)
     if not trained:
-        out["recommendation"] = "No technique finished; see the errors in results.json."
+        out["recommendation"] = " ".join(["No technique finished; see the errors in results.json.", *not_compared])
         return out
     best_q = max(trained, key=lambda m: trained[m].get("accuracy_mean") or trained[m]["accuracy"])
     out["winners"] = {
@@ -97,8 +98,15 @@ def comparison(results: dict) -> dict:
         rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
             f"{LABEL[m]} {f['diff']:+.1%} ({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%})"
             for m, f in out["forgot"].items()) + ".")
-    out["recommendation"] = " ".join(rec)
+    out["recommendation"] = " ".join(rec + not_compared)
     return out
+
+
+def _not_compared(results: dict) -> list[str]:
+    """One sentence per technique that did not finish, so a reader never mistakes a missing column for a
+    technique that was not asked for."""
+    return [f"Not compared: {LABEL[m]} {results[m]['status']} ({str(results[m].get('error'))[:160]})."
+            for m in METHODS if isinstance(results.get(m), dict) and results[m].get("status") != "ok"]
 
 
 def mcnemar(a: list[bool], b: list[bool]) -> float:

@@ -31,14 +31,33 @@ class OutOfMemoryHint(RuntimeError):
     """Out of memory, with the measured need and what to change."""
 
 
+CPU_ALLOC_FAILURE = "can't allocate memory"  # torch's DefaultCPUAllocator: a plain RuntimeError, not OutOfMemoryError
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator's failure (which torch raises as a RuntimeError)."""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and CPU_ALLOC_FAILURE in str(e))
+
+
 def explain_oom(e: BaseException, cfg: TrainConfig, method: str) -> OutOfMemoryHint:
+    """The same advice as the estimator's refusal, with what was measured when the allocation failed."""
+    import re
+    import resource
+
+    import psutil
+
     from .memory import memory_fixes
 
-    need = ""
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and isinstance(e, torch.OutOfMemoryError):
         free, total = torch.cuda.mem_get_info()
         need = (f" Peak allocated before failing: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of "
                 f"{total / 2**30:.1f} GiB.")
+    else:
+        asked = re.search(r"tried to allocate (\d+) bytes", str(e))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        need = ((f" One allocation of {int(asked.group(1)) / 2**30:.2f} GiB failed;" if asked else "") +
+                f" this process had reached {peak / 2**30:.2f} GiB (peak resident), with "
+                f"{psutil.virtual_memory().available / 2**30:.1f} GiB available on the machine.")
     tips = memory_fixes(method, cfg.batch_size, cfg.grad_accum, cfg.gradient_checkpointing.get(method, False))
     return OutOfMemoryHint(f"out of memory while training {method}.{need} Try: " + "; ".join(tips) + ".")
 
@@ -211,14 +230,14 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     try:
         with attention_kernel(model, training_attention(cfg.attention, rt.device)):
             result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    except torch.OutOfMemoryError as e:
-        raise explain_oom(e, cfg, method) from e
     except KeyboardInterrupt:
         if trainer.state.global_step > 0:
             trainer._save_checkpoint(trainer.model, None)
             log.warning("interrupted: saved checkpoint-%d in %s", trainer.state.global_step, out_dir)
         raise
     except Exception as e:
+        if is_out_of_memory(e):
+            raise explain_oom(e, cfg, method) from e
         if ckpt is not None and trainer.state.global_step <= int(ckpt.name.split("-")[1]):
             earlier = sorted((p.name for p in Path(out_dir).glob("checkpoint-*") if p != ckpt),
                              key=lambda n: int(n.split("-")[1]))

@@ -199,6 +199,25 @@ def test_out_of_memory_names_the_need_and_the_fixes(tiny_model_dir, tmp_path, mo
     assert "qlora (a 4-bit base" in res["lora"]["error"] and "adamw_8bit" in res["full"]["error"]
 
 
+def test_a_real_cpu_allocation_failure_gets_the_advice_and_the_next_technique_runs(tiny_model_dir, tmp_path):
+    """torch's CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory"), not
+    OutOfMemoryError; under a real address-space limit it must still become the out-of-memory advice."""
+    cfg = _cfg(tiny_model_dir, tmp_path, methods=["full", "lora"], **{"train.save_steps": 0, "train.max_steps": 2,
+                                                                       "eval.retention": False})
+    cfg_file = tmp_path / "oom-config.json"
+    cfg_file.write_text(json.dumps(cfg))
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "oom_child.py"), str(cfg_file), "24"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    err = got["full"]["error"]
+    assert got["full"]["status"] == "failed" and err.startswith("OutOfMemoryHint: out of memory while training full.")
+    assert "One allocation of 24.00 GiB failed" in err and "GiB (peak resident)" in err
+    assert "train.batch_size: 8 -> 4 and train.grad_accum: 1 -> 2" in err and "adamw_8bit" in err
+    assert got["lora"] == {"status": "ok", "error": None}
+    assert "DefaultCPUAllocator: can't allocate memory" in (Path(cfg["output_dir"]) / "r" / "full-error.txt").read_text()
+
+
 def test_an_unwritable_output_directory_is_named_before_training(tiny_model_dir, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
