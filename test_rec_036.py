@@ -33,7 +33,8 @@ METHOD_KEYS = {"trainable_params", "total_params", "loss_curve", "final_train_lo
 def executed(tiny_model_dir, tmp_path_factory):
     """One full setup()/execute() of base + full + LoRA + QLoRA on the tiny model."""
     tmp = tmp_path_factory.mktemp("facade")
-    impl = ImplementImplementFullFinetuningLoraAndQloraTechniques(config=tiny_config(tiny_model_dir, tmp))
+    impl = ImplementImplementFullFinetuningLoraAndQloraTechniques(
+        config=tiny_config(tiny_model_dir, tmp, **{"train.save_steps": 2}))  # checkpoints on: they are artefacts too
     impl.setup()
     return impl, impl.execute()
 
@@ -113,13 +114,20 @@ def test_results_carry_baselines_retention_learning_curves_and_provenance(execut
     assert res["provenance"]["name"] == str(Path(res["model_path"])) or res["provenance"]["path"] == res["model_path"]
 
 
-def test_lora_saves_only_an_adapter_in_safetensors(executed):
+def test_models_are_safetensors_and_checkpoints_pickle_only_torch_state(executed):
+    from nbatune.training import PICKLED_CHECKPOINT_FILES
+
     _, res = executed
     files = {p.name for p in Path(res["lora"]["saved_path"]).iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json"} <= files
     assert "model.safetensors" not in files
     run = Path(res["run_dir"])
-    assert not [p for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+    pickles = [p for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+    checkpoints = {p.parent for p in pickles}
+    assert {c.name for c in checkpoints} == {"checkpoint-2", "checkpoint-4"}
+    assert all(c.parent.name == "checkpoints" for c in checkpoints) and len(checkpoints) == 6  # 3 techniques x 2
+    assert all(p.name in PICKLED_CHECKPOINT_FILES for p in pickles)
+    assert all((c / "training_args.json").is_file() for c in checkpoints)
 
 
 def test_seed_example_config_is_accepted():

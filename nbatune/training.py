@@ -67,6 +67,10 @@ class CheckpointError(RuntimeError):
 
 
 STAGING_PREFIX = ".staging-"
+# What a checkpoint still pickles: torch state dicts that only torch.load reads back, and that the Trainer
+# reads on resume with weights_only=True (plain tensors and containers; anything else is refused).
+# scaler.pt appears only with fp16 on CUDA. The weights are safetensors, the training arguments JSON.
+PICKLED_CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 
 class AnswerOnlyTrainer(Trainer):
@@ -100,9 +104,22 @@ class AnswerOnlyTrainer(Trainer):
         finally:
             self.args.output_dir = root
         name = f"checkpoint-{self.state.global_step}"
+        _training_args_as_json(os.path.join(staging, name), self.args)
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         os.replace(os.path.join(staging, name), os.path.join(root, name))
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _training_args_as_json(ckpt: str, args: TrainingArguments) -> None:
+    """The Trainer pickles the whole TrainingArguments object into training_args.bin (never read on resume,
+    and not loadable with weights_only=True); keep it as JSON instead."""
+    from transformers.trainer import TRAINING_ARGS_NAME
+
+    pickled = os.path.join(ckpt, TRAINING_ARGS_NAME)
+    if os.path.exists(pickled):
+        os.remove(pickled)
+    with open(os.path.join(ckpt, "training_args.json"), "w") as f:
+        f.write(args.to_json_string())
 
 
 class LearningCurve(TrainerCallback):

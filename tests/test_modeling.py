@@ -66,17 +66,15 @@ def test_qlora_without_bitsandbytes_says_how_to_fix_it_before_loading(monkeypatc
         check_bitsandbytes()
 
 
-def test_no_pickle_loading_anywhere_in_the_package():
+def test_the_package_never_unpickles_and_never_enables_remote_code():
+    """What resume unpickles (through the Trainer) is checked at run time in test_reliability.py."""
     from pathlib import Path
-    import re
 
     src = Path(__file__).parent.parent / "nbatune"
     for f in src.rglob("*.py"):
         text = f.read_text()
-        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
-            assert "weights_only=True" in m.group(1), f"{f}: {m.group(0)}"
-        assert "pickle.load" not in text, f
-        assert "trust_remote_code=True" not in text, f
+        for call in ("torch.load(", "pickle.load", "pickle.loads", "trust_remote_code=True"):
+            assert call not in text, f"{f}: {call}"
 
 
 def test_skipping_peft_input_casts_under_autocast_changes_no_loss_or_gradient():

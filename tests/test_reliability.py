@@ -139,24 +139,59 @@ class _Evil:
         return (os.system, (f"touch {os.environ.get('EVIL_SENTINEL', '/tmp/nbatune-evil')}",))
 
 
-def test_a_malicious_pickle_in_a_checkpoint_never_runs(tiny_model_dir, tmp_path, monkeypatch):
-    sentinel = tmp_path / "pwned"
-    monkeypatch.setenv("EVIL_SENTINEL", str(sentinel))
-    cfg = _cfg(tiny_model_dir, tmp_path, **{"train.max_steps": 4})
+def _resumable_run(model_dir, tmp_path) -> tuple[dict, Path]:
+    """A finished 4-step LoRA run turned into one interrupted after step 2: resume must read checkpoint-2."""
+    cfg = _cfg(model_dir, tmp_path, **{"train.max_steps": 4, "eval.retention": False})
     Comparison(cfg).execute()
-    ckpt = Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints" / "checkpoint-2"
-    for name in ("rng_state.pth", "optimizer.pt"):
-        import pickle
-
-        (ckpt / name).write_bytes(pickle.dumps(_Evil()))
-    (Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints" / "checkpoint-4").rename(tmp_path / "moved")
+    ckpts = Path(cfg["output_dir"]) / "r" / "lora" / "checkpoints"
+    (ckpts / "checkpoint-4").rename(tmp_path / "moved")
     results = Path(cfg["output_dir"]) / "r" / "results.json"
     saved = json.loads(results.read_text())
-    saved["lora"]["status"] = "interrupted"  # so that resume must load the poisoned checkpoint
+    saved["lora"]["status"] = "interrupted"
     results.write_text(json.dumps(saved))
+    return cfg, ckpts / "checkpoint-2"
+
+
+def test_a_checkpoint_pickles_only_torch_state_and_writes_its_arguments_as_json(tiny_model_dir, tmp_path):
+    from nbatune.training import PICKLED_CHECKPOINT_FILES
+
+    _, ckpt = _resumable_run(tiny_model_dir, tmp_path)
+    names = {p.name for p in ckpt.iterdir()}
+    assert {n for n in names if n.endswith((".pt", ".pth", ".bin", ".pkl"))} == set(PICKLED_CHECKPOINT_FILES)
+    assert {"adapter_model.safetensors", "training_args.json", "trainer_state.json"} <= names
+    assert json.loads((ckpt / "training_args.json").read_text())["max_steps"] == 4
+
+
+def test_resume_reads_every_pickled_file_with_weights_only(tiny_model_dir, tmp_path, monkeypatch):
+    """The package itself never calls torch.load; the Trainer does on resume. Record each call."""
+    from nbatune.training import PICKLED_CHECKPOINT_FILES
+
+    cfg, _ = _resumable_run(tiny_model_dir, tmp_path)
+    calls, real_load = [], torch.load
+
+    def recording(f, *a, **k):
+        calls.append((Path(f).name, k.get("weights_only")))
+        return real_load(f, *a, **k)
+
+    monkeypatch.setattr(torch, "load", recording)
+    assert Comparison(cfg).execute(resume=True)["lora"]["status"] == "ok"
+    assert {name for name, _ in calls} == set(PICKLED_CHECKPOINT_FILES)
+    assert all(weights_only is True for _, weights_only in calls), calls
+
+
+@pytest.mark.parametrize("poisoned", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
+def test_a_malicious_pickle_in_any_checkpoint_file_is_refused_and_never_runs(tiny_model_dir, tmp_path, monkeypatch,
+                                                                            poisoned):
+    import pickle
+
+    sentinel = tmp_path / "pwned"
+    monkeypatch.setenv("EVIL_SENTINEL", str(sentinel))
+    cfg, ckpt = _resumable_run(tiny_model_dir, tmp_path)
+    (ckpt / poisoned).write_bytes(pickle.dumps(_Evil()))
     res = Comparison(cfg).execute(resume=True)
     assert not sentinel.exists()
-    assert res["lora"]["status"] == "failed" and "checkpoint-2" in res["lora"]["error"]
+    assert res["lora"]["status"] == "failed"
+    assert "checkpoint-2 could not be loaded (UnpicklingError" in res["lora"]["error"]
 
 
 def test_package_requires_a_torch_with_safe_loading():
