@@ -202,7 +202,8 @@ def test_8bit_optimizers_keep_8bit_state_for_large_tensors_on_cpu(tiny_model_dir
     """bitsandbytes keeps 32-bit state for tensors under its min_8bit_size (4,096 elements): the tiny model's
     64 x 64 and 64 x 128 weights (full) and rank-64 adapters (QLoRA) are at or above it. A paged optimizer
     has no paged memory on CPU: bitsandbytes warns and keeps ordinary buffers. Embeddings stay 32-bit on
-    purpose (the Trainer registers that override with bitsandbytes, as the 8-bit optimizer paper advises)."""
+    purpose (the Trainer registers that override with bitsandbytes, as the 8-bit optimizer paper advises).
+    The four cases share a process: a stale override from an earlier model must not reach a later one."""
     import warnings
 
     from nbatune.training import AnswerOnlyTrainer

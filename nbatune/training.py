@@ -89,6 +89,16 @@ class AnswerOnlyTrainer(Trainer):
                                      "lower the learning rate or check the data")
         return (loss, None) if return_outputs else loss
 
+    def create_optimizer(self, *args, **kwargs):
+        """bitsandbytes keeps its per-parameter overrides (the Trainer's "embeddings in 32-bit") in a process-wide
+        singleton keyed by id(param): a parameter of this model that reuses a freed id of an earlier technique's
+        would inherit its override. Start each optimizer from a clean manager."""
+        import sys
+
+        if "bitsandbytes" in sys.modules:
+            sys.modules["bitsandbytes"].optim.GlobalOptimManager.get_instance().initialize()
+        return super().create_optimizer(*args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
         """Write the checkpoint into a hidden staging folder, then rename it into place: a crash while
         writing leaves the previous checkpoint as the latest complete one, never a half-written folder."""
