@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import tiny_config
+from tests.helpers import ANSWERING, tiny_config
 
 from implement_rec_036 import ConfigError, ImplementImplementFullFinetuningLoraAndQloraTechniques
 from nbatune.config import load_config
@@ -30,11 +30,12 @@ METHOD_KEYS = {"trainable_params", "total_params", "loss_curve", "final_train_lo
 
 
 @pytest.fixture(scope="module")
-def executed(tiny_model_dir, tmp_path_factory):
-    """One full setup()/execute() of base + full + LoRA + QLoRA on the tiny model."""
+def executed(answering_model_dir, tmp_path_factory):
+    """One full setup()/execute() of base + full + LoRA + QLoRA on the answering tiny model, checkpoints on
+    (they are artefacts too)."""
     tmp = tmp_path_factory.mktemp("facade")
     impl = ImplementImplementFullFinetuningLoraAndQloraTechniques(
-        config=tiny_config(tiny_model_dir, tmp, **{"train.save_steps": 2}))  # checkpoints on: they are artefacts too
+        config=tiny_config(answering_model_dir, tmp, **{**ANSWERING, "train.save_steps": 2}))
     impl.setup()
     return impl, impl.execute()
 
@@ -107,6 +108,10 @@ def test_results_carry_baselines_retention_learning_curves_and_provenance(execut
         assert curve[0]["tokens"] == res[m]["train_tokens"] and 0 <= curve[0]["exact_match"] <= 1
         assert [r["seed"] for r in res[m]["repeats"]] == [0]
     assert cmp["comparisons_made"] == 3
+    # the answering tiny model: the comparison's numbers are not all the same zero
+    assert len({res[m]["accuracy"] for m in ("base", "full", "lora", "qlora")}) > 1
+    assert any(cmp["learned"][m]["diff"] != 0 for m in ("full", "lora", "qlora"))
+    assert any(p["diff"] != 0 for p in cmp["pairs"].values())
     report = (Path(res["run_dir"]) / "report.md").read_text()
     assert "Every technique trained the same steps on the same examples in the same order: 4 steps" in report
     assert "Strongest baseline" in report and "Forgetting" in report and "NF4" in report

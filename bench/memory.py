@@ -75,9 +75,11 @@ def child(model: str, method: str, batch: int, gc: bool, steps: int, models_dir:
 
     training.answer_only_loss = recording_loss
     cfg, rt, path, tok, rows = setup_run(model, method, batch, gc, steps, models_dir)
-    with PeakMemory(rt.device) as mem:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nbatune-memory-") as out, PeakMemory(rt.device) as mem:
         m = load_model(path, method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed, gc)
-        training.train(m, tok, rows, method, cfg.train, rt, Path("/tmp/nbatune-bench/memory"), cfg.seed)
+        training.train(m, tok, rows, method, cfg.train, rt, Path(out), cfg.seed)
     print("PEAK " + json.dumps({"peak": mem.peak_bytes, "batches": batches}), flush=True)
 
 

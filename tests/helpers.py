@@ -52,6 +52,34 @@ def tiny_llama(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def answering_model(tiny_dir: Path, out: Path, steps: int = 300) -> Path:
+    """Fit the random tiny model, with the project's own full fine-tuning, to the built-in data that
+    ``tiny_config`` asks about, its validation and test questions included on purpose: it then answers every question
+    with a non-empty line and gets some of the test right, so end-to-end tests score real answers (a random
+    tiny model's greedy answers are all empty: it ends the line at once)."""
+    import json
+
+    from nbatune.compare import Comparison
+    from nbatune.data import builtin
+
+    d = tiny_config(tiny_dir, out)["data"]
+    splits = builtin.build(d["seed"], d["train_size"], d["val_size"], d["test_size"])
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "fit.jsonl"
+    data.write_text("".join(json.dumps(e.to_dict()) + "\n" for s in ("train", "validation", "test") for e in splits[s]))
+    cfg = tiny_config(tiny_dir, out, methods=["full"], evaluate_base=False, run_name="fit",
+                      **{"data.source": str(data), "data.format": "nba", "eval.retention": False,
+                         "train.max_steps": steps, "train.learning_rate": {"full": 3e-3}, "train.batch_size": 16,
+                         "train.curve_steps": 0, "train.logging_steps": 50, "eval.few_shot": 0})
+    cmp = Comparison(cfg).setup()
+    res = cmp._run_method("full", cmp.cfg.seed)
+    assert res.status.value == "ok", res.error
+    return Path(res.saved_path)
+
+
+ANSWERING = {"eval.max_new_tokens": 32}  # tiny_config overrides for the answering model: room for a formula
+
+
 def tiny_config(model_dir, tmp_path, **over) -> dict:
     """A run config for the tiny model: a few steps, small data, fp32 for exact comparisons."""
     cfg = {

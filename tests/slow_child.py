@@ -2,6 +2,7 @@
 parent can kill or interrupt it mid-run.
 
     python tests/slow_child.py CONFIG_JSON DELAY_SECONDS [STEPS_FILE]
+    python tests/slow_child.py --cli DELAY_SECONDS STEPS_FILE NBATUNE_ARGS...   (exits with the CLI's code)
 
 With STEPS_FILE, one line is appended there after every finished step.
 """
@@ -13,11 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nbatune.compare import Comparison  # noqa: E402
 from nbatune.training import AnswerOnlyTrainer  # noqa: E402
 
-cfg_path, delay = sys.argv[1], float(sys.argv[2])
-steps_file = sys.argv[3] if len(sys.argv) > 3 else None
+cli = sys.argv[1] == "--cli"
+args = sys.argv[2:] if cli else sys.argv[1:]
+if cli:
+    delay, steps_file, cli_args = float(args[0]), args[1], args[2:]
+else:
+    cfg_path, delay, steps_file = args[0], float(args[1]), args[2] if len(args) > 2 else None
 step = AnswerOnlyTrainer.training_step
 
 
@@ -31,4 +35,10 @@ def slow(self, *a, **k):
 
 
 AnswerOnlyTrainer.training_step = slow
+if cli:
+    from nbatune.cli import main
+
+    sys.exit(main(cli_args))
+from nbatune.compare import Comparison  # noqa: E402
+
 Comparison(json.loads(Path(cfg_path).read_text())).execute()

@@ -8,54 +8,71 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import tiny_config
+from tests.helpers import ANSWERING, tiny_config
 from nbatune.compare import Comparison
+
+TECHNIQUES = ("full", "lora", "qlora")
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model_dir, tmp_path_factory):
+def run(answering_model_dir, tmp_path_factory):
+    """A run on the answering tiny model, checkpoints on: every model gives non-empty answers, and no two
+    models give the same list of answers (checked below), so a reload of the wrong model cannot pass."""
     tmp = tmp_path_factory.mktemp("artifacts")
-    cmp = Comparison(tiny_config(tiny_model_dir, tmp, methods=["full", "lora", "qlora"]))
+    cmp = Comparison(tiny_config(answering_model_dir, tmp, methods=list(TECHNIQUES),
+                                 **{**ANSWERING, "train.save_steps": 2}))
     cmp.setup()
     res = cmp.execute()
     return cmp, res
 
 
-def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_logits(run, tiny_model_dir):
+def test_the_fixture_models_answer_and_answer_differently(run):
+    _, res = run
+    answers = {m: res[m]["predictions"] for m in ("base", *TECHNIQUES)}
+    assert all(all(a) for a in answers.values()), "every model must answer every question"
+    assert len({tuple(a) for a in answers.values()}) == 4, "no two models may give the same answers"
+    assert any(res[m]["accuracy"] > 0 for m in answers) and len({res[m]["accuracy"] for m in answers}) > 1
+
+
+def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_logits(run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     cmp, res = run
+    base_dir = res["model_path"]
     ids = torch.tensor([cmp.train_rows[0]["input_ids"]])
     # the model as trained, rebuilt in memory from the same base and the saved weights
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     reloaded = PeftModel.from_pretrained(base, res["lora"]["saved_path"]).eval()
     adapter_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in adapter_b), "the saved adapter must hold trained (non-zero) B weights"
     with torch.no_grad():
         a = reloaded(input_ids=ids).logits
-        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)(input_ids=ids).logits
     assert not torch.allclose(a, plain), "the adapter must change the output"
     from nbatune.inference import merge_adapter
 
-    merged_dir = merge_adapter(res["run_dir"], "lora", dtype="float32")
+    merged_dir = merge_adapter(res["run_dir"], "lora", tmp_path / "merged", dtype="float32")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, a, rtol=1e-4, atol=1e-4)
     assert (Path(merged_dir) / "model.safetensors").is_file()
-    bf16_dir = merge_adapter(res["run_dir"], "lora", Path(res["run_dir"]) / "lora" / "merged-bf16")
+    bf16_dir = merge_adapter(res["run_dir"], "lora", tmp_path / "merged-bf16")
     assert AutoModelForCausalLM.from_pretrained(bf16_dir).dtype == torch.bfloat16  # the default export
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
-def test_a_reloaded_model_reproduces_its_scored_answers(run, method):
+@pytest.mark.parametrize("method", TECHNIQUES)
+def test_a_reloaded_model_reproduces_its_scored_answers_and_no_other_models(run, method):
     from nbatune.evaluation import answer_and_score
     from nbatune.inference import load_from_run
 
     cmp, res = run
     model, tok, rt, _ = load_from_run(res["run_dir"], method)
-    again = answer_and_score(model, tok, cmp.test_records[:8], rt, cmp.cfg.eval, cmp.pools)["predictions"]
-    assert again == res[method]["predictions"][:8]
+    again = answer_and_score(model, tok, cmp.test_records, rt, cmp.cfg.eval, cmp.pools)
+    assert again["predictions"] == res[method]["predictions"] and again["accuracy"] == res[method]["accuracy"]
+    for other in ("base", *TECHNIQUES):  # what a reload of the wrong technique, or of the base, would give
+        if other != method:
+            assert again["predictions"] != res[other]["predictions"], other
 
 
 def test_full_model_reloads_with_plain_transformers(run):
@@ -66,11 +83,13 @@ def test_full_model_reloads_with_plain_transformers(run):
     assert sum(p.numel() for p in model.parameters()) == res["full"]["total_params"]
 
 
-def test_report_rebuilds_from_saved_results_without_retraining(run):
+def test_report_rebuilds_from_saved_results_without_retraining(run, tmp_path):
+    import shutil
+
     from nbatune.report import rebuild, table
 
     _, res = run
-    run_dir = Path(res["run_dir"])
+    run_dir = Path(shutil.copytree(res["run_dir"], tmp_path / "run"))  # the module's run stays as it was
     first = (run_dir / "report.md").read_text()
     (run_dir / "report.md").unlink()
     again = rebuild(run_dir)
@@ -91,12 +110,22 @@ def test_rebuild_report_gives_the_same_table_from_a_saved_run(run):
     assert again["comparison"]["recommendation"] == res["comparison"]["recommendation"]
 
 
-def test_cli_asks_a_saved_adapter_a_question(run, capsys):
+@pytest.mark.parametrize("method", TECHNIQUES)
+def test_ask_prints_the_answer_that_was_scored(run, capsys, method):
+    """One question alone, as a user asks it, gets the answer scored in a batch; the question is one whose
+    scored answers differ between every two models, so printing another model's answer would fail."""
+    from nbatune.baselines import question_text
     from nbatune.cli import main
+    from nbatune.evaluation import answer_budgets
 
-    _, res = run
-    assert main(["ask", res["run_dir"], "Who won the 1998 NBA title?", "--method", "lora", "--max-new-tokens", "4"]) == 0
-    assert capsys.readouterr().out.strip() != ""
+    cmp, res = run
+    models = ("base", *TECHNIQUES)
+    i = next(i for i in range(len(cmp.test_records))
+             if len({res[m]["predictions"][i] for m in models}) == len(models))
+    rec = cmp.test_records[i]
+    budget = answer_budgets(cmp.tokenizer, [rec], cmp.cfg.eval.max_new_tokens)[0]
+    assert main(["ask", res["run_dir"], question_text(rec), "--method", method, "--max-new-tokens", str(budget)]) == 0
+    assert capsys.readouterr().out.strip() == res[method]["predictions"][i]
 
 
 def test_cli_validate_exits_1_with_the_reason(tmp_path, capsys):

@@ -68,13 +68,13 @@ def test_gpu_script_dry_run_checks_everything_but_the_gpu(tmp_path):
     assert "facade config ok" in out.stdout and "dry run: ok" in out.stdout
 
 
-def test_sweep_picks_each_techniques_best_rate_on_validation(tiny_model_dir, tmp_path):
+def test_sweep_picks_each_techniques_best_rate_on_validation(answering_model_dir, tmp_path):
     import yaml
 
-    from tests.helpers import tiny_config
+    from tests.helpers import ANSWERING, tiny_config
 
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, tmp_path)))
+    cfg.write_text(yaml.safe_dump(tiny_config(answering_model_dir, tmp_path, **ANSWERING)))
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep.py"), "--config", str(cfg), "--methods", "lora",
                           "--grid", "lora=1e-9,5e-3", "--steps", "3", "--val-rows", "8", "--json", str(tmp_path / "s.json")],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -82,5 +82,6 @@ def test_sweep_picks_each_techniques_best_rate_on_validation(tiny_model_dir, tmp
     res = json.loads((tmp_path / "s.json").read_text())
     scores = {r["learning_rate"]: r["validation_exact_match"] for r in res["runs"]}
     assert set(scores) == {1e-9, 5e-3} and all(len(r["curve"]) >= 1 for r in res["runs"])
+    assert scores[1e-9] != scores[5e-3], "the answering model's scores must differ, or the pick is the tie-break"
     assert res["best"]["lora"] == max(scores, key=lambda lr: (scores[lr], -lr))
     assert "| lora | 3 steps |" in out.stdout

@@ -4,7 +4,7 @@ fixed test set, baselines, and the statistics that decide what is "real"."""
 from __future__ import annotations
 
 import pytest
-from tests.helpers import tiny_config
+from tests.helpers import ANSWERING, tiny_config
 
 from nbatune import baselines, evaluation
 from nbatune.compare import Comparison
@@ -79,18 +79,51 @@ def test_every_technique_sees_the_same_examples_in_the_same_order(tiny_model_dir
     assert seen["full"][1] == cmp.cfg.train.max_steps
 
 
-def test_repeats_vary_training_seeds_on_one_fixed_test_set(tiny_model_dir, tmp_path):
-    cfg = tiny_config(tiny_model_dir, tmp_path, methods=["lora", "qlora"], evaluate_base=False,
-                      **{"train.repeats": 2, "eval.retention": False})
+def test_another_seed_changes_the_adapter_initialisation_and_the_data_order(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    from nbatune.data import tokenize
+    from nbatune.modeling import load_model
+
+    batches: list = []
+    real_call = tokenize.PackedCollator.__call__
+    monkeypatch.setattr(tokenize.PackedCollator, "__call__",
+                        lambda self, batch: batches.append([tuple(b["input_ids"]) for b in batch]) or real_call(self, batch))
+    cmp = Comparison(tiny_config(tiny_model_dir, tmp_path, evaluate_base=False, **{"eval.retention": False})).setup()
+    orders, adapters = {}, {}
+    for run, seed in (("a", 0), ("b", 1), ("again", 0)):
+        batches.clear()
+        assert cmp._run_method("lora", seed, save=False).status.value == "ok"
+        orders[run] = list(batches)
+        model = load_model(cmp.model_path, "lora", cmp.cfg.model, cmp.rt, cmp.cfg.lora, cmp.cfg.quant, seed)
+        adapters[run] = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_A" in n])
+    assert orders["a"] == orders["again"] and orders["a"] != orders["b"]
+    assert sorted(map(sorted, orders["a"])) != sorted(map(sorted, orders["b"])) or orders["a"] != orders["b"]
+    assert torch.equal(adapters["a"], adapters["again"]) and not torch.equal(adapters["a"], adapters["b"])
+
+
+def test_repeats_vary_training_seeds_on_one_fixed_test_set(answering_model_dir, tmp_path):
+    import statistics
+
+    cfg = tiny_config(answering_model_dir, tmp_path, methods=["lora", "qlora"], evaluate_base=False,
+                      **{**ANSWERING, "train.repeats": 2, "eval.retention": False})
     res = Comparison(cfg).setup().execute()
     for m in ("lora", "qlora"):
         reps = res[m]["repeats"]
         assert [r["seed"] for r in reps] == [0, 1]
         assert all(len(r["correct"]) == len(res["test_questions"]) for r in reps)
-        assert res[m]["accuracy_mean"] == pytest.approx(sum(r["accuracy"] for r in reps) / 2)
-        assert res[m]["accuracy_sd"] is not None
+        # another seed: another adapter initialisation and data order, so other losses from the first step on
+        curves = [r["learning_curve"] for r in reps]
+        assert reps[0]["final_train_loss"] != reps[1]["final_train_loss"], m
+        assert curves[0][-1]["exact_match"] != curves[1][-1]["exact_match"] or reps[0]["correct"] != reps[1]["correct"]
+        accs = [r["accuracy"] for r in reps]
+        assert res[m]["accuracy_mean"] == pytest.approx(statistics.mean(accs))
+        assert res[m]["accuracy_sd"] == pytest.approx(statistics.stdev(accs))
     pair = res["comparison"]["pairs"]["qlora-vs-lora"]
-    assert pair["seeds"]["seeds"] == 2 and isinstance(pair["real"], bool) and "p_holm" in pair
+    spread = pair["seeds"]
+    assert spread["seeds"] == 2 and "p_holm" in pair
+    assert spread["mean_diff"] == pytest.approx(res["qlora"]["accuracy_mean"] - res["lora"]["accuracy_mean"])
+    assert spread["spread"] == pytest.approx(2 * max(res["qlora"]["accuracy_sd"], res["lora"]["accuracy_sd"]))
     # another training seed trains differently; another data seed draws another test set
     other = Comparison({**cfg, "seed": 5}).setup()
     assert [r["messages"] for r in other.test_records] == [r["messages"] for r in Comparison(cfg).setup().test_records]

@@ -125,7 +125,8 @@ def _expected(cat: str, text: str) -> float:
 def test_every_computed_answer_recomputes_from_its_stat_line(default_build):
     """The answer is a formula with the line's numbers; computed by the scorer's own parser it must give
     the value an independent implementation gets from the shown line (to 1e-9), and the value quoted at
-    the usual precision must pass the tolerance too."""
+    the usual precision must pass the tolerance too, while one quoted 1.5 rounding units off must not
+    (a tolerance is half a unit)."""
     from nbatune.evaluation import scorer
 
     checked = 0
@@ -137,6 +138,9 @@ def test_every_computed_answer_recomputes_from_its_stat_line(default_build):
             assert scorer().value_of(e.answer) == pytest.approx(want, rel=1e-9, abs=1e-9), (e.category, e.answer)
             quoted = next(t.fmt for t in builtin.COMPUTE_TASKS if t.category == e.category).format(want)
             assert scorer().is_correct(quoted, e.answer, "number", e.tolerance), (quoted, e.answer)
+            for off in (want + 3 * e.tolerance, want - 3 * e.tolerance):
+                wrong = next(t.fmt for t in builtin.COMPUTE_TASKS if t.category == e.category).format(off)
+                assert not scorer().is_correct(wrong, e.answer, "number", e.tolerance), (wrong, e.answer)
             checked += 1
     assert checked > 1000
 

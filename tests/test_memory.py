@@ -117,7 +117,7 @@ def test_warn_policy_logs_and_carries_on(tiny_model_dir, tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_estimate_is_within_30_percent_of_the_measured_peak():
+def test_estimate_is_within_30_percent_of_the_measured_peak(tmp_path):
     """The embedded SmolLM2 trained with LoRA in a fresh process (bench/memory.py's own measurement).
     The estimate errs high here: +21% with SDPA and rows of 256, +27% with the lean eager kernel and rows
     of 128 (STATUS.md), so the bound is 30%, not the 25% it was."""
@@ -126,14 +126,16 @@ def test_estimate_is_within_30_percent_of_the_measured_peak():
     from memory import predict
 
     case = ["embedded", "lora", "8", "0"]
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--steps", "8", "--one", *case],
+    models = str(tmp_path / "models")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--steps", "8", "--models-dir", models,
+                          "--one", *case],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     line = [x for x in out.stdout.splitlines() if x.startswith("PEAK ")]
     assert line, out.stderr[-2000:]
     got = json.loads(line[0][5:])
-    predicted = predict("embedded", "lora", 8, False, 8, "/tmp/nbatune-bench/models", got["batches"]).total
+    predicted = predict("embedded", "lora", 8, False, 8, models, got["batches"]).total
     assert predicted == pytest.approx(got["peak"], rel=0.30), (predicted, got["peak"])
-    planned = predict("embedded", "lora", 8, False, 8, "/tmp/nbatune-bench/models").total
+    planned = predict("embedded", "lora", 8, False, 8, models).total
     assert planned >= predicted  # the plan sizes for the largest of many batches, not the eight trained here
 
 

@@ -87,7 +87,7 @@ def test_skipping_peft_input_casts_under_autocast_changes_no_loss_or_gradient():
     from nbatune.modeling import lora_config, skip_adapter_input_casts
     from tests.helpers import tiny_llama
 
-    ids = torch.randint(3, 64, (2, 10))
+    ids = torch.randint(3, 64, (2, 10), generator=torch.Generator().manual_seed(0))
     runs = []
     for skip in (False, True):
         torch.manual_seed(0)
@@ -103,3 +103,52 @@ def test_skipping_peft_input_casts_under_autocast_changes_no_loss_or_gradient():
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
     assert any(g.abs().sum() > 0 for g in runs[1][1])
+
+
+@pytest.mark.parametrize("method", ["base", "full", "lora", "qlora"])
+def test_each_technique_gets_the_precision_the_report_states(tiny_model_dir, method, monkeypatch):
+    """Under bf16 (what `auto` picks on a CPU with native bf16, and on GPUs): full fine-tuning and the base
+    keep fp32 weights and compute in bf16 under autocast; LoRA's frozen base is stored in bf16; QLoRA's
+    in 4-bit NF4 with bf16 compute; adapters are fp32 in both. report.PRECISION says the same in words."""
+    import torch
+
+    from nbatune.config import LoraSettings, ModelConfig, QuantSettings
+    from nbatune.modeling import load_model
+    from nbatune.report import PRECISION
+    from nbatune.runtime import Runtime
+
+    rt = Runtime("cpu", "bf16")
+    model = load_model(str(tiny_model_dir), method, ModelConfig(), rt, LoraSettings(), QuantSettings(), 0)
+    params = dict(model.named_parameters())
+    adapters = {n: p for n, p in params.items() if "lora_" in n}
+    frozen_linear = {n: p for n, p in params.items() if n.endswith("proj.weight") or ".base_layer.weight" in n}
+    if method in ("base", "full"):
+        assert all(p.dtype == torch.float32 for p in params.values()) and not adapters
+        assert all(p.requires_grad for p in params.values()) == (method == "full")
+    else:
+        assert adapters and all(p.dtype == torch.float32 and p.requires_grad for p in adapters.values())
+        assert not any(p.requires_grad for n, p in params.items() if n not in adapters)
+        want = torch.uint8 if method == "qlora" else torch.bfloat16  # NF4 packs two values per byte
+        assert frozen_linear and all(p.dtype == want for p in frozen_linear.values())
+        if method == "qlora":
+            import bitsandbytes as bnb
+
+            layer = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+            assert layer.compute_dtype == torch.bfloat16 and layer.weight.quant_state.quant_type == "nf4"
+    computed = []
+    if method == "qlora":  # bitsandbytes casts to compute_dtype, multiplies, and casts back to the input's dtype
+        import bitsandbytes as bnb
+
+        real = bnb.matmul_4bit
+        monkeypatch.setattr(bnb, "matmul_4bit", lambda x, *a, **k: computed.append(x.dtype) or real(x, *a, **k))
+    else:
+        proj = next(m for n, m in model.named_modules() if n.endswith(("q_proj", "q_proj.base_layer"))
+                    and isinstance(m, torch.nn.Linear))
+        proj.register_forward_hook(lambda mod, i, o: computed.append(o.dtype))
+    with rt.autocast():
+        model(input_ids=torch.tensor([[3, 4, 5]]))
+    assert computed and set(computed) == {torch.bfloat16}  # every technique multiplies in bf16
+    if method != "base":
+        words = {"full": "fp32 master weights under bf16 autocast", "lora": "frozen base stored in bf16",
+                 "qlora": "4-bit NF4 with bf16 compute"}[method]
+        assert words in PRECISION[method]

@@ -134,9 +134,35 @@ def test_ctrl_c_saves_a_checkpoint_and_partial_results_then_resumes(tiny_model_d
     assert res["qlora"]["status"] == "ok" and [s for s, _ in res["qlora"]["loss_curve"]][-1] == 8
 
 
+def test_ctrl_c_in_the_cli_exits_130_and_run_resume_finishes_it(tiny_model_dir, tmp_path, capsys):
+    import yaml
+
+    from nbatune.cli import main
+
+    cfg = _cfg(tiny_model_dir, tmp_path, **{"train.save_steps": 0, "eval.retention": False})
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    steps = tmp_path / "steps.txt"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "slow_child.py"), "--cli", "0.4", str(steps), "run",
+                             "--config", str(cfg_file)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_when(proc, lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 3, 180, signal.SIGINT)
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: interrupted during lora; resume with" in err
+    run = Path(cfg["output_dir"]) / "r"
+    assert json.loads((run / "results.json").read_text())["lora"]["status"] == "interrupted"
+    done = latest_checkpoint(run / "lora" / "checkpoints")
+    assert done is not None and int(done.name.split("-")[1]) >= 3
+
+    assert main(["run", "--config", str(cfg_file), "--resume"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    assert res["lora"]["status"] == "ok" and [s for s, _ in res["lora"]["loss_curve"]] == list(range(1, 9))
+    assert "results: " in capsys.readouterr().out
+
+
 class _Evil:
-    def __reduce__(self):
-        return (os.system, (f"touch {os.environ.get('EVIL_SENTINEL', '/tmp/nbatune-evil')}",))
+    def __reduce__(self):  # the tests set EVIL_SENTINEL to a file in their own tmp_path
+        return (os.system, (f"touch {os.environ['EVIL_SENTINEL']}",))
 
 
 def _resumable_run(model_dir, tmp_path) -> tuple[dict, Path]:
@@ -204,7 +230,12 @@ def test_package_requires_a_torch_with_safe_loading():
 
 @pytest.mark.slow
 def test_two_processes_train_different_data_and_end_with_identical_adapters(tiny_model_dir, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    import socket
+
+    with socket.socket() as sock:  # a free port, not a fixed one another run may hold
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            str(ROOT / "tests" / "ddp_worker.py"), str(tiny_model_dir), str(tmp_path)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
