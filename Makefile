@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup run quick seeds test test-fast dataset bench bench-memory sweep gpu-bundle clean
+.PHONY: setup run quick seeds test test-fast mutation dataset bench bench-memory sweep gpu-bundle clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,13 @@ test: setup
 # Unit tests only (seconds to a couple of minutes).
 test-fast: setup
 	$(BIN)/python -m pytest -q
+
+# Tests of the tests: mutants of the scorer, the baselines and the decision rules against the fast tests that
+# cover them ([tool.mutmut] in pyproject.toml); prints the killed share and lists the survivors.
+mutation: setup
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 > /dev/null || true
+	$(BIN)/python bench/mutation_score.py
 
 dataset: setup
 	$(BIN)/nbatune dataset build --out data/nba

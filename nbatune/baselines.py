@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 
-from .evaluation import scorer
+from .scoring import scorer
 
 MAX_CONSTANTS = 300  # most frequent training answers tried per category (ties broken by first seen)
 

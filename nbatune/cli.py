@@ -199,18 +199,19 @@ def _export(args) -> int:
 
 
 def _dataset(args) -> int:
+    from . import dataset_card
     from .data import builtin
 
     if args.action == "build":
         splits = builtin.build(args.seed, args.train_size, args.val_size, args.test_size)
-        out = builtin.write(splits, args.out)
-        print(builtin.card(splits))
+        out = dataset_card.write(splits, args.out)
+        print(dataset_card.card(splits))
         print(f"written to {out}")
         return 0
     if args.action == "inspect":
         splits = builtin.build(args.seed)
         measured = json.loads(Path(args.results).read_text()).get("baselines") if args.results else None
-        print(builtin.card(splits, measured))
+        print(dataset_card.card(splits, measured))
         return 0
     from .data.loading import DataError, detect_format, read_source, to_record
 

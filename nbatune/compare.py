@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import baselines, evaluation, provenance, report, rundir
+from . import baselines, decisions, evaluation, provenance, report, rundir, scoring
 from .config import METHODS, RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
@@ -73,7 +73,7 @@ class Comparison:
         self.val_rows, val_stats = tokenize_records(val_records, self.tokenizer, cfg.model.max_length, "drop",
                                                     "validation", cfg.data.train_on == "all_assistant_turns")
         self.test_records = self.records["test"][: cfg.eval.max_test_examples]
-        self.pools = evaluation.candidate_pools(*self.records.values())
+        self.pools = scoring.candidate_pools(*self.records.values())
         self.retention_records = retention.records(cfg.model.system_prompt) if cfg.eval.retention else []
         self.curve_rows = self.val_rows[: cfg.eval.curve_examples]
         self.dataset_info = {
@@ -167,7 +167,7 @@ class Comparison:
         self.results["total_seconds"] = time.perf_counter() - t0
         if not self.is_main:
             return self.results
-        self.results["comparison"] = report.comparison(self.results)
+        self.results["comparison"] = decisions.comparison(self.results)
         self._write()
         self.results["report"] = report.write_all(self.results, self.run_dir)
         self._write()
@@ -177,7 +177,7 @@ class Comparison:
         """The best rule per category (constant answer or copying a number), fitted on train, scored on test."""
         rules = baselines.fit_trivial(self.records["train"], self.pools, {r["category"] for r in self.test_records})
         preds = baselines.trivial_predictions(rules, self.test_records)
-        return {**evaluation.score(self.test_records, preds, self.pools), "predictions": preds, "rules": rules}
+        return {**scoring.score(self.test_records, preds, self.pools), "predictions": preds, "rules": rules}
 
     def _add_base_baselines(self, base: MethodResult) -> None:
         if base.status != Status.OK:

@@ -7,153 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from .config import METHODS
-from .evaluation import paired_difference
-
-ORDER = ("base", *METHODS)
-LABEL = {"base": "base (untouched)", "full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit)"}
-
-
-def _ok(results: dict) -> dict[str, dict]:
-    return {m: results[m] for m in ORDER if isinstance(results.get(m), dict) and results[m].get("status") == "ok"}
-
-
-BASELINE_LABEL = {"trivial": "best trivial answer per category", "zero_shot": "base zero-shot",
-                  "few_shot": "base few-shot"}
-
-
-def baseline_accuracies(results: dict) -> dict[str, dict]:
-    """The baselines a run measured, each with accuracy, interval, per-category scores and flags."""
-    return {k: v for k, v in (results.get("baselines") or {}).items() if isinstance(v, dict) and "correct" in v}
-
-
-def comparison(results: dict) -> dict:
-    """What a team decides from: each technique against the strongest baseline (learned), against the
-    base on the retention set (forgot), and against each other (real only when the paired test,
-    Holm-adjusted over the pairs made, and the seed spread both say so); winners and a recommendation."""
-    ok = _ok(results)
-    trained = {m: r for m, r in ok.items() if m != "base"}
-    base_lines = baseline_accuracies(results)
-    out: dict = {"baselines": {k: v["accuracy"] for k, v in base_lines.items()}, "learned": {}, "forgot": {},
-                 "pairs": {}, "winners": {}, "recommendation": ""}
-    strongest = max(base_lines, key=lambda k: base_lines[k]["accuracy"]) if base_lines else None
-    out["strongest_baseline"] = strongest
-    for m, r in trained.items():
-        if strongest:
-            d = paired_difference(r["correct"], base_lines[strongest]["correct"])
-            out["learned"][m] = {**d, "vs": strongest, "learned": d["ci95"][0] > 0}
-        base_ret = (ok.get("base") or {}).get("retention") or {}
-        if base_ret.get("correct") and (r.get("retention") or {}).get("correct"):
-            d = paired_difference(base_ret["correct"], r["retention"]["correct"])
-            out["forgot"][m] = {**d, "base": base_ret["accuracy"], "after": r["retention"]["accuracy"]}
-    names = list(trained)
-    raw = {}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            key = f"{b}-vs-{a}"
-            out["pairs"][key] = {**paired_difference(trained[b]["correct"], trained[a]["correct"]),
-                                 "p_mcnemar": mcnemar(trained[b]["correct"], trained[a]["correct"]),
-                                 "seeds": seed_spread(trained[b], trained[a])}
-            raw[key] = out["pairs"][key]["p_mcnemar"]
-    for key, p_adj in holm(raw).items():
-        pair = out["pairs"][key]
-        pair["p_holm"] = p_adj
-        spread = pair["seeds"]
-        pair["beyond_seed_spread"] = None if spread is None else abs(spread["mean_diff"]) > spread["spread"]
-        pair["real"] = (p_adj < 0.05 and not pair["within_noise"] and bool(pair["beyond_seed_spread"]))
-    out["comparisons_made"] = len(raw)
-    not_compared = _not_compared(results)
-    if not trained:
-        out["recommendation"] = " ".join(["No technique finished; see the errors in results.json.", *not_compared])
-        return out
-    best_q = max(trained, key=lambda m: trained[m].get("accuracy_mean") or trained[m]["accuracy"])
-    out["winners"] = {
-        "quality": best_q,
-        "memory": min(trained, key=lambda m: trained[m]["peak_memory_bytes"]),
-        "speed": max(trained, key=lambda m: trained[m]["tokens_per_second"]),
-        "disk": min(trained, key=lambda m: trained[m]["saved_bytes"] or float("inf")),
-    }
-    rec = []
-    if strongest:
-        sb = base_lines[strongest]["accuracy"]
-        parts = [f"{LABEL[m]} {trained[m]['accuracy']:.1%} ({d['diff']:+.1%}, 95% CI {d['ci95'][0]:+.1%} to "
-                 f"{d['ci95'][1]:+.1%}{'' if d['learned'] else '; NOT above it'})" for m, d in out["learned"].items()]
-        rec.append(f"Strongest baseline: {BASELINE_LABEL.get(strongest, strongest)} at {sb:.1%}. Against it: "
-                   + "; ".join(parts) + ".")
-    tied = [m for m in trained if m != best_q and not _pair(out, best_q, m).get("real")]
-    rec.append(f"Best accuracy: {LABEL[best_q]} ({trained[best_q]['accuracy']:.1%}).")
-    if tied:
-        why = ("one training seed, so the seed spread is unknown (train.repeats)" if
-               any(_pair(out, best_q, m)["seeds"] is None for m in tied) else
-               "paired test (Holm-adjusted) and seed spread")
-        rec.append(f"Its lead over {', '.join(LABEL[m] for m in tied)} is not established ({why}).")
-        cheapest = min([best_q] + tied, key=lambda m: (trained[m]["peak_memory_bytes"], trained[m]["saved_bytes"]))
-        if cheapest != best_q:
-            rec.append(f"With quality not told apart, prefer {LABEL[cheapest]}: less peak memory "
-                       f"({_mb(trained[cheapest]['peak_memory_bytes'])} vs {_mb(trained[best_q]['peak_memory_bytes'])})"
-                       f" and a {_mb(trained[cheapest]['saved_bytes'])} artefact.")
-    else:
-        rec.append("Its lead over the other techniques exceeds both the paired-test noise and the seed spread.")
-    if out["forgot"]:
-        rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
-            f"{LABEL[m]} {f['diff']:+.1%} ({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%})"
-            for m, f in out["forgot"].items()) + ".")
-    out["recommendation"] = " ".join(rec + not_compared)
-    return out
-
-
-def _not_compared(results: dict) -> list[str]:
-    """One sentence per technique that did not finish, so a reader never mistakes a missing column for a
-    technique that was not asked for."""
-    return [f"Not compared: {LABEL[m]} {results[m]['status']} ({str(results[m].get('error'))[:160]})."
-            for m in METHODS if isinstance(results.get(m), dict) and results[m].get("status") != "ok"]
-
-
-def mcnemar(a: list[bool], b: list[bool]) -> float:
-    """Exact two-sided McNemar p-value for paired right/wrong flags."""
-    from math import comb
-
-    n01 = sum(1 for x, y in zip(a, b) if x and not y)
-    n10 = sum(1 for x, y in zip(a, b) if y and not x)
-    n = n01 + n10
-    if n == 0:
-        return 1.0
-    k = min(n01, n10)
-    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
-
-
-def holm(pvalues: dict[str, float]) -> dict[str, float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone)."""
-    order = sorted(pvalues, key=pvalues.get)
-    out, running = {}, 0.0
-    for i, k in enumerate(order):
-        running = max(running, min(1.0, (len(order) - i) * pvalues[k]))
-        out[k] = running
-    return out
-
-
-def seed_spread(a: dict, b: dict) -> dict | None:
-    """Mean accuracy difference a - b over the training seeds, and the spread it must exceed (the larger
-    of the two techniques' seed standard deviations, times two). None with fewer than 2 seeds each."""
-    ra = [r["accuracy"] for r in a.get("repeats") or [] if r.get("accuracy") is not None]
-    rb = [r["accuracy"] for r in b.get("repeats") or [] if r.get("accuracy") is not None]
-    if len(ra) < 2 or len(rb) < 2:
-        return None
-    import statistics
-
-    return {"mean_diff": statistics.mean(ra) - statistics.mean(rb),
-            "spread": 2 * max(statistics.stdev(ra), statistics.stdev(rb)), "seeds": min(len(ra), len(rb))}
-
-
-def _pair(cmp: dict, a: str, b: str) -> dict:
-    if f"{a}-vs-{b}" in cmp["pairs"]:
-        return cmp["pairs"][f"{a}-vs-{b}"]
-    p = cmp["pairs"][f"{b}-vs-{a}"]
-    return {**p, "diff": -p["diff"], "ci95": (-p["ci95"][1], -p["ci95"][0])}
-
-
-def _mb(b: float) -> str:
-    return f"{b / 2**20:,.0f} MiB" if b >= 2**20 else f"{b / 2**10:,.0f} KiB"
+from .decisions import BASELINE_LABEL, LABEL, ORDER, baseline_accuracies, comparison, finished, size_text
 
 
 def _est(r: dict) -> str:
@@ -186,8 +40,8 @@ def table(results: dict) -> str:
         rows.append(
             f"| {LABEL[m]} | ok | {r['trainable_params']:,} / {r['total_params']:,}{pct} | {acc} | {vs} | {ret_s} | "
             f"{r['eval_loss']:.3f} | {r['train_seconds']:.0f} s | {r['eval_seconds']:.0f} s | "
-            f"{r['tokens_per_second']:.0f} | {_mb(r['peak_memory_bytes'])}{_est(r)} | "
-            f"{_mb(r['saved_bytes']) if r['saved_bytes'] else '-'} |")
+            f"{r['tokens_per_second']:.0f} | {size_text(r['peak_memory_bytes'])}{_est(r)} | "
+            f"{size_text(r['saved_bytes']) if r['saved_bytes'] else '-'} |")
     return "\n".join(rows)
 
 
@@ -205,7 +59,7 @@ def baseline_table(results: dict) -> str:
 
 
 def category_table(results: dict) -> str:
-    ok = {m: r for m, r in _ok(results).items() if m != "base"}
+    ok = {m: r for m, r in finished(results).items() if m != "base"}
     cols = {BASELINE_LABEL.get(k, k): v for k, v in baseline_accuracies(results).items()}
     cols.update({LABEL[m]: r for m, r in ok.items()})
     cats = sorted({c for r in cols.values() for c in r["per_category"]})
@@ -234,7 +88,7 @@ PRECISION = {"full": "fp32 master weights under bf16 autocast", "lora": "frozen 
 def parity(results: dict) -> str:
     """Same data, steps and tokens for every technique; the precision each technique allows; where the
     learning rates came from."""
-    trained = {m: r for m, r in _ok(results).items() if m != "base"}
+    trained = {m: r for m, r in finished(results).items() if m != "base"}
     if not trained:
         return "No technique finished."
     seen = {(r["steps"], r["train_tokens"]) for r in trained.values()}
@@ -266,7 +120,7 @@ def pairs_table(cmp: dict) -> str:
 
 
 def samples(results: dict, k: int = 6) -> str:
-    ok = _ok(results)
+    ok = finished(results)
     if not ok:
         return ""
     test = results.get("test_questions") or []
@@ -289,7 +143,7 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = _ok(results)
+    ok = finished(results)
     trained = {m: r for m, r in ok.items() if m != "base"}
     paths = {}
     colors = {"base": "#888888", "full": "#1f77b4", "lora": "#2ca02c", "qlora": "#d62728"}

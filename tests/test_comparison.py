@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from tests.helpers import ANSWERING, tiny_config
 
-from nbatune import baselines, evaluation
+from nbatune import baselines, scoring
 from nbatune.compare import Comparison
-from nbatune.report import holm, mcnemar
+from nbatune.decisions import holm, mcnemar
 
 
 def test_mcnemar_matches_the_exact_binomial():
@@ -31,7 +31,7 @@ def test_trivial_baseline_finds_the_constant_and_the_copied_number():
 
     train = [rec("team", "who?", "Boston Celtics", "name")] * 3 + [rec("team", "who?", "Miami Heat", "name")]
     train += [rec("copy", f"{i} PTS, {i + 3} AST", f"AST = {i + 3}", "number", 0.01) for i in range(5)]
-    pools = evaluation.candidate_pools(train)
+    pools = scoring.candidate_pools(train)
     rules = baselines.fit_trivial(train, pools)
     assert rules["team"] == {"rule": "constant", "answer": "Boston Celtics", "train_accuracy": 0.75}
     assert rules["copy"]["rule"] == "copy_number" and rules["copy"]["index"] == 1

@@ -33,7 +33,9 @@ def test_size_knob_is_exact_and_explanations_are_training_only():
 
 
 def test_build_is_byte_identical_for_the_same_seed(tmp_path):
-    a, b = builtin.write(builtin.build(seed=3), tmp_path / "a"), builtin.write(builtin.build(seed=3), tmp_path / "b")
+    from nbatune import dataset_card
+
+    a, b = (dataset_card.write(builtin.build(seed=3), tmp_path / d) for d in "ab")
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "DATASET_CARD.md"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     assert (a / "test.jsonl").read_bytes() != builtin.write(builtin.build(seed=4), tmp_path / "c").joinpath(
@@ -127,7 +129,7 @@ def test_every_computed_answer_recomputes_from_its_stat_line(default_build):
     the value an independent implementation gets from the shown line (to 1e-9), and the value quoted at
     the usual precision must pass the tolerance too, while one quoted 1.5 rounding units off must not
     (a tolerance is half a unit)."""
-    from nbatune.evaluation import scorer
+    from nbatune.scoring import scorer
 
     checked = 0
     for rows in default_build.values():

@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
-from nbatune import report
-from nbatune.report import comparison, mcnemar
+from nbatune import decisions
+from nbatune.decisions import comparison, mcnemar
 
 N = 100
 
@@ -86,8 +86,8 @@ def test_not_real_when_only_the_seed_spread_disagrees():
 
 
 def test_not_real_when_only_the_interval_disagrees(monkeypatch):
-    real_difference = report.paired_difference
-    monkeypatch.setattr(report, "paired_difference", lambda a, b: {**real_difference(a, b), "within_noise": True})
+    real_difference = decisions.paired_difference
+    monkeypatch.setattr(decisions, "paired_difference", lambda a, b: {**real_difference(a, b), "within_noise": True})
     pair = comparison(run(full=tech(A_ONLY, SEEDS_A), lora=tech(B_ONLY, SEEDS_B)))["pairs"]["lora-vs-full"]
     assert pair["p_holm"] < 0.05 and pair["beyond_seed_spread"]
     assert pair["real"] is False

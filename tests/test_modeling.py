@@ -152,3 +152,45 @@ def test_each_technique_gets_the_precision_the_report_states(tiny_model_dir, met
         words = {"full": "fp32 master weights under bf16 autocast", "lora": "frozen base stored in bf16",
                  "qlora": "4-bit NF4 with bf16 compute"}[method]
         assert words in PRECISION[method]
+
+
+def test_the_package_has_no_import_cycle():
+    """Every import between nbatune modules, the ones inside functions too: data never imports scoring
+    or evaluation, scoring imports neither, and nothing imports back up the graph."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (root / "nbatune").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                candidates = [f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target
+                              for a in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {c for c in candidates if c in modules and c != name}
+        graph[name] = deps
+    state: dict[str, int] = {}
+
+    def visit(n, path):
+        state[n] = 1
+        for d in graph[n]:
+            assert state.get(d) != 1, "import cycle: " + " -> ".join(path + [n, d])
+            if d not in state:
+                visit(d, path + [n])
+        state[n] = 2
+
+    for n in graph:
+        if n not in state:
+            visit(n, [])
+    assert "nbatune.scoring" in graph and not any(d.startswith("nbatune.data") for d in graph["nbatune.scoring"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbatune.evaluation import answer_metric, paired_difference, score, wilson
+from nbatune.scoring import answer_metric, paired_difference, score, wilson
 
 
 TEAMS = ["Los Angeles Lakers", "Minneapolis Lakers", "Boston Celtics", "Philadelphia 76ers", "Golden State Warriors",
@@ -19,7 +19,7 @@ def ok(pred, ref, kind="text", tol=0.0, candidates=None) -> bool:
 
 
 def m():
-    from nbatune.evaluation import scorer
+    from nbatune.scoring import scorer
 
     return scorer()
 

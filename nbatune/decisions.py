@@ -1,0 +1,154 @@
+"""The rules every conclusion of a run rests on: a technique *learned* only what its paired interval puts
+above the strongest baseline; a difference between two techniques is *real* only when the exact McNemar
+test (Holm-adjusted over the pairs made), the paired-bootstrap interval and the seed spread all say so;
+and the recommendation says which case it is. Pure functions of a results dict: no model, no files."""
+
+from __future__ import annotations
+
+from .config import METHODS
+from .scoring import paired_difference
+
+ORDER = ("base", *METHODS)
+LABEL = {"base": "base (untouched)", "full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit)"}
+
+
+def finished(results: dict) -> dict[str, dict]:
+    return {m: results[m] for m in ORDER if isinstance(results.get(m), dict) and results[m].get("status") == "ok"}
+
+
+BASELINE_LABEL = {"trivial": "best trivial answer per category", "zero_shot": "base zero-shot",
+                  "few_shot": "base few-shot"}
+
+
+def baseline_accuracies(results: dict) -> dict[str, dict]:
+    """The baselines a run measured, each with accuracy, interval, per-category scores and flags."""
+    return {k: v for k, v in (results.get("baselines") or {}).items() if isinstance(v, dict) and "correct" in v}
+
+
+def comparison(results: dict) -> dict:
+    """What a team decides from: each technique against the strongest baseline (learned), against the
+    base on the retention set (forgot), and against each other (real only when the paired test,
+    Holm-adjusted over the pairs made, and the seed spread both say so); winners and a recommendation."""
+    ok = finished(results)
+    trained = {m: r for m, r in ok.items() if m != "base"}
+    base_lines = baseline_accuracies(results)
+    out: dict = {"baselines": {k: v["accuracy"] for k, v in base_lines.items()}, "learned": {}, "forgot": {},
+                 "pairs": {}, "winners": {}, "recommendation": ""}
+    strongest = max(base_lines, key=lambda k: base_lines[k]["accuracy"]) if base_lines else None
+    out["strongest_baseline"] = strongest
+    for m, r in trained.items():
+        if strongest:
+            d = paired_difference(r["correct"], base_lines[strongest]["correct"])
+            out["learned"][m] = {**d, "vs": strongest, "learned": d["ci95"][0] > 0}
+        base_ret = (ok.get("base") or {}).get("retention") or {}
+        if base_ret.get("correct") and (r.get("retention") or {}).get("correct"):
+            d = paired_difference(base_ret["correct"], r["retention"]["correct"])
+            out["forgot"][m] = {**d, "base": base_ret["accuracy"], "after": r["retention"]["accuracy"]}
+    names = list(trained)
+    raw = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            key = f"{b}-vs-{a}"
+            out["pairs"][key] = {**paired_difference(trained[b]["correct"], trained[a]["correct"]),
+                                 "p_mcnemar": mcnemar(trained[b]["correct"], trained[a]["correct"]),
+                                 "seeds": seed_spread(trained[b], trained[a])}
+            raw[key] = out["pairs"][key]["p_mcnemar"]
+    for key, p_adj in holm(raw).items():
+        pair = out["pairs"][key]
+        pair["p_holm"] = p_adj
+        spread = pair["seeds"]
+        pair["beyond_seed_spread"] = None if spread is None else abs(spread["mean_diff"]) > spread["spread"]
+        pair["real"] = (p_adj < 0.05 and not pair["within_noise"] and bool(pair["beyond_seed_spread"]))
+    out["comparisons_made"] = len(raw)
+    not_compared = _not_compared(results)
+    if not trained:
+        out["recommendation"] = " ".join(["No technique finished; see the errors in results.json.", *not_compared])
+        return out
+    best_q = max(trained, key=lambda m: trained[m].get("accuracy_mean") or trained[m]["accuracy"])
+    out["winners"] = {
+        "quality": best_q,
+        "memory": min(trained, key=lambda m: trained[m]["peak_memory_bytes"]),
+        "speed": max(trained, key=lambda m: trained[m]["tokens_per_second"]),
+        "disk": min(trained, key=lambda m: trained[m]["saved_bytes"] or float("inf")),
+    }
+    rec = []
+    if strongest:
+        sb = base_lines[strongest]["accuracy"]
+        parts = [f"{LABEL[m]} {trained[m]['accuracy']:.1%} ({d['diff']:+.1%}, 95% CI {d['ci95'][0]:+.1%} to "
+                 f"{d['ci95'][1]:+.1%}{'' if d['learned'] else '; NOT above it'})" for m, d in out["learned"].items()]
+        rec.append(f"Strongest baseline: {BASELINE_LABEL.get(strongest, strongest)} at {sb:.1%}. Against it: "
+                   + "; ".join(parts) + ".")
+    tied = [m for m in trained if m != best_q and not _pair(out, best_q, m).get("real")]
+    rec.append(f"Best accuracy: {LABEL[best_q]} ({trained[best_q]['accuracy']:.1%}).")
+    if tied:
+        why = ("one training seed, so the seed spread is unknown (train.repeats)" if
+               any(_pair(out, best_q, m)["seeds"] is None for m in tied) else
+               "paired test (Holm-adjusted) and seed spread")
+        rec.append(f"Its lead over {', '.join(LABEL[m] for m in tied)} is not established ({why}).")
+        cheapest = min([best_q] + tied, key=lambda m: (trained[m]["peak_memory_bytes"], trained[m]["saved_bytes"]))
+        if cheapest != best_q:
+            rec.append(f"With quality not told apart, prefer {LABEL[cheapest]}: less peak memory "
+                       f"({size_text(trained[cheapest]['peak_memory_bytes'])} vs {size_text(trained[best_q]['peak_memory_bytes'])})"
+                       f" and a {size_text(trained[cheapest]['saved_bytes'])} artefact.")
+    else:
+        rec.append("Its lead over the other techniques exceeds both the paired-test noise and the seed spread.")
+    if out["forgot"]:
+        rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
+            f"{LABEL[m]} {f['diff']:+.1%} ({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%})"
+            for m, f in out["forgot"].items()) + ".")
+    out["recommendation"] = " ".join(rec + not_compared)
+    return out
+
+
+def _not_compared(results: dict) -> list[str]:
+    """One sentence per technique that did not finish, so a reader never mistakes a missing column for a
+    technique that was not asked for."""
+    return [f"Not compared: {LABEL[m]} {results[m]['status']} ({str(results[m].get('error'))[:160]})."
+            for m in METHODS if isinstance(results.get(m), dict) and results[m].get("status") != "ok"]
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> float:
+    """Exact two-sided McNemar p-value for paired right/wrong flags."""
+    from math import comb
+
+    n01 = sum(1 for x, y in zip(a, b) if x and not y)
+    n10 = sum(1 for x, y in zip(a, b) if y and not x)
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    k = min(n01, n10)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone)."""
+    order = sorted(pvalues, key=pvalues.get)
+    out, running = {}, 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * pvalues[k]))
+        out[k] = running
+    return out
+
+
+def seed_spread(a: dict, b: dict) -> dict | None:
+    """Mean accuracy difference a - b over the training seeds, and the spread it must exceed (the larger
+    of the two techniques' seed standard deviations, times two). None with fewer than 2 seeds each."""
+    ra = [r["accuracy"] for r in a.get("repeats") or [] if r.get("accuracy") is not None]
+    rb = [r["accuracy"] for r in b.get("repeats") or [] if r.get("accuracy") is not None]
+    if len(ra) < 2 or len(rb) < 2:
+        return None
+    import statistics
+
+    return {"mean_diff": statistics.mean(ra) - statistics.mean(rb),
+            "spread": 2 * max(statistics.stdev(ra), statistics.stdev(rb)), "seeds": min(len(ra), len(rb))}
+
+
+def _pair(cmp: dict, a: str, b: str) -> dict:
+    if f"{a}-vs-{b}" in cmp["pairs"]:
+        return cmp["pairs"][f"{a}-vs-{b}"]
+    p = cmp["pairs"][f"{b}-vs-{a}"]
+    return {**p, "diff": -p["diff"], "ci95": (-p["ci95"][1], -p["ci95"][0])}
+
+
+def size_text(b: float) -> str:
+    return f"{b / 2**20:,.0f} MiB" if b >= 2**20 else f"{b / 2**10:,.0f} KiB"
