@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import METHODS
+from . import techniques
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = sub.add_parser("train", help="fine-tune one technique on the configured data: no base evaluation, no "
                                       "comparison; the same run folder, results and report for that technique")
-    t.add_argument("--method", required=True, choices=METHODS)
+    t.add_argument("--method", required=True, choices=techniques.names())
     t.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set train.epochs=2 (repeatable)")
@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("ask", help="ask a saved model or adapter from a run one question")
     a.add_argument("run_dir")
     a.add_argument("question")
-    a.add_argument("--method", default="lora", choices=["base", *METHODS])
+    a.add_argument("--method", required=True, choices=[techniques.BASE, *techniques.names()])
     a.add_argument("--max-new-tokens", type=int, default=64)
 
     x = sub.add_parser("export", help="a standalone checkpoint of a run's technique (adapters merged), in bf16 by "
                                       "default, that plain transformers loads")
     x.add_argument("run_dir")
-    x.add_argument("--method", required=True, choices=METHODS)
+    x.add_argument("--method", required=True, choices=techniques.names())
     x.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     x.add_argument("--out", default=None, help="default: <run>/<method>/merged (adapters) or export-<dtype> (full)")
     x.add_argument("--gguf", default=None, choices=["f16", "q8_0"],
@@ -118,7 +118,8 @@ def _run(args) -> int:
     print("\n" + table(res) + "\n")
     print(res["comparison"]["recommendation"])
     print(f"\nresults: {res['run_dir']}/results.json\nreport:  {res['report']['markdown']} and report.html")
-    failed = [m for m in ("base", *METHODS) if isinstance(res.get(m), dict) and res[m]["status"] == "failed"]
+    failed = [m for m in (techniques.BASE, *techniques.names())
+              if isinstance(res.get(m), dict) and res[m]["status"] == "failed"]
     return 1 if failed else 0
 
 
@@ -191,7 +192,8 @@ def _export(args) -> int:
     from .inference import export
 
     out = export(args.run_dir, args.method, args.out, args.dtype, args.gguf)
-    note = " (merged into the unquantized base: not the 4-bit model that was scored)" if args.method == "qlora" else ""
+    quantized = techniques.get(args.method).quantized
+    note = " (merged into the unquantized base: not the 4-bit model that was scored)" if quantized else ""
     print(f"exported {args.method} as {args.dtype} to {out}{note}")
     if args.gguf:
         print(f"GGUF ({args.gguf}): {out / f'model-{args.gguf}.gguf'}")

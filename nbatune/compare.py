@@ -13,8 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
-from . import baselines, decisions, evaluation, provenance, report, rundir, scoring
-from .config import METHODS, RunConfig, load_config
+from . import baselines, decisions, evaluation, provenance, report, rundir, scoring, techniques
+from .config import RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
 from .data.tokenize import tokenize_records
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Comparison:
-    """Fine-tune one base model three ways on the same data and compare.
+    """Fine-tune one base model with each configured technique on the same data and compare.
 
     Args:
         config: None (configs/default.yaml), a YAML path, a dict, or a ``RunConfig``.
@@ -64,7 +64,7 @@ class Comparison:
         cfg = self.cfg
         set_seed(cfg.seed)
         self.rt = resolve(cfg.train.device, cfg.train.precision)
-        if "qlora" in cfg.methods:
+        if techniques.any_quantized(cfg.methods):
             check_bitsandbytes()
         data = prepare_training_data(cfg)
         self.model_path, self.tokenizer, self.records, self.train_rows = (data.model_path, data.tokenizer, data.records,
@@ -120,7 +120,7 @@ class Comparison:
         written to ``<run_dir>/results.json``).
 
         Args:
-            methods: a subset of ``full``, ``lora``, ``qlora``. Default: ``config.methods``.
+            methods: registered techniques (``nbatune.techniques``). Default: ``config.methods``.
             resume: continue the interrupted run ``output_dir/run_name``: methods that finished are kept,
                 an interrupted one continues from its last checkpoint, the rest run.
 
@@ -132,9 +132,9 @@ class Comparison:
         if not self._ready:
             self.setup(resume=resume)
         methods = list(methods or self.cfg.methods)
-        bad = [m for m in methods if m not in METHODS]
+        bad = [m for m in methods if m not in techniques.names()]
         if bad:
-            raise ValueError(f"methods: {bad} are not techniques (allowed: {', '.join(METHODS)})")
+            raise ValueError(f"methods: {bad} are not techniques (allowed: {', '.join(techniques.names())})")
         with reuse_freed_memory():
             return self._execute(methods, resume)
 
@@ -272,12 +272,12 @@ class Comparison:
             few = evaluation.answer_and_score(model, self.tokenizer, shots, self.rt, self.cfg.eval, self.pools,
                                               f"{k}-shot answers")
             res.few_shot = {**few, "k": k, "seconds": time.perf_counter() - t0}
-        if "qlora" in self.cfg.methods:
+        if techniques.any_quantized(self.cfg.methods):
             self.results["provenance"]["nf4_error"] = provenance.nf4_weight_error(model, self.cfg.quant)
 
     def _save(self, model, method: str) -> Path:
-        """Full model: a standalone safetensors checkpoint. LoRA/QLoRA: the adapter only."""
-        path = self.run_dir / method / ("model" if method == "full" else "adapter")
+        """A whole model: a standalone safetensors checkpoint. An adapter technique: the adapter only."""
+        path = self.run_dir / method / techniques.get(method).saved_folder
         model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-METHODS = ("full", "lora", "qlora")
+from . import techniques
+
 # TrainingArguments that nbatune sets from its own fields (train.trainer_args may not override them).
 TRAINER_ARGS_OWNED = {"output_dir": "the run folder", "max_steps": "train.max_steps or train.epochs",
                       "per_device_train_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
@@ -30,6 +31,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 class ConfigError(ValueError):
     """One or more invalid configuration values; the message lists every problem found."""
+
+
+def _per_technique(attr: str, help: str):
+    """A table keyed by technique whose defaults come from the registry when a config is made (so a
+    technique registered later has its defaults too)."""
+    return field(default_factory=lambda: {n: getattr(techniques.get(n), attr) for n in techniques.names()},
+                 metadata={"help": help})
 
 
 def _f(default, help: str, **kw):
@@ -100,17 +108,17 @@ class TrainConfig:
                          "model is the one saved.")
     batch_size: int = _f(8, "Examples per micro-batch.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
-    learning_rate: dict[str, float] = _f({"full": 2e-4, "lora": 2e-3, "qlora": 4e-3},
-                                         "Peak learning rate per method, from the sweep named in "
-                                         "learning_rate_source (adapters want a ~10-20x higher rate).")
+    learning_rate: dict[str, float] = _per_technique("learning_rate",
+                                                     "Peak learning rate per method, from the sweep named in "
+                                                     "learning_rate_source (adapters want a ~10-20x higher rate).")
     learning_rate_source: str = _f("bench/sweep-cpu-20261130*.json (60-step runs per rate, validation exact "
                                    "match; BENCHMARKS.md)", "Where the learning rates come from (the report prints "
                                                             "it): the sweep they were picked from.")
-    optimizer: dict[str, str] = _f({"full": "adamw_torch_fused", "lora": "adamw_torch_fused", "qlora": "adamw_torch_fused"},
-                                   "Optimizer per method: adamw_torch(_fused), adamw_8bit or paged_adamw_8bit. Fused "
-                                   "is the same AdamW in one kernel (+9% full fine-tuning speed on CPU).")
-    gradient_checkpointing: dict[str, bool] = _f({"full": False, "lora": False, "qlora": False},
-                                                 "Recompute activations in backward: less memory, ~30% slower.")
+    optimizer: dict[str, str] = _per_technique("optimizer", "Optimizer per method: adamw_torch(_fused), adamw_8bit or "
+                                                            "paged_adamw_8bit. Fused is the same AdamW in one kernel "
+                                                            "(+9% full fine-tuning speed on CPU).")
+    gradient_checkpointing: dict[str, bool] = _per_technique("gradient_checkpointing", "Recompute activations in "
+                                                             "backward: less memory, ~30% slower.")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = _f("cosine", "LR schedule.")
     warmup_ratio: float = _f(0.05, "Fraction of steps spent warming up the learning rate.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
@@ -176,7 +184,8 @@ class RunConfig:
                                                                     "defaults here (= configs/default.yaml), quick = "
                                                                     "configs/quick.yaml on top, test = the defaults.")
     seed: int = _f(42, "Training seed: adapter initialisation and data order (the dataset has data.seed).")
-    methods: list[str] = _f(list(METHODS), "Which techniques to run, in order: full, lora, qlora.")
+    methods: list[str] = _f(list(techniques.DEFAULT_METHODS), "Which techniques to run, in order: any registered "
+                                                              "technique (nbatune.techniques).")
     evaluate_base: bool = _f(True, "Also evaluate the untouched base model.")
     output_dir: str = _f("runs", "Each run writes to a new timestamped folder under this directory.")
     run_name: str | None = _f(None, "Folder name for this run (default: <mode>-<timestamp>). Must not exist yet.")
@@ -285,8 +294,8 @@ def _build(cls, data: Any, prefix: str, errors: list[str]):
             kwargs[f.name] = {m: _check(v, typing.get_args(tp)[1], f"{prefix}{f.name}.{m}", errors)
                               for m, v in merged.items()}
             for m in value:
-                if m not in METHODS:
-                    errors.append(f"{prefix}{f.name}.{m}: unknown method (allowed: {', '.join(METHODS)})")
+                if m not in techniques.names():
+                    errors.append(f"{prefix}{f.name}.{m}: unknown method (allowed: {', '.join(techniques.names())})")
         else:
             kwargs[f.name] = _check(value, tp, prefix + f.name, errors)
     return cls(**kwargs)
@@ -343,7 +352,7 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
             errors.append(msg)
 
     for m in cfg.methods:
-        need(m in METHODS, f"methods: {m!r} is not a method (allowed: {', '.join(METHODS)})")
+        need(m in techniques.names(), f"methods: {m!r} is not a method (allowed: {', '.join(techniques.names())})")
     need(len(set(cfg.methods)) == len(cfg.methods), f"methods: {cfg.methods} lists a method twice")
     t = cfg.train
     need(t.max_steps >= 1, f"train.max_steps: {t.max_steps} must be >= 1")

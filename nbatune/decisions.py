@@ -5,15 +5,16 @@ and the recommendation says which case it is. Pure functions of a results dict: 
 
 from __future__ import annotations
 
-from .config import METHODS
+from . import techniques
 from .scoring import paired_difference
 
-ORDER = ("base", *METHODS)
-LABEL = {"base": "base (untouched)", "full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit)"}
+def order(results: dict) -> list[str]:
+    """The base, then every technique of the run, in the order they ran."""
+    return [m for m in results if m == techniques.BASE or m in techniques.names()]
 
 
 def finished(results: dict) -> dict[str, dict]:
-    return {m: results[m] for m in ORDER if isinstance(results.get(m), dict) and results[m].get("status") == "ok"}
+    return {m: results[m] for m in order(results) if isinstance(results.get(m), dict) and results[m].get("status") == "ok"}
 
 
 BASELINE_LABEL = {"trivial": "best trivial answer per category", "zero_shot": "base zero-shot",
@@ -74,27 +75,27 @@ def comparison(results: dict) -> dict:
     rec = []
     if strongest:
         sb = base_lines[strongest]["accuracy"]
-        parts = [f"{LABEL[m]} {trained[m]['accuracy']:.1%} ({d['diff']:+.1%}, 95% CI {d['ci95'][0]:+.1%} to "
+        parts = [f"{techniques.label(m)} {trained[m]['accuracy']:.1%} ({d['diff']:+.1%}, 95% CI {d['ci95'][0]:+.1%} to "
                  f"{d['ci95'][1]:+.1%}{'' if d['learned'] else '; NOT above it'})" for m, d in out["learned"].items()]
         rec.append(f"Strongest baseline: {BASELINE_LABEL.get(strongest, strongest)} at {sb:.1%}. Against it: "
                    + "; ".join(parts) + ".")
     tied = [m for m in trained if m != best_q and not _pair(out, best_q, m).get("real")]
-    rec.append(f"Best accuracy: {LABEL[best_q]} ({trained[best_q]['accuracy']:.1%}).")
+    rec.append(f"Best accuracy: {techniques.label(best_q)} ({trained[best_q]['accuracy']:.1%}).")
     if tied:
         why = ("one training seed, so the seed spread is unknown (train.repeats)" if
                any(_pair(out, best_q, m)["seeds"] is None for m in tied) else
                "paired test (Holm-adjusted) and seed spread")
-        rec.append(f"Its lead over {', '.join(LABEL[m] for m in tied)} is not established ({why}).")
+        rec.append(f"Its lead over {', '.join(techniques.label(m) for m in tied)} is not established ({why}).")
         cheapest = min([best_q] + tied, key=lambda m: (trained[m]["peak_memory_bytes"], trained[m]["saved_bytes"]))
         if cheapest != best_q:
-            rec.append(f"With quality not told apart, prefer {LABEL[cheapest]}: less peak memory "
+            rec.append(f"With quality not told apart, prefer {techniques.label(cheapest)}: less peak memory "
                        f"({size_text(trained[cheapest]['peak_memory_bytes'])} vs {size_text(trained[best_q]['peak_memory_bytes'])})"
                        f" and a {size_text(trained[cheapest]['saved_bytes'])} artefact.")
     else:
         rec.append("Its lead over the other techniques exceeds both the paired-test noise and the seed spread.")
     if out["forgot"]:
         rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
-            f"{LABEL[m]} {f['diff']:+.1%} ({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%})"
+            f"{techniques.label(m)} {f['diff']:+.1%} ({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%})"
             for m, f in out["forgot"].items()) + ".")
     out["recommendation"] = " ".join(rec + not_compared)
     return out
@@ -103,8 +104,9 @@ def comparison(results: dict) -> dict:
 def _not_compared(results: dict) -> list[str]:
     """One sentence per technique that did not finish, so a reader never mistakes a missing column for a
     technique that was not asked for."""
-    return [f"Not compared: {LABEL[m]} {results[m]['status']} ({str(results[m].get('error'))[:160]})."
-            for m in METHODS if isinstance(results.get(m), dict) and results[m].get("status") != "ok"]
+    return [f"Not compared: {techniques.label(m)} {results[m]['status']} ({str(results[m].get('error'))[:160]})."
+            for m in order(results) if m != techniques.BASE and isinstance(results.get(m), dict)
+            and results[m].get("status") != "ok"]
 
 
 def mcnemar(a: list[bool], b: list[bool]) -> float:

@@ -46,7 +46,9 @@ MiB, GiB = 2**20, 2**30
 # per key/value unit). The residual stream is fp32 for full (fp32 master weights) and QLoRA (fp32
 # embeddings), bf16 for LoRA; QLoRA's 4-bit matmuls also keep fp32 copies of the MLP activations. LoRA's
 # adapters read the base layer's own bf16 input (``skip_adapter_input_casts``), so they save no copy of it.
-ACT_COEF = {"full": (36.5, 8.25, 1.75), "lora": (20.5, 8.25, 2.25), "qlora": (28.5, 14.25, 2.25)}
+# keyed by the estimator's kinds (a technique's ``memory_kind``): the whole model trains; an adapter on a
+# 16-bit base; an adapter on a 4-bit base
+ACT_COEF = {"whole": (36.5, 8.25, 1.75), "adapter": (20.5, 8.25, 2.25), "adapter_4bit": (28.5, 14.25, 2.25)}
 # Bytes per (query, key) pair, head and layer that an eager attention kernel keeps for backward (its
 # probabilities, masked pairs included), in (bf16/fp16, fp32); counted on the graph. Fused kernels
 # (SDPA, flash) keep none. ``nbatune_lean_eager`` is ``attention.lean_eager_attention``; transformers'
@@ -170,7 +172,7 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
     Args:
         config: a transformers config, a dict of its fields, a local checkpoint path, a hub id, or
             a ``ModelShape``.
-        method: ``full``, ``lora`` or ``qlora``.
+        method: a registered technique (nbatune.techniques); its ``memory_kind`` picks the counting.
         tokens: positions in one micro-batch (rows x width, padding included).
         logit_tokens: positions whose logits are computed. Default: all ``tokens`` (the standard
             recipe); our trainer computes only answer positions (see ``batch_footprint``).
@@ -181,30 +183,33 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
             ``heads x row_width`` probabilities per position (``ATTN_PAIR_BYTES``).
         row_width: positions per row of the micro-batch.
     """
-    if method not in ACT_COEF:
-        raise ValueError(f"method must be full, lora or qlora, not {method!r}")
+    from . import techniques
+
+    if method not in techniques.names():
+        raise ValueError(f"method must be a registered technique ({', '.join(techniques.names())}), not {method!r}")
+    kind = techniques.get(method).memory_kind
     s = shape = model_shape(config)
     half = precision in ("bf16", "fp16")
     compute = 2 if half else 4
     lora = shape.lora_params(lora_r)
-    if method == "full":
+    if kind == "whole":
         weights = 4 * shape.params + (2 * shape.linear_params if half else 0)  # + autocast's cached bf16 copies
         trainable = shape.params
-    elif method == "lora":
+    elif kind == "adapter":
         weights = compute * shape.params + 4 * lora
         trainable = lora
     else:
         nf4 = NF4_BYTES if double_quant else NF4_BYTES_SINGLE
         weights = int(nf4 * shape.linear_params) + 4 * shape.other_params + 4 * lora
         trainable = lora
-    a_h, a_i, a_kv = ACT_COEF[method]
+    a_h, a_i, a_kv = ACT_COEF[kind]
     per_layer = a_h * s.hidden + a_i * s.intermediate + a_kv * s.kv_heads * s.head_dim
     if not half:
         per_layer *= FP32_ACT_SCALE
     if attention in ATTN_PAIR_BYTES:
         per_layer += ATTN_PAIR_BYTES[attention][0 if half else 1] * s.heads * row_width
     if gradient_checkpointing:  # every layer's input, plus one layer's activations while it is recomputed
-        residual = 2 if method == "lora" and half else 4
+        residual = 2 if kind == "adapter" and half else 4
         acts = tokens * (s.layers * s.hidden * residual + per_layer)
     else:
         acts = tokens * s.layers * per_layer
@@ -255,12 +260,10 @@ def memory_fixes(method: str, batch_size: int, grad_accum: int, gradient_checkpo
             f"{grad_accum * 2} (the same effective batch)"]
     if not gradient_checkpointing:
         tips.append(f"train.gradient_checkpointing.{method}: true (about 30% slower, far less activation memory)")
-    if method == "full":
-        tips.append("lora or qlora instead of full fine-tuning, or train.optimizer.full: adamw_8bit (optimizer "
-                    "states 4x smaller)")
-    elif method == "lora":
-        tips.append("qlora (a 4-bit base takes about a quarter of the weight memory)")
-    return tips
+    from . import techniques
+
+    tip = techniques.get(method).oom_tip if method in techniques.names() else ""
+    return tips + ([tip] if tip else [])
 
 
 def check_fits(est: MemoryEstimate, budget: int, batch_size: int, policy: str = "refuse",

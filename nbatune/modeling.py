@@ -1,7 +1,8 @@
 """Base model resolution and loading for each technique.
 
-Three techniques, one loader: ``full`` loads the base as is; ``lora`` adds a PEFT ``LoraConfig``;
-``qlora`` adds the same ``LoraConfig`` on a base loaded through a ``BitsAndBytesConfig`` (4-bit NF4).
+One loader, driven by the technique's registry entry (nbatune/techniques.py): a whole model trains in
+fp32 master weights; an adapter technique adds its PEFT config to a frozen base stored in the compute
+dtype, or in 4 bits through a ``BitsAndBytesConfig`` when the technique is quantized (QLoRA).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .config import METHODS, LoraSettings, ModelConfig, QuantSettings
+from . import techniques
+from .config import LoraSettings, ModelConfig, QuantSettings
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -130,23 +132,23 @@ def load_tokenizer(path: str, cfg: ModelConfig):
 
 def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: LoraSettings, quant: QuantSettings,
                seed: int, gradient_checkpointing: bool = False):
-    """Load the base model prepared for ``method``.
+    """Load the base model prepared for ``method`` (a registered technique, or ``base``).
 
-    ``full``: fp32 master weights (mixed precision comes from autocast). ``base``: the same fp32
-    weights, so the baselines are the full fine-tuning's step 0 in the same numerics (and, with cached
-    casts, faster to evaluate than a bf16 copy here). ``lora``: frozen base stored in the compute dtype,
-    fp32 adapters. ``qlora``: 4-bit NF4 base with the compute dtype, fp32 adapters.
+    A whole-model technique: fp32 master weights (mixed precision comes from autocast). ``base``: the same
+    fp32 weights, so the baselines are full fine-tuning's step 0 in the same numerics (and, with cached
+    casts, faster to evaluate than a bf16 copy here). An adapter technique: frozen base stored in the
+    compute dtype, or in 4-bit NF4 with the compute dtype when quantized; fp32 adapters.
 
     Raises:
         ModelLoadError: not a causal LM, remote code refused, hub unreachable, or QLoRA impossible here.
     """
     from transformers import AutoModelForCausalLM
 
-    if method not in ("base", *METHODS):
-        raise ValueError(f"unknown method {method!r}")
+    tech = None if method == techniques.BASE else techniques.get(method)
+    adapter, quantized = bool(tech and tech.adapter), bool(tech and tech.quantized)
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
-              "dtype": torch.float32 if method in ("full", "base") else rt.dtype}
-    if method == "qlora":
+              "dtype": rt.dtype if adapter else torch.float32}
+    if quantized:
         kwargs["quantization_config"] = quantization_config(quant, rt)
     if rt.device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
@@ -155,17 +157,19 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise _explain(path, cfg, e) from e
-    if rt.device == "cpu" and method != "qlora":
+    if rt.device == "cpu" and not quantized:  # a 4-bit model is placed by bitsandbytes
         model.to("cpu")
     model.config.use_cache = False
-    if method == "base":  # evaluated only: nothing trains
+    if tech is None:  # the base: evaluated only, nothing trains
         model.requires_grad_(False)
-    elif method in ("lora", "qlora"):
-        model = add_lora(model, lora, seed, gradient_checkpointing, quantized=method == "qlora")
-        if method == "lora" and rt.precision != "fp32":
+    elif adapter:
+        model = add_adapter(model, tech, lora, seed, gradient_checkpointing)
+        if tech.skip_input_casts and rt.precision != "fp32":
             skip_adapter_input_casts(model)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if tech is not None and tech.prepare is not None:
+        model = tech.prepare(model)
     return model
 
 
@@ -215,10 +219,11 @@ def lora_config(lora: LoraSettings):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def add_lora(model, lora: LoraSettings, seed: int, gradient_checkpointing: bool, quantized: bool):
+def add_adapter(model, tech: "techniques.Technique", lora: LoraSettings, seed: int, gradient_checkpointing: bool):
+    """The technique's PEFT config (the run's LoRA settings unless the technique brings its own) on ``model``."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if quantized:
+    if tech.quantized:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -226,7 +231,11 @@ def add_lora(model, lora: LoraSettings, seed: int, gradient_checkpointing: bool,
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     torch.manual_seed(seed)  # same adapter initialisation for LoRA and QLoRA
-    return get_peft_model(model, lora_config(lora))
+    return get_peft_model(model, peft_config(tech, lora))
+
+
+def peft_config(tech: "techniques.Technique", lora: LoraSettings):
+    return tech.peft_config(lora) if tech.peft_config else lora_config(lora)
 
 
 def skip_adapter_input_casts(model) -> None:

@@ -7,7 +7,8 @@ import html
 import json
 from pathlib import Path
 
-from .decisions import BASELINE_LABEL, LABEL, ORDER, baseline_accuracies, comparison, finished, size_text
+from . import techniques
+from .decisions import BASELINE_LABEL, baseline_accuracies, comparison, finished, order, size_text
 
 
 def _est(r: dict) -> str:
@@ -20,12 +21,12 @@ def table(results: dict) -> str:
     head = ("| method | status | trainable / total params | test accuracy (95% CI) | vs strongest baseline | "
             "general retention | eval loss | train time | eval time | tokens/s | peak mem | saved |")
     rows = [head, "|" + "---|" * 12]
-    for m in ORDER:
+    for m in order(results):
         r = results.get(m)
         if not isinstance(r, dict):
             continue
         if r["status"] != "ok":
-            rows.append(f"| {LABEL[m]} | {r['status']}: {str(r.get('error'))[:80]} |" + " |" * 10)
+            rows.append(f"| {techniques.label(m)} | {r['status']}: {str(r.get('error'))[:80]} |" + " |" * 10)
             continue
         lo, hi = r["accuracy_ci95"]
         pct = f" ({r['trainable_pct']:.2f}%)" if m != "base" else ""
@@ -38,7 +39,7 @@ def table(results: dict) -> str:
         f = cmp.get("forgot", {}).get(m)
         ret_s = "-" if ret is None else f"{ret:.1%}" + (f" (forgot {f['diff']:+.1%})" if f else "")
         rows.append(
-            f"| {LABEL[m]} | ok | {r['trainable_params']:,} / {r['total_params']:,}{pct} | {acc} | {vs} | {ret_s} | "
+            f"| {techniques.label(m)} | ok | {r['trainable_params']:,} / {r['total_params']:,}{pct} | {acc} | {vs} | {ret_s} | "
             f"{r['eval_loss']:.3f} | {r['train_seconds']:.0f} s | {r['eval_seconds']:.0f} s | "
             f"{r['tokens_per_second']:.0f} | {size_text(r['peak_memory_bytes'])}{_est(r)} | "
             f"{size_text(r['saved_bytes']) if r['saved_bytes'] else '-'} |")
@@ -61,7 +62,7 @@ def baseline_table(results: dict) -> str:
 def category_table(results: dict) -> str:
     ok = {m: r for m, r in finished(results).items() if m != "base"}
     cols = {BASELINE_LABEL.get(k, k): v for k, v in baseline_accuracies(results).items()}
-    cols.update({LABEL[m]: r for m, r in ok.items()})
+    cols.update({techniques.label(m): r for m, r in ok.items()})
     cats = sorted({c for r in cols.values() for c in r["per_category"]})
     scored = _scoring_by_category(results)
     rows = ["| category | scored as | n | " + " | ".join(cols) + " |", "|---|---|---:|" + "---:|" * len(cols)]
@@ -81,9 +82,6 @@ def _scoring_by_category(results: dict) -> dict[str, str]:
     return out
 
 
-PRECISION = {"full": "fp32 master weights under bf16 autocast", "lora": "frozen base stored in bf16, fp32 adapters",
-             "qlora": "frozen base in 4-bit NF4 with bf16 compute, fp32 adapters"}
-
 
 def parity(results: dict) -> str:
     """Same data, steps and tokens for every technique; the precision each technique allows; where the
@@ -96,12 +94,12 @@ def parity(results: dict) -> str:
     lines = [("Every technique trained the same steps on the same examples in the same order: "
               f"{next(iter(seen))[0]} steps, {next(iter(seen))[1]:,} tokens.") if len(seen) == 1 else
              "Steps or tokens differ between techniques: " + ", ".join(
-                 f"{LABEL[m]} {r['steps']} steps / {r['train_tokens']:,} tokens" for m, r in trained.items()),
+                 f"{techniques.label(m)} {r['steps']} steps / {r['train_tokens']:,} tokens" for m, r in trained.items()),
              "Precision (as each technique allows; the rest is the same): " + "; ".join(
-                 f"{LABEL[m]}: {PRECISION[m]}" for m in trained) + "."]
+                 f"{techniques.label(m)}: {techniques.get(m).precision}" for m in trained) + "."]
     rates = cfg.get("learning_rate") or {}
     if rates:
-        lines.append("Learning rates: " + ", ".join(f"{LABEL[m]} {rates[m]:g}" for m in trained if m in rates)
+        lines.append("Learning rates: " + ", ".join(f"{techniques.label(m)} {rates[m]:g}" for m in trained if m in rates)
                      + (f" (from {cfg['learning_rate_source']})." if cfg.get("learning_rate_source") else
                         " (set by hand: no sweep named in train.learning_rate_source)."))
     return " ".join(lines)
@@ -132,7 +130,7 @@ def samples(results: dict, k: int = 6) -> str:
         lines.append(f"**Q:** {q.get('question', f'test example {i}')}  \n**reference:** `{q.get('answer', '?')}`  ")
         for m, r in ok.items():
             mark = "✅" if r["correct"][i] else "❌"
-            lines.append(f"- {LABEL[m]} {mark}: {r['predictions'][i][:160]!r}")
+            lines.append(f"- {techniques.label(m)} {mark}: {r['predictions'][i][:160]!r}")
         lines.append("")
     return "\n".join(lines)
 
@@ -146,13 +144,12 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
     ok = finished(results)
     trained = {m: r for m, r in ok.items() if m != "base"}
     paths = {}
-    colors = {"base": "#888888", "full": "#1f77b4", "lora": "#2ca02c", "qlora": "#d62728"}
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for m, r in trained.items():
         if r["loss_curve"]:
             s, l = zip(*r["loss_curve"])
-            ax.plot(s, l, label=LABEL[m], color=colors[m], marker="o", ms=3)
+            ax.plot(s, l, label=techniques.label(m), color=techniques.color(m), marker="o", ms=3)
     ax.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="Training loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -163,7 +160,7 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
         for m, pts in curves.items():
             for ax, key in zip(axes, ("tokens", "seconds")):
-                ax.plot([p[key] for p in pts], [p["exact_match"] for p in pts], label=LABEL[m], color=colors[m],
+                ax.plot([p[key] for p in pts], [p["exact_match"] for p in pts], label=techniques.label(m), color=techniques.color(m),
                         marker="o", ms=3)
         axes[0].set(xlabel="training tokens", ylabel="validation exact match (teacher-forced)", ylim=(0, 1))
         axes[1].set(xlabel="training seconds")
@@ -179,8 +176,8 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
         for m in cmp["forgot"]:
             l, f = cmp["learned"][m], cmp["forgot"][m]
             ax.errorbar(f["diff"], l["diff"], xerr=[[f["diff"] - f["ci95"][0]], [f["ci95"][1] - f["diff"]]],
-                        yerr=[[l["diff"] - l["ci95"][0]], [l["ci95"][1] - l["diff"]]], fmt="o", color=colors[m],
-                        capsize=4, label=LABEL[m])
+                        yerr=[[l["diff"] - l["ci95"][0]], [l["ci95"][1] - l["diff"]]], fmt="o", color=techniques.color(m),
+                        capsize=4, label=techniques.label(m))
         ax.axhline(0, color="#888", lw=0.8)
         ax.axvline(0, color="#888", lw=0.8)
         ax.set(xlabel="forgot: general-knowledge accuracy lost vs base", ylabel="learned: NBA accuracy above "
@@ -194,7 +191,7 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
         w = 0.8 / len(ok)
         for j, (m, r) in enumerate(ok.items()):
             ax.bar([i + j * w for i in range(len(cats))],
-                   [r["per_category"].get(c, {}).get("accuracy", 0) for c in cats], w, label=LABEL[m], color=colors[m])
+                   [r["per_category"].get(c, {}).get("accuracy", 0) for c in cats], w, label=techniques.label(m), color=techniques.color(m))
         ax.set_xticks([i + 0.4 - w / 2 for i in range(len(cats))], cats, rotation=45, ha="right", fontsize=8)
         ax.set(ylabel="test accuracy", ylim=(0, 1), title="Accuracy per category")
         ax.legend(fontsize=8)
@@ -202,8 +199,8 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
 
     if trained:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-        labels = [LABEL[m] for m in trained]
-        cs = [colors[m] for m in trained]
+        labels = [techniques.label(m) for m in trained]
+        cs = [techniques.color(m) for m in trained]
         for ax, key, title, scale in ((axes[0], "peak_memory_bytes", "Peak memory (MiB)", 2**20),
                                       (axes[1], "tokens_per_second", "Training tokens/s", 1),
                                       (axes[2], "accuracy", "Test accuracy (95% CI)", 1)):
@@ -238,7 +235,7 @@ def markdown(results: dict) -> str:
         f"{results.get('total_seconds', 0):.0f} s.", "",
         table(results), "",
         "## Recommendation", "", cmp["recommendation"], "",
-        "Winners: " + ", ".join(f"{k}: **{LABEL.get(v, v)}**" for k, v in cmp.get("winners", {}).items()), "",
+        "Winners: " + ", ".join(f"{k}: **{techniques.label(v)}**" for k, v in cmp.get("winners", {}).items()), "",
         "## Baselines (what a model that learned nothing scores)", "",
         "A technique has learned only what it scores above the strongest of these. The trivial baseline is, per "
         "category, the best constant answer or copied number of the question, fitted on the training split.", "",

@@ -109,12 +109,12 @@ def test_skipping_peft_input_casts_under_autocast_changes_no_loss_or_gradient():
 def test_each_technique_gets_the_precision_the_report_states(tiny_model_dir, method, monkeypatch):
     """Under bf16 (what `auto` picks on a CPU with native bf16, and on GPUs): full fine-tuning and the base
     keep fp32 weights and compute in bf16 under autocast; LoRA's frozen base is stored in bf16; QLoRA's
-    in 4-bit NF4 with bf16 compute; adapters are fp32 in both. report.PRECISION says the same in words."""
+    in 4-bit NF4 with bf16 compute; adapters are fp32 in both. The registry's precision sentence says the same."""
     import torch
 
     from nbatune.config import LoraSettings, ModelConfig, QuantSettings
     from nbatune.modeling import load_model
-    from nbatune.report import PRECISION
+    from nbatune import techniques
     from nbatune.runtime import Runtime
 
     rt = Runtime("cpu", "bf16")
@@ -151,7 +151,7 @@ def test_each_technique_gets_the_precision_the_report_states(tiny_model_dir, met
     if method != "base":
         words = {"full": "fp32 master weights under bf16 autocast", "lora": "frozen base stored in bf16",
                  "qlora": "4-bit NF4 with bf16 compute"}[method]
-        assert words in PRECISION[method]
+        assert words in techniques.get(method).precision
 
 
 def test_the_package_has_no_import_cycle():

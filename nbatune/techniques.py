@@ -1,0 +1,99 @@
+"""The technique registry: one small definition per fine-tuning technique, and the only module that names
+one. Every other module asks the registry: how the model is built from the base, what trains, how it is
+saved and reloaded exactly as it was scored, how it is merged for export, what its precision is, how the
+memory estimator counts it, its default learning rate and optimizer, and what to try when it runs out
+of memory.
+
+Adding a technique is one ``register(Technique(...))`` plus its name in a config's ``methods:``
+(IMPLEMENTATION_GUIDE.md shows a worked example; a test registers one from a test file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str  # as users type it in `methods:`
+    label: str  # in tables and sentences
+    precision: str  # the report's sentence: how the weights are stored and computed
+    color: str  # in every plot
+    adapter: bool  # trains a PEFT adapter on a frozen base (saved alone) instead of the whole model
+    quantized: bool = False  # the frozen base is loaded in 4 bits (bitsandbytes NF4/FP4)
+    learning_rate: float = 2e-4
+    optimizer: str = "adamw_torch_fused"
+    gradient_checkpointing: bool = False
+    # PEFT config from the run's LoraSettings (adapters only); None: the run's LoRA settings as they are
+    peft_config: Callable | None = None
+    # PEFT's input cast of each adapter undone by autocast anyway: skip it (an unquantized bf16 base only)
+    skip_input_casts: bool = False
+    memory_kind: Literal["whole", "adapter", "adapter_4bit"] = "whole"  # which of the estimator's fitted models counts it
+    oom_tip: str = ""  # what else to try when it does not fit, after batch size and checkpointing
+    # called on the loaded model before training (e.g. freeze layers); returns the model
+    prepare: Callable | None = field(default=None, compare=False)
+
+    @property
+    def saved_folder(self) -> str:
+        """Where a run keeps it, under ``<run>/<name>/``: a standalone model or an adapter."""
+        return "adapter" if self.adapter else "model"
+
+    @property
+    def merged_folder(self) -> str:
+        return "merged" if self.adapter else "export-{dtype}"
+
+
+BASE = "base"  # the untouched base model: evaluated, never trained, not a technique
+BASE_LABEL = "base (untouched)"
+BASE_COLOR = "#888888"
+_REGISTRY: dict[str, Technique] = {}
+
+
+def register(technique: Technique, replace: bool = False) -> Technique:
+    """Add a technique (``replace=True`` to redefine one, e.g. in a test)."""
+    if technique.name == BASE or (technique.name in _REGISTRY and not replace):
+        raise ValueError(f"technique {technique.name!r} is already registered")
+    _REGISTRY[technique.name] = technique
+    return technique
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Technique:
+    if name not in _REGISTRY:
+        raise KeyError(f"{name!r} is not a registered technique (registered: {', '.join(_REGISTRY)})")
+    return _REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def label(name: str) -> str:
+    return BASE_LABEL if name == BASE else get(name).label if name in _REGISTRY else name
+
+
+def color(name: str) -> str:
+    return BASE_COLOR if name == BASE else get(name).color if name in _REGISTRY else "#444444"
+
+
+def any_quantized(methods) -> bool:
+    return any(get(m).quantized for m in methods if m in _REGISTRY)
+
+
+register(Technique(
+    name="full", label="full fine-tuning", color="#1f77b4", adapter=False, learning_rate=2e-4,
+    precision="fp32 master weights under bf16 autocast", memory_kind="whole",
+    oom_tip="lora or qlora instead of full fine-tuning, or train.optimizer.full: adamw_8bit (optimizer states 4x "
+            "smaller)"))
+register(Technique(
+    name="lora", label="LoRA", color="#2ca02c", adapter=True, learning_rate=2e-3, skip_input_casts=True,
+    precision="frozen base stored in bf16, fp32 adapters", memory_kind="adapter",
+    oom_tip="qlora (a 4-bit base takes about a quarter of the weight memory)"))
+register(Technique(
+    name="qlora", label="QLoRA (4-bit)", color="#d62728", adapter=True, quantized=True, learning_rate=4e-3,
+    precision="frozen base in 4-bit NF4 with bf16 compute, fp32 adapters", memory_kind="adapter_4bit"))
+DEFAULT_METHODS = ("full", "lora", "qlora")  # the design card's three, in its order

@@ -1,0 +1,99 @@
+"""The technique registry: a technique is one entry, and one defined in a test file (not in the package)
+trains, saves, reloads to the answers it was scored with, and exports, beside the built-in ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nbatune import techniques
+from nbatune.compare import Comparison
+from tests.helpers import ANSWERING, tiny_config
+
+
+def _query_value_lora(lora):
+    """Its own PEFT config: rank 4 on the attention's query and value projections only."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+
+def _train_last_layer_only(model):
+    """LLaMA-Factory's `freeze` idea: the whole model is saved, only the top layer trains."""
+    model.requires_grad_(False)
+    model.model.layers[-1].requires_grad_(True)
+    return model
+
+
+THROWAWAY = [
+    techniques.Technique(name="qv_lora", label="LoRA on q/v", precision="frozen base in bf16, fp32 rank-4 adapters",
+                         color="#9467bd", adapter=True, learning_rate=5e-3, peft_config=_query_value_lora,
+                         memory_kind="adapter"),
+    techniques.Technique(name="top_layer", label="top layer only", precision="fp32, one layer trains",
+                         color="#8c564b", adapter=False, learning_rate=1e-3, prepare=_train_last_layer_only),
+]
+
+
+@pytest.fixture
+def registered():
+    for t in THROWAWAY:
+        techniques.register(t)
+    yield [t.name for t in THROWAWAY]
+    for t in THROWAWAY:
+        techniques.unregister(t.name)
+
+
+def test_the_built_in_techniques_are_three_entries_in_the_design_cards_order():
+    assert techniques.DEFAULT_METHODS == ("full", "lora", "qlora")
+    assert set(techniques.DEFAULT_METHODS) <= set(techniques.names())
+    full, lora, qlora = (techniques.get(n) for n in techniques.DEFAULT_METHODS)
+    assert not full.adapter and lora.adapter and qlora.adapter and qlora.quantized and not lora.quantized
+    assert (full.saved_folder, lora.saved_folder) == ("model", "adapter")
+    with pytest.raises(ValueError, match="already registered"):
+        techniques.register(lora)
+    with pytest.raises(KeyError, match="'dora' is not a registered technique"):
+        techniques.get("dora")
+
+
+def test_an_unregistered_technique_is_refused_by_config_validation(tiny_model_dir, tmp_path):
+    from nbatune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="methods: 'qv_lora' is not a method"):
+        Comparison(tiny_config(tiny_model_dir, tmp_path, methods=["qv_lora"]))
+
+
+def test_a_technique_defined_in_a_test_file_trains_saves_reloads_and_exports(registered, answering_model_dir,
+                                                                               tmp_path):
+    from nbatune.evaluation import answer_and_score
+    from nbatune.inference import export, load_from_run
+
+    cmp = Comparison(tiny_config(answering_model_dir, tmp_path, methods=["lora", *registered],
+                                 **{**ANSWERING, "eval.retention": False}))
+    assert cmp.cfg.train.learning_rate["qv_lora"] == 5e-3  # the entry's defaults reach the config
+    res = cmp.setup().execute()
+    for name in registered:
+        assert res[name]["status"] == "ok", res[name]["error"]
+        assert res[name]["steps"] == 4 and res[name]["estimated_peak_bytes"] > 0
+    qv = res["qv_lora"]
+    assert qv["trainable_params"] == 2 * 4 * ((64 + 64) + (64 + 32))  # 2 layers x rank 4 x (q + v)
+    assert (Path(qv["saved_path"]) / "adapter_model.safetensors").is_file()
+    top = res["top_layer"]
+    assert 0 < top["trainable_params"] < top["total_params"]
+    assert (Path(top["saved_path"]) / "model.safetensors").is_file()
+    assert res["comparison"]["comparisons_made"] == 3 and "LoRA on q/v" in res["comparison"]["recommendation"]
+    report = (Path(res["run_dir"]) / "report.md").read_text()
+    assert "top layer only" in report and "fp32, one layer trains" in report
+    for name in registered:
+        model, tok, rt, _ = load_from_run(res["run_dir"], name)
+        again = answer_and_score(model, tok, cmp.test_records, rt, cmp.cfg.eval, cmp.pools)["predictions"]
+        assert again == res[name]["predictions"], name
+        out = export(res["run_dir"], name, tmp_path / f"export-{name}", dtype="float32")
+        from transformers import AutoModelForCausalLM
+
+        exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        ids = torch.tensor([cmp.train_rows[0]["input_ids"]])
+        with torch.no_grad():
+            torch.testing.assert_close(exported(input_ids=ids).logits, model.float()(input_ids=ids).logits,
+                                       rtol=1e-4, atol=1e-4)
