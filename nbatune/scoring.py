@@ -24,10 +24,13 @@ def answer_metric():
 @lru_cache(maxsize=1)
 def scorer():
     """The metric's module itself (``is_correct``, ``value_of``, ``safe_eval``), for per-answer checks
-    that would be slow through ``evaluate``'s batch interface (the baselines try thousands)."""
+    that would be slow through ``evaluate``'s batch interface (the baselines try thousands). Loaded under
+    its package name (``evaluate`` loads a copy under a hashed one), so that its functions are
+    ``nbatune.metrics...`` wherever they run: mutation testing finds them (`make mutation`)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("nba_answer_match", METRIC_DIR / "nba_answer_match.py")
+    spec = importlib.util.spec_from_file_location("nbatune.metrics.nba_answer_match.nba_answer_match",
+                                                  METRIC_DIR / "nba_answer_match.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

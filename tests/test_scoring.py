@@ -13,9 +13,13 @@ PLAYERS = ["Magic Johnson", "Dennis Johnson", "Shaquille O'Neal", "Nikola Jokic"
 METRIC_NAMES = ["true shooting percentage", "effective field goal percentage", "offensive rating", "net rating"]
 
 
+CASES: list[tuple] = []  # every (prediction, reference, kind, tolerance, candidates) a test here asked about
+
+
 def ok(pred, ref, kind="text", tol=0.0, candidates=None) -> bool:
-    return answer_metric().compute(predictions=[pred], references=[ref], answer_types=[kind], tolerances=[tol],
-                                   candidates=[candidates])["correct"][0]
+    """The scorer's verdict (the module itself: mutation testing reaches it, not evaluate's copy of it)."""
+    CASES.append((pred, ref, kind, tol, candidates))
+    return m().is_correct(pred, ref, kind, tol, candidates)
 
 
 def m():
@@ -147,3 +151,14 @@ def test_paired_difference_says_when_a_gap_is_noise():
     worse = [True] * 40 + [False] * 60
     d = paired_difference(better, worse)
     assert d["diff"] == pytest.approx(0.5) and not d["within_noise"] and d["ci95"][0] > 0
+
+
+def test_the_evaluate_metric_gives_the_scorers_verdict_on_every_case_above():
+    """Runs last in this file: ``evaluate.load`` of the metric (what runs score with) agrees with the
+    module the rule tests above asked, case for case."""
+    if len(CASES) < 80:
+        pytest.skip("run with the whole file: it checks the cases the tests above asked")
+    preds, refs, kinds, tols, cands = map(list, zip(*CASES))
+    got = answer_metric().compute(predictions=preds, references=refs, answer_types=kinds, tolerances=tols,
+                                  candidates=cands)["correct"]
+    assert [bool(g) for g in got] == [m().is_correct(*c) for c in CASES]
