@@ -39,7 +39,7 @@ test-fast: setup
 # cover them ([tool.mutmut] in pyproject.toml); prints the killed share and lists the survivors.
 mutation: setup
 	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 > /dev/null || true
+	NBATUNE_HYPOTHESIS_EXAMPLES=25 $(BIN)/mutmut run --max-children 2 > /dev/null || true
 	$(BIN)/python bench/mutation_score.py
 
 dataset: setup

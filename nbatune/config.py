@@ -352,7 +352,10 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
             errors.append(msg)
 
     for m in cfg.methods:
-        need(m in techniques.names(), f"methods: {m!r} is not a method (allowed: {', '.join(techniques.names())})")
+        why = techniques.refusal(m)
+        need(why is None, f"methods: {why}")
+        need(why is not None or m in techniques.names(),
+             f"methods: {m!r} is not a method (allowed: {', '.join(techniques.names())})")
     need(len(set(cfg.methods)) == len(cfg.methods), f"methods: {cfg.methods} lists a method twice")
     t = cfg.train
     need(t.max_steps >= 1, f"train.max_steps: {t.max_steps} must be >= 1")

@@ -211,14 +211,6 @@ def check_bitsandbytes() -> None:
                              "from methods") from e
 
 
-def lora_config(lora: LoraSettings):
-    from peft import LoraConfig
-
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                      use_dora=lora.use_dora, use_rslora=lora.use_rslora, init_lora_weights=lora.init_lora_weights,
-                      bias="none", task_type="CAUSAL_LM")
-
-
 def add_adapter(model, tech: "techniques.Technique", lora: LoraSettings, seed: int, gradient_checkpointing: bool):
     """The technique's PEFT config (the run's LoRA settings unless the technique brings its own) on ``model``."""
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -235,7 +227,7 @@ def add_adapter(model, tech: "techniques.Technique", lora: LoraSettings, seed: i
 
 
 def peft_config(tech: "techniques.Technique", lora: LoraSettings):
-    return tech.peft_config(lora) if tech.peft_config else lora_config(lora)
+    return (tech.peft_config or techniques.lora_config)(lora)
 
 
 def skip_adapter_input_casts(model) -> None:

@@ -84,6 +84,54 @@ def any_quantized(methods) -> bool:
     return any(get(m).quantized for m in methods if m in _REGISTRY)
 
 
+def lora_config(lora, **extra):
+    """The run's LoRA settings (``lora:`` in the config) as a PEFT LoraConfig, with ``extra`` on top."""
+    from peft import LoraConfig
+
+    return LoraConfig(**{"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+                         "target_modules": lora.target_modules, "use_dora": lora.use_dora,
+                         "use_rslora": lora.use_rslora, "init_lora_weights": lora.init_lora_weights,
+                         "bias": "none", "task_type": "CAUSAL_LM", **extra})
+
+
+def _peft(name: str, **kwargs):
+    """A PEFT method's own config with PEFT's default target modules for the architecture."""
+    def build(lora):
+        import peft
+
+        return getattr(peft, name)(task_type="CAUSAL_LM", **kwargs)
+    return build
+
+
+def _top_layers(n: int):
+    """LLaMA-Factory's ``freeze`` (its default ``freeze_trainable_layers: 2``): the whole model is saved, only the
+    top ``n`` decoder layers train."""
+    def prepare(model):
+        layers = model.model.layers
+        model.requires_grad_(False)
+        for layer in layers[-n:]:
+            layer.requires_grad_(True)
+        return model
+    return prepare
+
+
+FOUR_BIT_REFUSALS = {
+    # name of the technique -> why its 4-bit variant ("q" + name) cannot run
+    "full": "4-bit weights cannot be trained (bitsandbytes stores them packed and frozen); use qlora",
+    "freeze": "4-bit weights cannot be trained (bitsandbytes stores them packed and frozen); use qlora",
+    "vera": "PEFT 0.21 has no bitsandbytes 4-bit layer for VeRA (peft/tuners/vera has no bnb module)",
+    "oft": "PEFT 0.21 has no bitsandbytes 4-bit layer for OFT (peft/tuners/oft has no bnb module)",
+}
+
+
+def refusal(name: str) -> str | None:
+    """Why ``name`` cannot run, when it is the 4-bit variant of a technique that cannot have one."""
+    if name not in _REGISTRY and name.startswith("q") and name[1:] in FOUR_BIT_REFUSALS:
+        return f"{name!r} (the 4-bit variant of {name[1:]!r}) cannot run: {FOUR_BIT_REFUSALS[name[1:]]}"
+    return None
+
+
+ADAPTER_PRECISION = "frozen base stored in bf16, fp32 adapters"
 register(Technique(
     name="full", label="full fine-tuning", color="#1f77b4", adapter=False, learning_rate=2e-4,
     precision="fp32 master weights under bf16 autocast", memory_kind="whole",
@@ -91,9 +139,41 @@ register(Technique(
             "smaller)"))
 register(Technique(
     name="lora", label="LoRA", color="#2ca02c", adapter=True, learning_rate=2e-3, skip_input_casts=True,
-    precision="frozen base stored in bf16, fp32 adapters", memory_kind="adapter",
+    precision=ADAPTER_PRECISION, memory_kind="adapter",
     oom_tip="qlora (a 4-bit base takes about a quarter of the weight memory)"))
 register(Technique(
     name="qlora", label="QLoRA (4-bit)", color="#d62728", adapter=True, quantized=True, learning_rate=4e-3,
     precision="frozen base in 4-bit NF4 with bf16 compute, fp32 adapters", memory_kind="adapter_4bit"))
 DEFAULT_METHODS = ("full", "lora", "qlora")  # the design card's three, in its order
+
+# More of PEFT's methods, and LLaMA-Factory's freeze. Their learning rates are LoRA's (or the method
+# paper's) until `bench/sweep.py --methods NAME` has measured one; STATUS.md says which were swept.
+register(Technique(
+    name="dora", label="DoRA", color="#9467bd", adapter=True, learning_rate=2e-3,
+    precision="frozen base stored in bf16, fp32 adapters and magnitudes", memory_kind="adapter",
+    peft_config=lambda lora: lora_config(lora, use_dora=True)))
+register(Technique(
+    name="rslora", label="rsLoRA", color="#8c564b", adapter=True, learning_rate=2e-3, skip_input_casts=True,
+    precision=ADAPTER_PRECISION + " (scaled alpha / sqrt(r))", memory_kind="adapter",
+    peft_config=lambda lora: lora_config(lora, use_rslora=True)))
+register(Technique(
+    name="ia3", label="IA3", color="#e377c2", adapter=True, learning_rate=1e-2,
+    precision="frozen base stored in bf16, fp32 scaling vectors (PEFT's default modules)", memory_kind="adapter",
+    peft_config=_peft("IA3Config")))
+register(Technique(
+    name="vera", label="VeRA", color="#7f7f7f", adapter=True, learning_rate=1e-2,
+    precision="frozen base stored in bf16, shared frozen random projections, fp32 scaling vectors (rank 256, "
+              "PEFT's default modules)", memory_kind="adapter",
+    peft_config=_peft("VeraConfig", r=256)))
+register(Technique(
+    name="oft", label="OFT", color="#bcbd22", adapter=True, learning_rate=2e-3,
+    precision="frozen base stored in bf16, fp32 orthogonal blocks of 32 (PEFT's default modules)",
+    memory_kind="adapter", peft_config=_peft("OFTConfig", r=0, oft_block_size=32)))
+register(Technique(
+    name="qdora", label="QDoRA (4-bit)", color="#17becf", adapter=True, quantized=True, learning_rate=4e-3,
+    precision="frozen base in 4-bit NF4 with bf16 compute, fp32 adapters and magnitudes", memory_kind="adapter_4bit",
+    peft_config=lambda lora: lora_config(lora, use_dora=True)))
+register(Technique(
+    name="freeze", label="freeze (top 2 layers)", color="#aec7e8", adapter=False, learning_rate=2e-4,
+    precision="fp32 master weights under bf16 autocast, only the top 2 decoder layers train", memory_kind="whole",
+    prepare=_top_layers(2)))

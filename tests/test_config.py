@@ -65,13 +65,13 @@ def test_all_errors_are_reported_at_once():
     with pytest.raises(ConfigError) as e:
         load_config({"methods": ["full", "dpo"], "train": {"max_steps": 0}, "lora": {"r": 0}})
     msg = str(e.value)
-    assert "methods: 'dpo' is not a method (allowed: full, lora, qlora)" in msg
+    assert "methods: 'dpo' is not a method (allowed: full, lora, qlora, dora," in msg
     assert "train.max_steps: 0 must be >= 1" in msg and "lora.r: 0 must be >= 1" in msg
 
 
 def test_unknown_method_in_a_per_method_table():
-    with pytest.raises(ConfigError, match=r"train.learning_rate.dora: unknown method"):
-        load_config({"train": {"learning_rate": {"dora": 1e-3}}})
+    with pytest.raises(ConfigError, match=r"train.learning_rate.lomo: unknown method"):
+        load_config({"train": {"learning_rate": {"lomo": 1e-3}}})
 
 
 def test_missing_config_file_names_the_shipped_ones(tmp_path):

@@ -148,3 +148,21 @@ def test_no_technique_finished_says_so_and_names_each_failure():
     rec = comparison(res)["recommendation"]
     assert rec.startswith("No technique finished")
     assert "full fine-tuning failed (NonFiniteLossError: step 3)" in rec and "LoRA interrupted" in rec
+
+
+def test_forgetting_is_the_base_minus_the_technique_on_the_retention_set():
+    base_ret = flags((70, True), (30, False))
+    kept = flags((65, True), (35, False))  # 5 fewer right than the base
+    res = run({"trivial": flags((10, True), (90, False))},
+              base={**tech(flags((1, True), (99, False))), "retention": {"accuracy": 0.70, "correct": base_ret}},
+              full={**tech(A_ONLY), "retention": {"accuracy": 0.65, "correct": kept}},
+              lora=tech(B_ONLY))  # no retention measured: no forgetting figure, not a zero
+    cmp = comparison(res)
+    assert set(cmp["forgot"]) == {"full"}
+    f = cmp["forgot"]["full"]
+    assert f["diff"] == pytest.approx(0.05) and (f["base"], f["after"]) == (0.70, 0.65)
+    assert f["ci95"][0] <= 0.05 <= f["ci95"][1]
+    assert cmp["baselines"] == {"trivial": 0.10}
+    assert (f"Forgetting (general questions, base minus technique): full fine-tuning +5.0% "
+            f"({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%}).") in cmp["recommendation"]
+    assert "base" not in cmp["learned"] and set(cmp["learned"]) == {"full", "lora"}

@@ -94,7 +94,7 @@ def test_unreadable_model_config_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot read a model config.*local checkpoint directory"):
         estimate_memory(str(tmp_path / "nowhere"), "lora", tokens=64)
     with pytest.raises(ValueError, match=r"method must be a registered technique \(full, lora, qlora"):
-        estimate_memory(SMALL, "dora", tokens=64)
+        estimate_memory(SMALL, "lomo", tokens=64)
 
 
 def test_setup_refuses_a_run_that_will_not_fit_before_creating_anything(tiny_model_dir, tmp_path):

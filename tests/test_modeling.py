@@ -84,7 +84,8 @@ def test_skipping_peft_input_casts_under_autocast_changes_no_loss_or_gradient():
     from peft import get_peft_model
 
     from nbatune.config import LoraSettings
-    from nbatune.modeling import lora_config, skip_adapter_input_casts
+    from nbatune.modeling import skip_adapter_input_casts
+    from nbatune.techniques import lora_config
     from tests.helpers import tiny_llama
 
     ids = torch.randint(3, 64, (2, 10), generator=torch.Generator().manual_seed(0))

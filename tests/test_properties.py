@@ -5,6 +5,7 @@ is spaced, cased or labelled."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 
 from nbatune.scoring import scorer
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 300 examples a property; `make mutation` runs each mutant with fewer (NBATUNE_HYPOTHESIS_EXAMPLES)
+SETTINGS = settings(max_examples=int(os.environ.get("NBATUNE_HYPOTHESIS_EXAMPLES", "300")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 TEAMS = ["Los Angeles Lakers", "Minneapolis Lakers", "Boston Celtics", "Philadelphia 76ers", "Golden State Warriors",
          "Philadelphia Warriors", "Orlando Magic", "Miami Heat", "Chicago Bulls", "San Antonio Spurs"]
 PLAYERS = ["Magic Johnson", "Dennis Johnson", "Shaquille O'Neal", "Nikola Jokic", "Kareem Abdul-Jabbar",

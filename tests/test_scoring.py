@@ -162,3 +162,40 @@ def test_the_evaluate_metric_gives_the_scorers_verdict_on_every_case_above():
     got = answer_metric().compute(predictions=preds, references=refs, answer_types=kinds, tolerances=tols,
                                   candidates=cands)["correct"]
     assert [bool(g) for g in got] == [m().is_correct(*c) for c in CASES]
+
+
+def test_paired_difference_on_empty_or_unpaired_flags_is_noise_not_a_crash():
+    want = {"diff": 0.0, "ci95": (0.0, 0.0), "within_noise": True}
+    assert paired_difference([], []) == want and paired_difference([True], [True, False]) == want
+
+
+def test_paired_difference_interval_is_the_bootstraps_2_5_and_97_5_percentiles():
+    half = [True, False] * 50  # a +1 / 0 difference on half the questions: mean 0.5, sd of the mean 0.05
+    d = paired_difference(half, [False] * 100)
+    assert d["diff"] == 0.5 and d["ci95"][0] == pytest.approx(0.5 - 1.96 * 0.05, abs=0.02)
+    assert d["ci95"][1] == pytest.approx(0.5 + 1.96 * 0.05, abs=0.02)
+    assert paired_difference([True] * 10, [False] * 10)["ci95"] == (1.0, 1.0)
+    assert paired_difference(half, [False] * 100) == d  # seeded: the same interval every time
+
+
+def test_score_passes_types_tolerances_and_pools_to_the_metric():
+    recs = [{"answer": "55.0", "answer_type": "number", "tolerance": 0.05, "category": "ts"},
+            {"answer": "55.0", "answer_type": "number", "tolerance": 0.05, "category": "ts"},
+            {"answer": "Boston Celtics", "answer_type": "name", "tolerance": 0.0, "category": "champion"},
+            {"answer": "Boston Celtics", "answer_type": "name", "tolerance": 0.0, "category": "champion"}]
+    pools = {"champion": ["Boston Celtics", "Miami Heat"]}
+    s = score(recs, ["TS% = 110 / 2", "TS% = 55.2", "the Celtics", "Celtics, or the Heat"], pools)
+    assert s["correct"] == [True, False, True, False]  # a computed formula; 0.2 off; a nickname; a hedge
+    assert s["per_category"]["champion"] == {**s["per_category"]["champion"], "accuracy": 0.5, "n": 2}
+    assert score([], [])["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("depth,accepted", [(12, True), (13, False)])
+def test_parentheses_nest_at_most_twelve_deep(depth, accepted):
+    assert (m().safe_eval("(" * depth + "7" + ")" * depth) == 7) is accepted
+
+
+@pytest.mark.parametrize("text,value", [("1,234 points", 1234.0), ("TS% = 10 = 10.6", None),
+                                        ("TS% = 10 = 10.04", 10.04), ("1000000000", 1e9), ("1000000001", None)])
+def test_stated_values_read_thousands_separators_and_refuse_disagreeing_parts(text, value):
+    assert m().value_of(text) == (pytest.approx(value) if value is not None else None)

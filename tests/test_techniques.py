@@ -53,8 +53,8 @@ def test_the_built_in_techniques_are_three_entries_in_the_design_cards_order():
     assert (full.saved_folder, lora.saved_folder) == ("model", "adapter")
     with pytest.raises(ValueError, match="already registered"):
         techniques.register(lora)
-    with pytest.raises(KeyError, match="'dora' is not a registered technique"):
-        techniques.get("dora")
+    with pytest.raises(KeyError, match="'lomo' is not a registered technique"):
+        techniques.get("lomo")
 
 
 def test_an_unregistered_technique_is_refused_by_config_validation(tiny_model_dir, tmp_path):
@@ -97,3 +97,51 @@ def test_a_technique_defined_in_a_test_file_trains_saves_reloads_and_exports(reg
         with torch.no_grad():
             torch.testing.assert_close(exported(input_ids=ids).logits, model.float()(input_ids=ids).logits,
                                        rtol=1e-4, atol=1e-4)
+
+
+MORE = ["dora", "rslora", "ia3", "vera", "oft", "qdora", "freeze"]
+
+
+@pytest.mark.parametrize("name", MORE)
+def test_each_registered_technique_trains_saves_reloads_to_its_answers_and_exports(name, answering_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from nbatune.evaluation import answer_and_score
+    from nbatune.inference import export, load_from_run
+
+    tech = techniques.get(name)
+    cmp = Comparison(tiny_config(answering_model_dir, tmp_path, methods=[name], evaluate_base=False,
+                                 **{**ANSWERING, "eval.retention": False}))
+    res = cmp.setup().execute()
+    r = res[name]
+    assert r["status"] == "ok", r["error"]
+    assert r["steps"] == 4 and all(loss == loss for _, loss in r["loss_curve"])
+    assert 0 < r["trainable_params"] < r["total_params"]
+    if tech.adapter:
+        assert (Path(r["saved_path"]) / "adapter_model.safetensors").is_file()
+        assert not (Path(r["saved_path"]) / "model.safetensors").exists()
+    else:  # freeze: the top two decoder layers and nothing else
+        model = AutoModelForCausalLM.from_pretrained(r["saved_path"])
+        assert r["trainable_params"] == sum(p.numel() for p in model.model.layers[-2:].parameters())
+    model, tok, rt, _ = load_from_run(res["run_dir"], name)
+    again = answer_and_score(model, tok, cmp.test_records, rt, cmp.cfg.eval, cmp.pools)["predictions"]
+    assert all(again) and again == r["predictions"]
+    out = export(res["run_dir"], name, tmp_path / "export", dtype="float32")
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    if not tech.quantized:  # merged into the fp32 base: the same function as the model that was scored
+        ids = torch.tensor([cmp.train_rows[0]["input_ids"]])
+        with torch.no_grad():
+            torch.testing.assert_close(exported(input_ids=ids).logits, model.float()(input_ids=ids).logits,
+                                       rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,why", [("qvera", "no bitsandbytes 4-bit layer for VeRA"),
+                                      ("qoft", "no bitsandbytes 4-bit layer for OFT"),
+                                      ("qfull", "4-bit weights cannot be trained"),
+                                      ("qfreeze", "4-bit weights cannot be trained")])
+def test_a_4bit_variant_peft_cannot_run_is_refused_by_config_validation_with_the_reason(name, why, tiny_model_dir,
+                                                                                         tmp_path):
+    from nbatune.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"methods: '{name}' \\(the 4-bit variant of .*\\) cannot run: .*{why}"):
+        Comparison(tiny_config(tiny_model_dir, tmp_path, methods=["lora", name]))
