@@ -129,7 +129,7 @@ def samples(results: dict, k: int = 6) -> str:
         q = test[i] if i < len(test) else {}
         lines.append(f"**Q:** {q.get('question', f'test example {i}')}  \n**reference:** `{q.get('answer', '?')}`  ")
         for m, r in ok.items():
-            mark = "✅" if r["correct"][i] else "❌"
+            mark = "(right)" if r["correct"][i] else "(wrong)"  # plain text: no emoji font needed
             lines.append(f"- {techniques.label(m)} {mark}: {r['predictions'][i][:160]!r}")
         lines.append("")
     return "\n".join(lines)

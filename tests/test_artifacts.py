@@ -311,3 +311,10 @@ def test_gguf_export_of_the_embedded_model_round_trips(tmp_path, qtype):
              "The Bulls went 72-10 in 1995-96; 1,234 points, 3.5% and émigré."]
     measured = _gguf_round_trip(model, tok, out, texts)
     assert _within(measured, qtype), measured
+
+
+def test_sample_answers_are_marked_in_plain_text_that_any_font_renders(run):
+    _, res = run
+    text = (Path(res["run_dir"]) / "report.md").read_text() + (Path(res["run_dir"]) / "report.html").read_text()
+    assert "(right):" in text or "(wrong):" in text
+    assert not any(ch in text for ch in "✅❌✓✗✔✘")

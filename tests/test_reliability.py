@@ -152,7 +152,8 @@ def test_ctrl_c_in_the_cli_exits_130_and_run_resume_finishes_it(tiny_model_dir, 
     run = Path(cfg["output_dir"]) / "r"
     assert json.loads((run / "results.json").read_text())["lora"]["status"] == "interrupted"
     done = latest_checkpoint(run / "lora" / "checkpoints")
-    assert done is not None and int(done.name.split("-")[1]) >= 3
+    # three training_step calls had returned; the third's optimizer step may not have: step 2 or 3 reached
+    assert done is not None and int(done.name.split("-")[1]) >= 2
 
     assert main(["run", "--config", str(cfg_file), "--resume"]) == 0
     res = json.loads((run / "results.json").read_text())
