@@ -261,13 +261,33 @@ def markdown(results: dict) -> str:
 
 
 def write_all(results: dict, run_dir: Path) -> dict[str, str]:
-    """Write report.md, report.html and the PNG plots into ``run_dir``; return their paths."""
+    """Write report.md, report.html, the PNG plots and the per-technique JSONL files into ``run_dir``;
+    return their paths."""
     run_dir = Path(run_dir)
-    paths = plots(results, run_dir)
+    paths = {**plots(results, run_dir), **jsonl_files(results, run_dir)}
     md = markdown(results)
     (run_dir / "report.md").write_text(md, encoding="utf-8")
     (run_dir / "report.html").write_text(to_html(md, run_dir), encoding="utf-8")
     return {"markdown": str(run_dir / "report.md"), "html": str(run_dir / "report.html"), **paths}
+
+
+def jsonl_files(results: dict, run_dir: Path) -> dict[str, str]:
+    """Files a user opens with ``pandas.read_json(path, lines=True)`` without knowing results.json:
+    ``predictions-<method>.jsonl`` (question, category, reference, prediction, correct) for the base and
+    each technique, and ``train_log-<method>.jsonl`` (step, loss, learning rate, gradient norm, tokens,
+    seconds) for each trained one."""
+    questions = results.get("test_questions") or []
+    paths = {}
+    for m, r in finished(results).items():
+        rows = [{"question": q["question"], "category": q["category"], "reference": q["answer"], "prediction": p,
+                 "correct": c} for q, p, c in zip(questions, r.get("predictions") or [], r.get("correct") or [])]
+        files = {"predictions": rows, "train_log": r.get("train_log") or []}
+        for kind, data in files.items():
+            if data:
+                path = run_dir / f"{kind}-{m}.jsonl"
+                path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in data), encoding="utf-8")
+                paths[f"{kind}_{m}"] = str(path)
+    return paths
 
 
 def to_html(md: str, run_dir: Path) -> str:

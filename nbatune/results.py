@@ -37,6 +37,7 @@ class MethodResult:
     tokens_per_second: float = 0.0
     steps: int = 0
     loss_curve: list = field(default_factory=list)
+    train_log: list = field(default_factory=list)  # [{step, loss, learning_rate, grad_norm, tokens, elapsed_s}]
     final_train_loss: float | None = None
     eval_loss: float | None = None
     perplexity: float | None = None
@@ -62,6 +63,7 @@ class MethodResult:
     def record_training(self, out) -> None:
         """Take what ``training.train`` returned (a ``TrainOutcome``)."""
         self.loss_curve, self.final_train_loss, self.steps = out.loss_curve, out.final_loss, out.steps
+        self.train_log = out.train_log
         self.train_seconds, self.train_tokens = out.seconds, out.real_tokens
         self.tokens_per_second, self.learning_curve = out.tokens_per_second, out.learning_curve
 

@@ -79,8 +79,19 @@ class AnswerOnlyTrainer(Trainer):
         self.model_accepts_loss_kwargs = True  # our loss is normalised by num_items_in_batch itself
         self.real_tokens = 0
         self.loss_chunk_tokens = loss_chunk_tokens
+        self._t0: float | None = None  # the first training step's start (train_log's elapsed_s)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Each training-loss record also carries the real tokens trained so far and the seconds since this
+        process's first training step (a resumed run counts again from its first step), so the log (kept in
+        checkpoints) reads on its own."""
+        if "loss" in logs:
+            logs = {**logs, "tokens": self.real_tokens, "elapsed_s": round(time.perf_counter() - self._t0, 3)}
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
         real = inputs.pop("real_tokens", None)
         loss, _ = answer_only_loss(model, inputs, num_items_in_batch, self.loss_chunk_tokens)
         self.real_tokens += int(real if real is not None else inputs["attention_mask"].sum())
@@ -164,6 +175,7 @@ class LearningCurve(TrainerCallback):
 class TrainOutcome:
     learning_curve: list[dict] = field(default_factory=list)
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
+    train_log: list[dict] = field(default_factory=list)  # one row per logged step: step, loss, learning rate, ...
     final_loss: float = float("nan")
     steps: int = 0
     seconds: float = 0.0
@@ -273,7 +285,9 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
                                   f"{str(e)[:200]}); {hint}") from e
         raise
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    return TrainOutcome(learning_curve=recorder.points if recorder else [], loss_curve=losses,
+    log_rows = [{k: h.get(k) for k in ("step", "loss", "learning_rate", "grad_norm", "tokens", "elapsed_s")}
+                for h in trainer.state.log_history if "loss" in h]
+    return TrainOutcome(learning_curve=recorder.points if recorder else [], loss_curve=losses, train_log=log_rows,
                         final_loss=losses[-1][1] if losses else result.training_loss, steps=trainer.state.global_step,
                         seconds=result.metrics["train_runtime"] - (recorder.spent if recorder else 0.0),
                         real_tokens=trainer.real_tokens)

@@ -318,3 +318,23 @@ def test_sample_answers_are_marked_in_plain_text_that_any_font_renders(run):
     text = (Path(res["run_dir"]) / "report.md").read_text() + (Path(res["run_dir"]) / "report.html").read_text()
     assert "(right):" in text or "(wrong):" in text
     assert not any(ch in text for ch in "✅❌✓✗✔✘")
+
+
+def test_each_technique_leaves_predictions_and_a_train_log_that_pandas_reads(run):
+    import pandas as pd
+
+    _, res = run
+    run_dir = Path(res["run_dir"])
+    for m in ("base", *TECHNIQUES):
+        preds = pd.read_json(run_dir / f"predictions-{m}.jsonl", lines=True)
+        assert list(preds.columns) == ["question", "category", "reference", "prediction", "correct"]
+        assert preds["prediction"].tolist() == res[m]["predictions"]
+        assert preds["correct"].mean() == pytest.approx(res[m]["accuracy"])
+        assert preds["reference"].tolist() == [q["answer"] for q in res["test_questions"]]
+    assert not (run_dir / "train_log-base.jsonl").exists()
+    for m in TECHNIQUES:
+        log = pd.read_json(run_dir / f"train_log-{m}.jsonl", lines=True)
+        assert log["step"].tolist() == [s for s, _ in res[m]["loss_curve"]] == [1, 2, 3, 4]
+        assert log["loss"].tolist() == pytest.approx([loss for _, loss in res[m]["loss_curve"]])
+        assert log["tokens"].is_monotonic_increasing and log["tokens"].iloc[-1] == res[m]["train_tokens"]
+        assert log["elapsed_s"].is_monotonic_increasing and (log["learning_rate"] > 0).all()
