@@ -85,8 +85,3 @@ def few_shot_records(test: list[dict], train: list[dict], k: int, seed: int) -> 
         turns = [t for s in shots for t in s["messages"][-2:]]
         out.append({**rec, "messages": system + turns + msgs[-2:]})
     return out
-
-
-def strongest(baselines: dict[str, dict]) -> str:
-    """The name of the baseline with the highest overall accuracy."""
-    return max(baselines, key=lambda b: baselines[b]["accuracy"])

@@ -39,6 +39,17 @@ def test_trivial_baseline_finds_the_constant_and_the_copied_number():
     assert baselines.trivial_predictions(rules, test) == ["10", "Boston Celtics"]
 
 
+def test_trivial_baseline_fits_only_the_categories_asked_for():
+    def rec(cat, a):
+        return {"category": cat, "answer": a, "answer_type": "name", "tolerance": 0.0,
+                "messages": [{"role": "user", "content": "who?"}, {"role": "assistant", "content": a}]}
+
+    train = [rec("team", "Boston Celtics")] * 3 + [rec("team", "Miami Heat")] * 2 + [rec("other", "Orlando Magic")]
+    pools = {"team": ["Boston Celtics", "Miami Heat"], "other": ["Orlando Magic"]}
+    rules = baselines.fit_trivial(train, pools, {"team"})
+    assert rules == {"team": {"rule": "constant", "answer": "Boston Celtics", "train_accuracy": 0.6}}
+
+
 def test_few_shot_prompts_hold_k_solved_examples_of_the_same_category():
     sys_msg = {"role": "system", "content": "S"}
 

@@ -199,3 +199,10 @@ def test_parentheses_nest_at_most_twelve_deep(depth, accepted):
                                         ("TS% = 10 = 10.04", 10.04), ("1000000000", 1e9), ("1000000001", None)])
 def test_stated_values_read_thousands_separators_and_refuse_disagreeing_parts(text, value):
     assert m().value_of(text) == (pytest.approx(value) if value is not None else None)
+
+
+def test_a_three_word_teams_nickname_alone_names_it_unless_another_team_shares_it():
+    pool = ["San Antonio Spurs", "Los Angeles Lakers", "Minneapolis Lakers", "Miami Heat"]
+    assert ok("The Spurs", "San Antonio Spurs", "name", candidates=pool)
+    assert not ok("the Lakers", "Los Angeles Lakers", "name", candidates=pool)  # two Lakers: names neither
+    assert ok("Heat", "Miami Heat", "name", candidates=pool)
