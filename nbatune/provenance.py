@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig, QuantSettings
-from .modeling import EMBEDDED
+from .modeling import EMBEDDED, EMBEDDED_UPSTREAM
 
 
 def origin(cfg: ModelConfig, model_path: str) -> dict:
@@ -21,6 +21,7 @@ def origin(cfg: ModelConfig, model_path: str) -> dict:
         pip_name, _, filename = EMBEDDED[cfg.name_or_path]
         quant = filename.rsplit(".", 2)[-2]  # "Q4_1"
         return {"name": cfg.name_or_path, "path": model_path, "source": f"{filename} from PyPI {pip_name}",
+                "upstream": EMBEDDED_UPSTREAM[cfg.name_or_path],
                 "pre_quantized": quant,
                 "note": f"dequantized from a {quant} GGUF to fp32: every linear layer was already 4-bit-rounded, so "
                         "full fine-tuning and LoRA start from 4-bit weights and QLoRA re-quantizes them to NF4"}

@@ -338,3 +338,40 @@ def test_each_technique_leaves_predictions_and_a_train_log_that_pandas_reads(run
         assert log["loss"].tolist() == pytest.approx([loss for _, loss in res[m]["loss_curve"]])
         assert log["tokens"].is_monotonic_increasing and log["tokens"].iloc[-1] == res[m]["train_tokens"]
         assert log["elapsed_s"].is_monotonic_increasing and (log["learning_rate"] > 0).all()
+
+
+@pytest.mark.parametrize("method", TECHNIQUES)
+def test_every_saved_model_and_export_has_a_model_card_with_the_runs_evidence(run, method, tmp_path):
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from nbatune.inference import export
+
+    _, res = run
+    r = res[method]
+    for folder in (Path(r["saved_path"]), export(res["run_dir"], method, tmp_path / "export", dtype="float32")):
+        card = ModelCard.load(folder / "README.md")
+        d = card.data.to_dict()
+        assert d["base_model"] == res["config"]["model"]["name_or_path"]  # a local path here; upstream id if embedded
+        assert d["library_name"] == ("transformers" if method == "full" else "peft")
+        assert d["pipeline_tag"] == "text-generation" and {"nbatune", method} <= set(d["tags"])
+        assert not any(t.startswith("base_model:") for t in d["tags"])
+        results = {m["name"]: m["value"] for x in d["model-index"][0]["results"] for m in x["metrics"]}
+        results = {k.split(",")[0]: v for k, v in results.items()}
+        assert results["answer accuracy"] == r["accuracy"]
+        assert any(k.startswith("general retention") and v == r["retention"]["accuracy"] for k, v in results.items())
+        strongest = res["comparison"]["strongest_baseline"]
+        assert any(k.startswith("strongest baseline") and v == res["baselines"][strongest]["accuracy"]
+                   for k, v in results.items())
+        assert "[More Information Needed]" not in card.text and "## How to load" in card.text
+        config = yaml.safe_load(card.text.split("```yaml\n", 1)[1].split("```", 1)[0])
+        assert config == json.loads(json.dumps(res["config"]))
+        assert f"{r['steps']} optimizer steps" in card.text
+
+
+def test_the_embedded_models_card_names_its_upstream_id_and_its_q4_1_origin():
+    from nbatune.config import ModelConfig
+    from nbatune.provenance import origin
+
+    prov = origin(ModelConfig(), "/somewhere/smollm2-135m-instruct")
+    assert prov["upstream"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and "Q4_1" in prov["note"]

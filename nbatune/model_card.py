@@ -1,0 +1,128 @@
+"""A model card (``README.md``) in every saved model, adapter and export: the evidence a run has about
+that model, in the Hub's metadata format (``huggingface_hub.ModelCard``), merged with the front matter
+PEFT already wrote, never replacing it with a blank template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from . import decisions, techniques
+from .decisions import BASELINE_LABEL
+
+DATASET = "nbatune NBA analytics instructions (built-in)"
+
+
+def write(folder: str | Path, results: dict, method: str, note: str = "") -> Path:
+    """Write (or merge into) ``folder/README.md`` for ``method`` of the run in ``results``.
+
+    Args:
+        note: a sentence about this copy (e.g. an export's dtype and merge), put under the title.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    folder = Path(folder)
+    path = folder / "README.md"
+    r, tech = results[method], techniques.get(method)
+    cfg = results["config"]
+    base = (results.get("provenance") or {}).get("upstream") or cfg["model"]["name_or_path"]
+    theirs = ModelCard.load(path).data.to_dict() if path.is_file() else {}
+    cmp = decisions.comparison(results)
+    learned, forgot = cmp["learned"].get(method), cmp["forgot"].get(method)
+    strongest = cmp.get("strongest_baseline")
+    evals = [EvalResult(task_type="text-generation", dataset_type="nbatune-nba", dataset_name=DATASET,
+                        dataset_split="test", metric_type="accuracy", metric_value=r["accuracy"],
+                        metric_name=f"answer accuracy, 95% CI {_ci(r['accuracy_ci95'])}", verified=False)]
+    if (r.get("retention") or {}).get("accuracy") is not None:
+        base_ret = forgot["base"] if forgot else None
+        evals.append(EvalResult(task_type="text-generation", dataset_type="nbatune-retention",
+                                dataset_name="general-knowledge retention questions", dataset_split="test",
+                                metric_type="accuracy", metric_value=r["retention"]["accuracy"],
+                                metric_name="general retention" + (f" (base {base_ret:.1%}; forgot "
+                                                                   f"{forgot['diff']:+.1%}, 95% CI "
+                                                                   f"{_ci(forgot['ci95'], signed=True)})"
+                                                                   if forgot else ""), verified=False))
+    if strongest:
+        b = decisions.baseline_accuracies(results)[strongest]
+        evals.append(EvalResult(task_type="text-generation", dataset_type="nbatune-nba", dataset_name=DATASET,
+                                dataset_split="test", metric_type="accuracy", metric_value=b["accuracy"],
+                                metric_name=f"strongest baseline, not this model: {BASELINE_LABEL.get(strongest)}"
+                                            f", 95% CI {_ci(b['accuracy_ci95'])}", verified=False))
+    tags = [t for t in theirs.get("tags") or [] if not t.startswith("base_model:")]  # PEFT's names a local path
+    tags += [t for t in ("nbatune", method, "basketball", "nba-analytics", "text-generation") if t not in tags]
+    data = ModelCardData(**{**theirs, "base_model": base, "library_name": "peft" if tech.adapter else "transformers",
+                            "pipeline_tag": "text-generation", "tags": tags, "datasets": [DATASET],
+                            "model_name": f"{Path(results['run_dir']).name}-{method}", "eval_results": evals})
+    text = _text(results, method, base, learned, strongest, note)
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}").save(path)
+    return path
+
+
+def _ci(ci, signed: bool = False) -> str:
+    fmt = "{:+.1%}" if signed else "{:.1%}"
+    return f"{fmt.format(ci[0])} to {fmt.format(ci[1])}"
+
+
+def _text(results: dict, method: str, base: str, learned: dict | None, strongest: str | None, note: str) -> str:
+    r, tech, cfg = results[method], techniques.get(method), results["config"]
+    prov = results.get("provenance") or {}
+    t = cfg["train"]
+    lines = [f"# {tech.label} of {base} for NBA analytics", "",
+             f"Fine-tuned by nbatune's comparison run `{Path(results['run_dir']).name}` with **{tech.label}** "
+             f"({tech.precision}). {note}".rstrip(), ""]
+    if prov.get("note"):
+        lines += [f"Base weights: {prov.get('source', '')}; {prov['note']}.", ""]
+    lines += ["## Results (greedy answers, scored by the program-aided NBA metric)", "",
+              "| measure | value |", "|---|---|",
+              f"| test accuracy | {r['accuracy']:.1%} (95% CI {_ci(r['accuracy_ci95'])}), {len(r['correct'])} questions |"]
+    if learned and strongest:
+        lines.append(f"| vs strongest baseline ({BASELINE_LABEL.get(strongest)}) | {learned['diff']:+.1%} (paired "
+                     f"bootstrap 95% CI {_ci(learned['ci95'], signed=True)}){'' if learned['learned'] else ': NOT above it'} |")
+    if (r.get("retention") or {}).get("accuracy") is not None:
+        lines.append(f"| general retention | {r['retention']['accuracy']:.1%} |")
+    reps = [x["accuracy"] for x in r.get("repeats") or [] if x.get("accuracy") is not None]
+    if len(reps) > 1:
+        lines.append(f"| {len(reps)} training seeds | mean {r['accuracy_mean']:.1%} ± {r['accuracy_sd']:.1%} |")
+    lines += ["", "## Training", "",
+              f"{r['steps']} optimizer steps, {r['train_tokens']:,} tokens (prompts and answers, no padding), seed "
+              f"{r.get('seed')}, "
+              f"learning rate {t['learning_rate'].get(method)}, optimizer {t['optimizer'].get(method)}, "
+              f"{r['train_seconds']:.0f} s of training at {r['tokens_per_second']:.0f} tokens/s, peak memory "
+              f"{r['peak_memory_bytes'] / 2**20:,.0f} MiB, on {results.get('environment', {}).get('device', '?')}. "
+              f"Trainable parameters: {r['trainable_params']:,} of {r['total_params']:,}.", "",
+              "Training config (nbatune `RunConfig`):", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(),
+              "```", "", "Framework versions: " + ", ".join(
+                  f"{k} {v}" for k, v in (results.get("environment", {}).get("versions") or {}).items() if v) + ".", "",
+              "## How to load", ""]
+    if tech.adapter and tech.quantized:
+        q = cfg["quant"]
+        precision = str(results.get("environment", {}).get("device", "")).rsplit(", ", 1)[-1]
+        compute = {"fp32": "torch.float32", "fp16": "torch.float16"}.get(precision, "torch.bfloat16")
+        lines += ["```python", "import torch", "from peft import PeftModel, prepare_model_for_kbit_training",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig",
+                  f"nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={q['bnb_4bit_quant_type']!r}, "
+                  f"bnb_4bit_use_double_quant={q['bnb_4bit_use_double_quant']}, bnb_4bit_compute_dtype={compute})",
+                  f"base = prepare_model_for_kbit_training(AutoModelForCausalLM.from_pretrained({base!r}, "
+                  "quantization_config=nf4), use_gradient_checkpointing=False)",
+                  "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")",
+                  f"tokenizer = AutoTokenizer.from_pretrained({base!r})", "```", "",
+                  f"The scored model is exactly this (nbatune: `load_from_run(RUN, {method!r})`), on the 4-bit base."]
+    elif tech.adapter:
+        lines += ["```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  f"base = AutoModelForCausalLM.from_pretrained({base!r})",
+                  "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")",
+                  f"tokenizer = AutoTokenizer.from_pretrained({base!r})", "```", "",
+                  f"The scored model is exactly this (nbatune: `load_from_run(RUN, {method!r})`)."]
+    else:
+        lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
+                  "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")", "```"]
+    if tech.adapter and prov.get("pre_quantized"):
+        lines += ["", f"The adapter was trained on nbatune's fp32 conversion of the {prov['pre_quantized']} GGUF "
+                      f"(`{cfg['model']['name_or_path']}`), not on {base}'s original weights: on those its answers "
+                      "can differ. `nbatune export` merges it into the base it was trained on."]
+    lines += ["", f"llama.cpp / Ollama: `nbatune export {results['run_dir']} --method {method} --gguf q8_0` writes "
+                  "a merged checkpoint and `model-q8_0.gguf` (`llama-cli -m model-q8_0.gguf`; an Ollama Modelfile "
+                  "starts `FROM ./model-q8_0.gguf`).", ""]
+    return "\n".join(lines)
