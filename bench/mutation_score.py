@@ -42,11 +42,11 @@ def main() -> None:
         share = f"{(c['killed'] + c['timeout']) / reached:.1%}" if reached else "-"
         print(f"| {mod} | {sum(c.values())} | {c['killed']} | {c['survived']} | {c['no tests']} | {share} |")
     survivors = sorted(n for n, s in status.items() if s == "survived")
+    if a.json:  # before the long list, which a pager or `head` may cut short
+        Path(a.json).write_text(json.dumps({"by_file": by_file, "survivors": survivors}, indent=1, default=dict))
     print(f"\n{len(survivors)} survivors (mutmut show NAME):")
     for n in survivors:
         print("  " + n)
-    if a.json:
-        Path(a.json).write_text(json.dumps({"by_file": by_file, "survivors": survivors}, indent=1, default=dict))
 
 
 if __name__ == "__main__":
