@@ -50,9 +50,9 @@ BASE_COLOR = "#888888"
 _REGISTRY: dict[str, Technique] = {}
 
 
-def register(technique: Technique, replace: bool = False) -> Technique:
-    """Add a technique (``replace=True`` to redefine one, e.g. in a test)."""
-    if technique.name == BASE or (technique.name in _REGISTRY and not replace):
+def register(technique: Technique) -> Technique:
+    """Add a technique (``unregister`` first to redefine one)."""
+    if technique.name == BASE or technique.name in _REGISTRY:
         raise ValueError(f"technique {technique.name!r} is already registered")
     _REGISTRY[technique.name] = technique
     return technique

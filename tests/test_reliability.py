@@ -157,7 +157,12 @@ def test_ctrl_c_in_the_cli_exits_130_and_run_resume_finishes_it(tiny_model_dir, 
 
     assert main(["run", "--config", str(cfg_file), "--resume"]) == 0
     res = json.loads((run / "results.json").read_text())
-    assert res["lora"]["status"] == "ok" and [s for s, _ in res["lora"]["loss_curve"]] == list(range(1, 9))
+    steps = [s for s, _ in res["lora"]["loss_curve"]]
+    # every step before the checkpoint and after it is logged; the step the interrupt landed in may not be
+    # (the Trainer logs after the optimizer step, and the checkpoint is of the step reached)
+    reached = int(done.name.split("-")[1])
+    assert res["lora"]["status"] == "ok" and steps == sorted(set(steps)) and steps[-1] == 8
+    assert set(range(1, reached)) | set(range(reached + 1, 9)) <= set(steps)
     assert "results: " in capsys.readouterr().out
 
 
