@@ -160,8 +160,6 @@ class Comparison:
             self.results[m] = res.to_dict()
             if m == "base":
                 self._add_base_baselines(res)
-            elif res.status == Status.OK and res.saved_path and self.is_main:
-                self._write_card(res.saved_path, m)
             self._write()
             if res.status == Status.INTERRUPTED:
                 raise KeyboardInterrupt(f"interrupted during {m}; resume with execute(resume=True) and "
@@ -171,6 +169,9 @@ class Comparison:
             return self.results
         self.results["comparison"] = decisions.comparison(self.results)
         self._write()
+        for m in methods:  # once the comparison they quote exists
+            if self.results[m].get("status") == Status.OK.value and self.results[m].get("saved_path"):
+                self._write_card(self.results[m]["saved_path"], m)
         self.results["report"] = report.write_all(self.results, self.run_dir)
         self._write()
         return self.results
@@ -211,8 +212,8 @@ class Comparison:
         return first
 
     def _write_card(self, folder: str, method: str) -> None:
-        """The saved model's card, with this run's evidence so far; a card that cannot be written costs a
-        warning, never the technique's results."""
+        """The saved model's card with the run's evidence; a card that cannot be written costs a warning,
+        never the technique's results."""
         try:
             model_card.write(folder, self.results, method)
         except Exception as e:  # noqa: BLE001

@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import techniques
 from .scoring import paired_difference
 
+
 def order(results: dict) -> list[str]:
     """The base, then every technique of the run, in the order they ran."""
     return [m for m in results if m == techniques.BASE or m in techniques.names()]
@@ -124,10 +125,10 @@ def mcnemar(a: list[bool], b: list[bool]) -> float:
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone)."""
-    order = sorted(pvalues, key=pvalues.get)
+    ranked = sorted(pvalues, key=pvalues.get)
     out, running = {}, 0.0
-    for i, k in enumerate(order):
-        running = max(running, min(1.0, (len(order) - i) * pvalues[k]))
+    for i, k in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * pvalues[k]))
         out[k] = running
     return out
 

@@ -38,6 +38,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from . import techniques
+
 log = logging.getLogger(__name__)
 
 MiB, GiB = 2**20, 2**30
@@ -183,8 +185,6 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
             ``heads x row_width`` probabilities per position (``ATTN_PAIR_BYTES``).
         row_width: positions per row of the micro-batch.
     """
-    from . import techniques
-
     if method not in techniques.names():
         raise ValueError(f"method must be a registered technique ({', '.join(techniques.names())}), not {method!r}")
     kind = techniques.get(method).memory_kind
@@ -260,8 +260,6 @@ def memory_fixes(method: str, batch_size: int, grad_accum: int, gradient_checkpo
             f"{grad_accum * 2} (the same effective batch)"]
     if not gradient_checkpointing:
         tips.append(f"train.gradient_checkpointing.{method}: true (about 30% slower, far less activation memory)")
-    from . import techniques
-
     tip = techniques.get(method).oom_tip if method in techniques.names() else ""
     return tips + ([tip] if tip else [])
 

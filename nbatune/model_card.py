@@ -28,7 +28,7 @@ def write(folder: str | Path, results: dict, method: str, note: str = "") -> Pat
     cfg = results["config"]
     base = (results.get("provenance") or {}).get("upstream") or cfg["model"]["name_or_path"]
     theirs = ModelCard.load(path).data.to_dict() if path.is_file() else {}
-    cmp = decisions.comparison(results)
+    cmp = results.get("comparison") or decisions.comparison(results)
     learned, forgot = cmp["learned"].get(method), cmp["forgot"].get(method)
     strongest = cmp.get("strongest_baseline")
     evals = [EvalResult(task_type="text-generation", dataset_type="nbatune-nba", dataset_name=DATASET,
