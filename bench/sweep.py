@@ -2,8 +2,11 @@
 
 At a short budget the ranking of techniques mostly reflects their learning rates (LoRA's best rate
 is about 10x full fine-tuning's, "LoRA Without Regret", 2025), so every technique gets its own best
-rate from the same grid search before the comparison is trusted. Selection uses the validation
-split only (teacher-forced exact match: every answer token is the greedy one), never the test split.
+rate from the same grid search before the comparison is trusted. Selection uses validation only, never
+a test split: NBA validation (teacher-forced exact match: every answer token is the greedy one) and the
+general-knowledge validation split (generated answers), under the operating-point policy of the run
+(``decisions.operating_point``: the best NBA score among the rates that keep ``eval.keep_general`` of
+the base's general score; ties to the smaller rate).
 
     python bench/sweep.py --steps 60 --json bench/sweep-cpu-YYYYMMDD.json
     python bench/sweep.py --methods lora --grid lora=1e-3,2e-3,4e-3 --steps 30
@@ -48,11 +51,36 @@ def run_one(method: str, lr: float, steps: int, config: str | None, overrides: l
     t0 = time.perf_counter()
     out = train(model, tok, rows, method, cfg.train, rt, Path("/tmp/nbatune-sweep") / f"{method}-{lr}", cfg.seed,
                 curve=lambda m: teacher_forced_exact_match(m, tok, val, rt))
+    general = general_validation(model, tok, cfg, rt)
     del model
     free_memory()
     return {"method": method, "learning_rate": lr, "steps": out.steps, "final_train_loss": out.final_loss,
-            "validation_exact_match": out.learning_curve[-1]["exact_match"], "curve": out.learning_curve,
-            "seconds": time.perf_counter() - t0}
+            "validation_exact_match": out.learning_curve[-1]["exact_match"], "general_validation": general,
+            "curve": out.learning_curve, "seconds": time.perf_counter() - t0}
+
+
+def general_validation(model, tok, cfg, rt) -> float:
+    """Generated answers on the retention validation split, scored as the retention test."""
+    from nbatune.data import retention
+    from nbatune.evaluation import general_accuracy
+    from nbatune.scoring import candidate_pools
+
+    val = retention.records(cfg.model.system_prompt, "validation")
+    pools = candidate_pools(val, retention.records(cfg.model.system_prompt, "test"))
+    return general_accuracy(model, tok, val, rt, cfg.eval, pools, "general validation")
+
+
+def base_general(config: str | None, overrides: list[str]) -> float:
+    from nbatune.config import load_config
+    from nbatune.data.prepare import prepare_training_data
+    from nbatune.modeling import load_model
+    from nbatune.runtime import resolve
+
+    cfg = load_config(config, overrides)
+    rt = resolve(cfg.train.device, cfg.train.precision)
+    data = prepare_training_data(cfg)
+    model = load_model(data.model_path, "base", cfg.model, rt, cfg.lora, cfg.quant, cfg.seed)
+    return general_validation(model, data.tokenizer, cfg, rt)
 
 
 def main() -> int:
@@ -70,25 +98,34 @@ def main() -> int:
     for item in args.grid:
         m, lrs = item.split("=", 1)
         grid[m] = [float(x) for x in lrs.split(",")]
-    runs, best = [], {}
+    from nbatune.config import load_config
+    from nbatune.decisions import operating_point
+
+    ev = load_config(args.config, args.overrides).eval
+    base = base_general(args.config, args.overrides)
+    runs, best, why = [], {}, {}
     for m in args.methods.split(","):
         for lr in grid[m]:
             r = run_one(m, lr, args.steps, args.config, args.overrides, args.val_rows)
             runs.append(r)
-            print(f"{m:>5} lr {lr:.0e}: validation exact match {r['validation_exact_match']:.1%}, "
-                  f"train loss {r['final_train_loss']:.3f}, {r['seconds']:.0f} s", flush=True)
-        # ties go to the smaller rate (the safer one)
-        best[m] = max((r for r in runs if r["method"] == m),
-                      key=lambda r: (r["validation_exact_match"], -r["learning_rate"]))["learning_rate"]
-    print("| technique | steps | validation exact match per learning rate | best |")
+            print(f"{m:>5} lr {lr:.0e}: validation exact match {r['validation_exact_match']:.1%}, general "
+                  f"validation {r['general_validation']:.1%} (base {base:.1%}), train loss "
+                  f"{r['final_train_loss']:.3f}, {r['seconds']:.0f} s", flush=True)
+        points = [{"alpha": r["learning_rate"], "nba_validation": r["validation_exact_match"],
+                   "general_validation": r["general_validation"]} for r in runs if r["method"] == m]
+        choice = operating_point(points, base, 0.0, ev.keep_general, ev.fallback_margin,
+                                 tie=lambda p: -p["alpha"])  # ties go to the smaller rate (the safer one)
+        best[m], why[m] = choice["alpha"], choice["reason"]
+    print("| technique | steps | NBA / general validation per learning rate | best |")
     print("|---|---|---|---|")
     for m in best:
-        cells = ", ".join(f"{r['learning_rate']:.0e}: {r['validation_exact_match']:.1%}" for r in runs
-                          if r["method"] == m)
-        print(f"| {m} | {args.steps} steps | {cells} | **{best[m]:.0e}** |")
+        cells = ", ".join(f"{r['learning_rate']:.0e}: {r['validation_exact_match']:.1%} / {r['general_validation']:.1%}"
+                          for r in runs if r["method"] == m)
+        print(f"| {m} | {args.steps} steps | {cells} | **{best[m]:.0e}** ({why[m]}) |")
     if args.json:
         Path(args.json).write_text(json.dumps({"steps": args.steps, "overrides": args.overrides, "grid": grid,
-                                               "runs": runs, "best": best}, indent=2))
+                                               "base_general_validation": base, "runs": runs, "best": best,
+                                               "reason": why}, indent=2))
     return 0
 
 

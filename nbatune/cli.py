@@ -11,6 +11,8 @@ from pathlib import Path
 from . import techniques
 
 
+ALPHA_HELP = ("where on the learning-forgetting curve, 0 (base) to 1 (trained); default: the run's chosen operating point")
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nbatune", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("question")
     a.add_argument("--method", required=True, choices=[techniques.BASE, *techniques.names()])
     a.add_argument("--max-new-tokens", type=int, default=64)
+    a.add_argument("--alpha", type=float, default=None, help=ALPHA_HELP)
 
     x = sub.add_parser("export", help="a standalone checkpoint of a run's technique (adapters merged), in bf16 by "
                                       "default, that plain transformers loads")
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--out", default=None, help="default: <run>/<method>/merged (adapters) or export-<dtype> (full)")
     x.add_argument("--gguf", default=None, choices=["f16", "q8_0"],
                    help="also write model-<type>.gguf for llama.cpp / Ollama (llama-architecture models)")
+    x.add_argument("--alpha", type=float, default=None, help=ALPHA_HELP)
 
     d = sub.add_parser("dataset", help="build, inspect or validate instruction data")
     dsub = d.add_subparsers(dest="action", required=True)
@@ -178,7 +182,7 @@ def _report(args) -> int:
 def _ask(args) -> int:
     from .inference import load_from_run
 
-    model, tok, rt, system = load_from_run(args.run_dir, args.method)
+    model, tok, rt, system = load_from_run(args.run_dir, args.method, args.alpha)
     from .evaluation import generate_answers
 
     rec = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": args.question},
@@ -191,7 +195,7 @@ def _ask(args) -> int:
 def _export(args) -> int:
     from .inference import export
 
-    out = export(args.run_dir, args.method, args.out, args.dtype, args.gguf)
+    out = export(args.run_dir, args.method, args.out, args.dtype, args.gguf, args.alpha)
     quantized = techniques.get(args.method).quantized
     note = " (merged into the unquantized base: not the 4-bit model that was scored)" if quantized else ""
     print(f"exported {args.method} as {args.dtype} to {out}{note}")

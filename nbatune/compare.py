@@ -13,7 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
-from . import baselines, decisions, evaluation, model_card, provenance, report, rundir, scoring, techniques
+from . import (baselines, decisions, evaluation, interpolation, model_card, provenance, replay, report, rundir, scoring,
+               techniques)
 from .config import RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
@@ -26,6 +27,9 @@ from .runtime import resolve
 from .training import latest_checkpoint, train
 
 log = logging.getLogger(__name__)
+# what a technique's result keeps of alpha = 1 when its operating point is elsewhere
+TRAINED_KEYS = ("accuracy", "accuracy_ci95", "per_category", "formats", "retention", "predictions", "correct",
+                "eval_loss", "perplexity")
 
 
 class Comparison:
@@ -48,6 +52,7 @@ class Comparison:
         self.run_dir: Path | None = None
         self.results: dict = {}
         self._ready = False
+        self.replay_info: dict = {}
 
     # ---- setup ------------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> "Comparison":
@@ -69,14 +74,23 @@ class Comparison:
         data = prepare_training_data(cfg)
         self.model_path, self.tokenizer, self.records, self.train_rows = (data.model_path, data.tokenizer, data.records,
                                                                           data.train_rows)
+        if cfg.train.replay_share:
+            self._mix_replay()
         val_records = self.records["validation"][: cfg.eval.max_val_examples]
         self.val_rows, val_stats = tokenize_records(val_records, self.tokenizer, cfg.model.max_length, "drop",
                                                     "validation", cfg.data.train_on == "all_assistant_turns")
         self.test_records = self.records["test"][: cfg.eval.max_test_examples]
         self.pools = scoring.candidate_pools(*self.records.values())
-        self.retention_records = retention.records(cfg.model.system_prompt) if cfg.eval.retention else []
+        sp = cfg.model.system_prompt
+        self.retention_records = retention.records(sp, "test") if cfg.eval.retention else []
+        self.general_val = retention.records(sp, "validation") if cfg.eval.retention else []
+        self.retention_pools = scoring.candidate_pools(self.retention_records, self.general_val)
+        # the curve's NBA measure: teacher-forced exact match on the whole validation split
+        self.select_rows = tokenize_records(self.records["validation"], self.tokenizer, cfg.model.max_length, "drop",
+                                            "validation", cfg.data.train_on == "all_assistant_turns")[0]
         self.curve_rows = self.val_rows[: cfg.eval.curve_examples]
         self.dataset_info = {
+            "replay": self.replay_info,
             "source": cfg.data.source,
             "sizes": {s: len(r) for s, r in self.records.items()},
             "test_evaluated": len(self.test_records),
@@ -90,6 +104,18 @@ class Comparison:
             rundir.write_config(self.run_dir, cfg)
         self._ready = True
         return self
+
+    def _mix_replay(self) -> None:
+        """Append the base's own answers to general prompts to the training rows, at train.replay_share."""
+        cfg = self.cfg
+        answers = replay.base_answers(self.model_path, self.tokenizer, cfg, self.rt)
+        rows, _ = tokenize_records(replay.records(cfg.model.system_prompt, answers), self.tokenizer,
+                                   cfg.model.max_length, "drop", "replay", False)
+        nba = len(self.train_rows)
+        self.train_rows = replay.mix(self.train_rows, rows, cfg.train.replay_share)
+        self.replay_info = {"share": cfg.train.replay_share, "prompts": len(rows), "rows": len(self.train_rows) - nba,
+                            "fingerprint": replay.fingerprint(self.model_path, cfg.model.system_prompt,
+                                                              self.rt.precision)}
 
     def _check_memory(self) -> dict:
         """Estimate each technique's peak before anything trains; refuse (or warn about) those that
@@ -146,7 +172,8 @@ class Comparison:
                         "model_path": self.model_path,
                         "provenance": provenance.origin(self.cfg.model, self.model_path),
                         "test_questions": [{"question": baselines.question_text(r), "answer": r["answer"],
-                                            "category": r["category"]} for r in self.test_records]}
+                                            "category": r["category"], "format": r.get("format", ""),
+                                            "unseen": r.get("unseen", False)} for r in self.test_records]}
         previous = rundir.earlier_results(self.run_dir) if resume else {}
         if self.is_main:
             self.results["baselines"] = previous.get("baselines") or {"trivial": self._trivial_baseline()}
@@ -177,16 +204,22 @@ class Comparison:
         return self.results
 
     def _trivial_baseline(self) -> dict:
-        """The best rule per category (constant answer or copying a number), fitted on train, scored on test."""
-        rules = baselines.fit_trivial(self.records["train"], self.pools, {r["category"] for r in self.test_records})
+        """The best rule per category (constant answer or copying a number), fitted on train, scored on test
+        (and on validation, for choosing operating points)."""
+        cats = {r["category"] for r in self.test_records + self.records["validation"]}
+        rules = baselines.fit_trivial(self.records["train"], self.pools, cats)
         preds = baselines.trivial_predictions(rules, self.test_records)
-        return {**scoring.score(self.test_records, preds, self.pools), "predictions": preds, "rules": rules}
+        val = self.records["validation"]
+        val_acc = scoring.score(val, baselines.trivial_predictions(rules, val), self.pools)["accuracy"] if val else 0.0
+        return {**scoring.score(self.test_records, preds, self.pools), "predictions": preds, "rules": rules,
+                "validation_accuracy": val_acc}
 
     def _add_base_baselines(self, base: MethodResult) -> None:
         if base.status != Status.OK:
             return
         b = self.results["baselines"]
-        b["zero_shot"] = {k: getattr(base, k) for k in ("accuracy", "accuracy_ci95", "per_category", "correct")}
+        b["zero_shot"] = {k: getattr(base, k) for k in ("accuracy", "accuracy_ci95", "per_category", "correct",
+                                                                  "formats")}
         if base.few_shot:
             b["few_shot"] = base.few_shot
 
@@ -241,6 +274,9 @@ class Comparison:
                                    seed, gradient_checkpointing=gc_on)
                 res.trainable_params, res.total_params = count_parameters(model)
                 res.weights_bytes = weights_bytes(model)
+                how = interpolation.curve_kind(method, self.cfg.lora) if method != "base" else None
+                # the interpolated path starts at the parameters' values before training
+                initial = interpolation.trainable_state(model) if how == "interpolate" and self._curve_on() else None
                 if method != "base":
                     ckpt_dir = self.run_dir / method / ("checkpoints" if save else f"checkpoints-seed{seed}")
                     curve = (lambda mdl: evaluation.teacher_forced_exact_match(mdl, self.tokenizer, self.curve_rows,
@@ -258,11 +294,14 @@ class Comparison:
                 res.saved_path = self.model_path
             elif save:
                 res.saved_path = str(self._save(model, method))
+                if initial is not None and techniques.get(method).adapter:
+                    interpolation.save_initial(initial, res.saved_path)
                 res.saved_bytes = dir_size(res.saved_path)
-            res.record_evaluation(evaluation.evaluate_model(model, self.tokenizer, self.val_rows, self.test_records,
-                                                            self.rt, self.cfg.eval, self.pools, self.retention_records))
+            res.record_evaluation(self._evaluate(model))
             if method == "base":
                 self._base_extras(model, res)
+            elif self._curve_on():
+                self._operating_point(model, res, interpolation.AlphaPath(model, how, initial))
         except KeyboardInterrupt:
             res.status, res.error = Status.INTERRUPTED, "interrupted (Ctrl-C); a checkpoint was saved if a step finished"
         except Exception as e:  # one technique failing must not lose the others
@@ -274,8 +313,53 @@ class Comparison:
             free_memory()
         return res
 
+    def _evaluate(self, model) -> dict:
+        return evaluation.evaluate_model(model, self.tokenizer, self.val_rows, self.test_records, self.rt,
+                                         self.cfg.eval, self.pools, self.retention_records, self.retention_pools)
+
+    def _curve_on(self) -> bool:
+        return bool(self.cfg.eval.curve_alphas and self.general_val and self.is_main)
+
+    def _validation_point(self, model, alpha: float) -> dict:
+        """The curve's cheap measures at one point: NBA validation (teacher-forced exact match, every row) and
+        general validation (generated answers, scored as the retention test)."""
+        nba = evaluation.teacher_forced_exact_match(model, self.tokenizer, self.select_rows, self.rt)
+        general = evaluation.general_accuracy(model, self.tokenizer, self.general_val, self.rt, self.cfg.eval,
+                                              self.retention_pools, f"general validation, alpha {alpha:g}")
+        return {"alpha": alpha, "nba_validation": nba, "general_validation": general}
+
+    def _operating_point(self, model, res: MethodResult, path) -> None:
+        """Score the curve on validation, choose the point by the policy, and when it is not the trained model,
+        evaluate the chosen point on test: the top-level figures are then the chosen point's (what ``ask``,
+        ``export`` and ``load_from_run`` give), and ``trained`` keeps alpha = 1's."""
+        e = self.cfg.eval
+        t0 = time.perf_counter()
+        base = (self.results.get("base") or {}).get("validation") or {}
+        if "general_validation" not in base:  # the base was not evaluated: alpha = 0 is the base exactly
+            path.set(0.0)
+            base = self._validation_point(model, 0.0)
+        for a in sorted(set(e.curve_alphas) | {1.0}):
+            path.set(a)
+            res.curve.append(self._validation_point(model, a))
+        trivial = (self.results.get("baselines") or {}).get("trivial", {}).get("validation_accuracy", 0.0)
+        strongest = max(trivial, base.get("nba_validation", 0.0))
+        res.operating_point = {**decisions.operating_point(res.curve, base["general_validation"], strongest,
+                                                           e.keep_general, e.fallback_margin),
+                               "base_general_validation": base["general_validation"],
+                               "strongest_validation_baseline": strongest, "seconds": 0.0}
+        if res.operating_point["alpha"] != 1.0:
+            res.trained = {k: v for k, v in res.to_dict().items() if k in TRAINED_KEYS}
+            path.set(res.operating_point["alpha"])
+            eval_s = res.eval_seconds
+            res.record_evaluation(self._evaluate(model))
+            res.eval_seconds += eval_s
+        res.operating_point["seconds"] = time.perf_counter() - t0
+
     def _base_extras(self, model, res: MethodResult) -> None:
-        """The few-shot baseline and the NF4 error measured on the untouched base."""
+        """The few-shot baseline, the NF4 error measured on the untouched base, and its validation scores
+        (the origin of every technique's curve)."""
+        if self._curve_on():
+            res.validation = self._validation_point(model, 0.0)
         k = self.cfg.eval.few_shot
         if k:
             t0 = time.perf_counter()

@@ -70,7 +70,11 @@ class DataConfig:
         "auto", "Row format of a user dataset; 'auto' detects it from the columns.")
     train_size: int = _f(3200, "Built-in dataset: training examples.")
     val_size: int = _f(160, "Built-in dataset: validation examples (eval loss and perplexity).")
-    test_size: int = _f(200, "Built-in dataset: test examples (answer accuracy).")
+    test_size: int = _f(320, "Built-in dataset: test examples (answer accuracy), a third of the computed ones in "
+                             "the unseen format.")
+    unseen_format: Literal["box", "prose", "table", "csv", "kv"] = _f(
+        "kv", "Built-in dataset: the stat-line format held out of training and validation; test reports "
+              "accuracy on it beside the seen formats.")
     test_fraction: float = _f(0.1, "User data without a test split: fraction carved out, deterministically from "
                                    "data.seed.")
     overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples longer than model.max_length.")
@@ -138,6 +142,9 @@ class TrainConfig:
     loss_chunk_tokens: int = _f(512, "Output head + loss over the answer tokens only, this many at a time, never "
                                      "holding all their logits (less memory, less head compute). 0: the model "
                                      "computes the logits of every answer column.")
+    replay_share: float = _f(0.0, "Share of training examples that replay the base model's own answers to general "
+                                  "prompts (nbatune.replay; generated once per base model, cached), against "
+                                  "forgetting. 0: off.")
     curve_steps: int = _f(30, "Learning curve: every this many steps, teacher-forced exact match on "
                               "eval.curve_examples validation rows (0: off).")
     early_stopping_patience: int = _f(0, "Stop a technique when the learning-curve score has not improved for this "
@@ -171,6 +178,14 @@ class EvalConfig:
     max_test_examples: int | None = _f(None, "Evaluate on at most this many test examples (None: all).")
     max_val_examples: int | None = _f(64, "Eval loss on at most this many validation examples (None: all).")
     num_samples: int = _f(6, "Side-by-side sample answers in the report.")
+    curve_alphas: list[float] = _f([0.25, 0.5, 0.75], "The learning-forgetting curve: besides the trained model "
+                                   "(alpha = 1), score these points between the base (0) and it, on NBA and general "
+                                   "validation (needs eval.retention). []: no curve, the trained model is the "
+                                   "operating point.")
+    keep_general: float = _f(0.9, "Operating-point policy: the highest NBA validation score among the points that "
+                                  "keep at least this share of the base's general validation score.")
+    fallback_margin: float = _f(0.25, "When no point keeps keep_general: the point that keeps the most while still "
+                                      "this much above the strongest validation baseline.")
 
 
 @dataclass
@@ -376,6 +391,7 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
             need(k not in owned, f"train.trainer_args.{k}: set by nbatune from its own config; use "
                                  f"{TRAINER_ARGS_OWNED.get(k, 'the matching train.* field')}")
     need(t.curve_steps >= 0, f"train.curve_steps: {t.curve_steps} must be >= 0 (0: off)")
+    need(0 <= t.replay_share <= 0.5, f"train.replay_share: {t.replay_share} must be in [0, 0.5] (0: off)")
     need(t.batch_size >= 1, f"train.batch_size: {t.batch_size} must be >= 1")
     need(t.grad_accum >= 1, f"train.grad_accum: {t.grad_accum} must be >= 1")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
@@ -418,6 +434,10 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
     need(e.batch_size >= 1, f"eval.batch_size: {e.batch_size} must be >= 1")
     need(e.few_shot >= 0, f"eval.few_shot: {e.few_shot} must be >= 0 (0: no few-shot baseline)")
     need(e.curve_examples >= 1, f"eval.curve_examples: {e.curve_examples} must be >= 1")
+    need(all(isinstance(a, (int, float)) and 0 <= a < 1 for a in e.curve_alphas),
+         f"eval.curve_alphas: {e.curve_alphas} must be numbers in [0, 1) (alpha = 1, the trained model, is always "
+         "scored)")
+    need(0 < e.keep_general <= 1, f"eval.keep_general: {e.keep_general} must be in (0, 1]")
     if cfg.run_name is not None:
         need(bool(cfg.run_name) and "/" not in cfg.run_name and cfg.run_name not in (".", ".."),
              f"run_name: {cfg.run_name!r} must be a plain folder name")

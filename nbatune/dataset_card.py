@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import baselines, scoring
-from .data import builtin
+from .data import builtin, statlines
 from .data.loading import to_record
 
 
@@ -64,7 +64,18 @@ def card(splits: dict[str, list[builtin.Example]], measured: dict | None = None)
               "candidates is wrong. The trivial baseline is, per category, the best constant answer or copied "
               "number of the question, fitted on train."
               + ("" if model_cols else " Base-model baselines: `nbatune dataset inspect --results RUN/results.json`."),
-              "", "## Examples", ""]
+              "", "## Stat-line formats", "",
+              "Every computed question shows its stat line in one of these forms (fields shuffled, sometimes with "
+              "fields the formula does not need). The unseen format never appears in training or validation; "
+              "test questions in it are tagged `unseen: true` and scored apart.", "",
+              "| format | " + " | ".join(splits) + " | example (test) |", "|---|" + "---:|" * len(splits) + "---|"]
+    formats = {s: Counter(e.format for e in rows if e.format) for s, rows in splits.items()}
+    unseen = {e.format for e in splits.get("test", []) if e.unseen}
+    for fmt in statlines.FORMATS:
+        example = next((e.input for e in splits.get("test", []) if e.format == fmt), "")
+        lines.append(f"| {fmt}{' (**unseen**)' if fmt in unseen else ''} | "
+                     + " | ".join(str(formats[s][fmt]) for s in splits) + f" | `{example.replace(chr(10), ' / ').replace('|', '¦')}` |")
+    lines += ["", "## Examples", ""]
     shown = set()
     for e in splits.get("test", []):
         if e.category in shown:

@@ -81,7 +81,9 @@ def comparison(results: dict) -> dict:
         rec.append(f"Strongest baseline: {BASELINE_LABEL.get(strongest, strongest)} at {sb:.1%}. Against it: "
                    + "; ".join(parts) + ".")
     tied = [m for m in trained if m != best_q and not _pair(out, best_q, m).get("real")]
-    rec.append(f"Best accuracy: {techniques.label(best_q)} ({trained[best_q]['accuracy']:.1%}).")
+    at = (trained[best_q].get("operating_point") or {}).get("alpha")
+    rec.append(f"Best accuracy: {techniques.label(best_q)}{f' at alpha {at:g}' if at is not None else ''} "
+               f"({trained[best_q]['accuracy']:.1%}).")
     if tied:
         why = ("one training seed, so the seed spread is unknown (train.repeats)" if
                any(_pair(out, best_q, m)["seeds"] is None for m in tied) else
@@ -94,6 +96,11 @@ def comparison(results: dict) -> dict:
                        f" and a {size_text(trained[cheapest]['saved_bytes'])} artefact.")
     else:
         rec.append("Its lead over the other techniques exceeds both the paired-test noise and the seed spread.")
+    points = {m: r["operating_point"] for m, r in trained.items() if r.get("operating_point")}
+    if points:
+        rec.append("Operating points (chosen on validation): " + "; ".join(
+            f"{techniques.label(m)} at alpha {p['alpha']:g} (general validation kept: {p['kept']:.0%})"
+            for m, p in points.items()) + "; every test figure here is at that point.")
     if out["forgot"]:
         rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
             f"{techniques.label(m)} {f['diff']:+.1%} ({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%})"
@@ -155,3 +162,37 @@ def _pair(cmp: dict, a: str, b: str) -> dict:
 
 def size_text(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB" if b >= 2**20 else f"{b / 2**10:,.0f} KiB"
+
+
+POLICY = ("the highest NBA validation score among the points that keep at least {keep:.0%} of the base's general "
+          "validation score; when none does, the one that keeps the most while still {margin:.0%} above the "
+          "strongest validation baseline")
+
+
+def operating_point(curve: list[dict], base_general: float, strongest_validation: float, keep: float = 0.9,
+                    margin: float = 0.25, tie=lambda p: p["alpha"]) -> dict:
+    """Where to use a technique, from validation alone: ``curve`` is ``[{alpha, nba_validation,
+    general_validation}]``. Returns ``{alpha, reason, policy, kept}`` (``kept``: the point's general score as a
+    share of the base's). Ties go to the larger ``tie(point)``: by default the larger alpha (the less altered
+    model is not preferred for free). The learning-rate sweep passes its points with the rate as alpha."""
+    policy = POLICY.format(keep=keep, margin=margin)
+
+    def kept(p):
+        return p["general_validation"] / base_general if base_general else 1.0
+
+    def pick(points, key, reason):
+        best = max(points, key=key)
+        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": kept(best)}
+
+    keeping = [p for p in curve if kept(p) >= keep]
+    if keeping:
+        return pick(keeping, lambda p: (p["nba_validation"], tie(p)),
+                    f"keeps {keep:.0%} of the base's general validation score")
+    above = [p for p in curve if p["nba_validation"] >= strongest_validation + margin]
+    if above:
+        return pick(above, lambda p: (p["general_validation"], p["nba_validation"], tie(p)),
+                    f"no point keeps {keep:.0%} of the base's general score: the one that keeps the most while "
+                    f"{margin:.0%} above the strongest validation baseline")
+    return pick(curve, lambda p: (p["nba_validation"], tie(p)),
+                f"no point keeps {keep:.0%} of the base's general score or clears the baseline by {margin:.0%}: "
+                "the best NBA validation score")

@@ -237,9 +237,19 @@ def answer_and_score(model, tokenizer, records, rt: Runtime, eval_cfg, pools=Non
 RETENTION_MAX_NEW_TOKENS = 32  # every retention answer is a word or a number; a sentence fits
 
 
+def general_accuracy(model, tokenizer, records, rt: Runtime, eval_cfg, pools, desc="general") -> float:
+    """Accuracy of generated answers on general-knowledge records, scored as the retention test."""
+    return answer_and_score(model, tokenizer, records, rt, eval_cfg, pools, desc, RETENTION_MAX_NEW_TOKENS)["accuracy"]
+
+
 def evaluate_model(model, tokenizer, val_rows, test_records, rt: Runtime, eval_cfg, pools=None,
-                   retention_records=None) -> dict:
-    """Everything the comparison needs about one model's quality, plus how long each part took."""
+                   retention_records=None, retention_pools=None) -> dict:
+    """Everything the comparison needs about one model's quality, plus how long each part took.
+
+    Args:
+        retention_pools: competing answers of the general-knowledge questions (both retention splits);
+            default: those of ``retention_records``.
+    """
     t0 = time.perf_counter()
     loss = eval_loss(model, tokenizer, val_rows, rt, batch_size=max(1, eval_cfg.batch_size // 2))
     acc = answer_and_score(model, tokenizer, test_records, rt, eval_cfg, pools, "test answers")
@@ -247,7 +257,8 @@ def evaluate_model(model, tokenizer, val_rows, test_records, rt: Runtime, eval_c
     if retention_records:
         t1 = time.perf_counter()
         ret = answer_and_score(model, tokenizer, retention_records, rt, eval_cfg,
-                               candidate_pools(retention_records), "retention", RETENTION_MAX_NEW_TOKENS)
+                               retention_pools or candidate_pools(retention_records), "retention",
+                               RETENTION_MAX_NEW_TOKENS)
         out["retention"] = {**ret, "seconds": time.perf_counter() - t1}
     return out
 

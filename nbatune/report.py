@@ -73,6 +73,45 @@ def category_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _pct(block: dict | None, key: str = "accuracy") -> str:
+    """``61.2% (55.0-67.0%)`` from a dict holding an accuracy and its interval; ``-`` when absent."""
+    if not block or block.get(key) is None:
+        return "-"
+    lo, hi = block.get("accuracy_ci95") or block.get("ci95") or (None, None)
+    return f"{block[key]:.1%}" + (f" ({lo:.0%}-{hi:.0%})" if lo is not None else "")
+
+
+def _quality(r: dict) -> list[str]:
+    """Seen formats, unseen format, general retention (test) and its share of the base's."""
+    f = r.get("formats") or {}
+    return [_pct(f.get("seen")), _pct(f.get("unseen")), _pct(r.get("retention"))]
+
+
+def operating_table(results: dict) -> str:
+    """Per model: where it is used (alpha and why) and its test figures there, beside the trained model's
+    (alpha = 1): NBA questions in the seen formats, in the unseen format, and general retention."""
+    ok = finished(results)
+    if not ok:
+        return "No model finished."
+    base_ret = (ok.get("base") or {}).get("retention", {}).get("accuracy")
+    rows = ["| model | alpha (chosen on validation) | seen formats | unseen format | general retention (test) | "
+            "kept of base | at alpha = 1: seen / unseen / retention |", "|---|---|---|---|---|---:|---|"]
+    for m, r in ok.items():
+        op = r.get("operating_point") or {}
+        ret = (r.get("retention") or {}).get("accuracy")
+        kept = f"{ret / base_ret:.0%}" if ret is not None and base_ret else "-"
+        trained = r.get("trained") or {}
+        at_one = " / ".join(_quality(trained)) if trained else ("same" if m != "base" else "-")
+        alpha = "-" if m == "base" else (f"{op['alpha']:g}" if op else "1 (no curve)")
+        rows.append(f"| {techniques.label(m)} | {alpha} | " + " | ".join(_quality(r)) + f" | {kept} | {at_one} |")
+    reasons = {techniques.label(m): r["operating_point"]["reason"] for m, r in ok.items()
+               if r.get("operating_point")}
+    policy = next((r["operating_point"]["policy"] for r in ok.values() if r.get("operating_point")), None)
+    if policy:
+        rows += ["", f"Policy: {policy}. " + "; ".join(f"{k}: {v}" for k, v in reasons.items()) + "."]
+    return "\n".join(rows)
+
+
 def _scoring_by_category(results: dict) -> dict[str, str]:
     out = {}
     for q in results.get("test_questions") or []:
@@ -185,6 +224,9 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
         ax.legend(fontsize=8)
         paths["learned_vs_forgot"] = _save(fig, out_dir / "learned_vs_forgot.png")
 
+    if any(r.get("curve") for r in trained.values()):
+        paths["tradeoff"] = _tradeoff_plot(plt, ok, out_dir / "tradeoff.png")
+
     cats = sorted({c for r in ok.values() for c in r["per_category"]})
     if cats:
         fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(cats) * len(ok)), 4))
@@ -217,6 +259,47 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
     return paths
 
 
+def _tradeoff_plot(plt, ok: dict, path: Path) -> str:
+    """The learning-forgetting Pareto view on validation: each technique's curve from the base (alpha = 0) to
+    the trained model (alpha = 1, square), its chosen point starred, the points no other point beats on both
+    axes circled (the front)."""
+    base = (ok.get("base") or {}).get("validation") or {}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    points = []
+    for m, r in ok.items():
+        curve = r.get("curve") or []
+        if not curve:
+            continue
+        pts = ([base] if base else []) + curve
+        xs, ys = [p["general_validation"] for p in pts], [p["nba_validation"] for p in pts]
+        ax.plot(xs, ys, color=techniques.color(m), marker="o", ms=4, label=techniques.label(m))
+        for p in curve:
+            ax.annotate(f"{p['alpha']:g}", (p["general_validation"], p["nba_validation"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 3), color=techniques.color(m))
+            points.append((p["general_validation"], p["nba_validation"]))
+        one = curve[-1]
+        ax.plot(one["general_validation"], one["nba_validation"], "s", ms=8, mfc="none", color=techniques.color(m))
+        chosen = next((p for p in curve if p["alpha"] == (r.get("operating_point") or {}).get("alpha")), None)
+        if chosen:
+            ax.plot(chosen["general_validation"], chosen["nba_validation"], "*", ms=15, color=techniques.color(m),
+                    mec="black")
+    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+    if front:
+        ax.plot(*zip(*front), "o", ms=13, mfc="none", mec="#444", lw=0.8, label="Pareto front")
+    if base:
+        ax.plot(base["general_validation"], base["nba_validation"], "ko", ms=7, label="base (alpha 0)")
+        keep = next((r["operating_point"].get("policy") for r in ok.values() if r.get("operating_point")), "")
+        share = float(keep.split("at least ")[1].split("%")[0]) / 100 if "at least " in keep else 0.9
+        ax.axvline(share * base["general_validation"], color="#888", ls="--", lw=0.8)
+    ax.set(xlabel="general knowledge (validation accuracy) ->  forgets less",
+           ylabel="NBA validation (teacher-forced exact match)",
+           title="Learning vs forgetting along each technique's curve\n(square: trained; star: chosen; dashed: "
+                 "policy's retention floor)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -234,6 +317,12 @@ def markdown(results: dict) -> str:
         f"{results.get('dataset', {}).get('test_evaluated')} test questions; total "
         f"{results.get('total_seconds', 0):.0f} s.", "",
         table(results), "",
+        "## Where to use each model: seen and unseen formats, forgetting", "",
+        "Each technique's operating point is chosen on validation alone (NBA validation, general-knowledge "
+        "validation); the test figures here and in every other table are that point's, and the trained model's "
+        "(alpha = 1) are beside them. The unseen format is a stat-line layout no training or validation "
+        "question used.", "",
+        operating_table(results), "", "![tradeoff](tradeoff.png)", "",
         "## Recommendation", "", cmp["recommendation"], "",
         "Winners: " + ", ".join(f"{k}: **{techniques.label(v)}**" for k, v in cmp.get("winners", {}).items()), "",
         "## Baselines (what a model that learned nothing scores)", "",
@@ -273,14 +362,15 @@ def write_all(results: dict, run_dir: Path) -> dict[str, str]:
 
 def jsonl_files(results: dict, run_dir: Path) -> dict[str, str]:
     """Files a user opens with ``pandas.read_json(path, lines=True)`` without knowing results.json:
-    ``predictions-<method>.jsonl`` (question, category, reference, prediction, correct) for the base and
+    ``predictions-<method>.jsonl`` (question, category, format, unseen, reference, prediction, correct) for the base and
     each technique, and ``train_log-<method>.jsonl`` (step, loss, learning rate, gradient norm, tokens,
     seconds) for each trained one."""
     questions = results.get("test_questions") or []
     paths = {}
     for m, r in finished(results).items():
-        rows = [{"question": q["question"], "category": q["category"], "reference": q["answer"], "prediction": p,
-                 "correct": c} for q, p, c in zip(questions, r.get("predictions") or [], r.get("correct") or [])]
+        rows = [{"question": q["question"], "category": q["category"], "format": q.get("format", ""),
+                 "unseen": q.get("unseen", False), "reference": q["answer"], "prediction": p, "correct": c}
+                for q, p, c in zip(questions, r.get("predictions") or [], r.get("correct") or [])]
         files = {"predictions": rows, "train_log": r.get("train_log") or []}
         for kind, data in files.items():
             if data:

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-SCHEMA_VERSION = 2  # 2: baselines, retention, repeats, learning curves, provenance (README: results.json)
+# 2: baselines, retention, repeats, learning curves, provenance. 3: seen/unseen formats, retention split into
+# validation and test, the learning-forgetting curve and the chosen operating point (README: results.json)
+SCHEMA_VERSION = 3
 
 
 class Status(str, Enum):
@@ -44,6 +46,7 @@ class MethodResult:
     accuracy: float | None = None
     accuracy_ci95: tuple | list | None = None
     per_category: dict = field(default_factory=dict)
+    formats: dict = field(default_factory=dict)  # {"seen": {...}, "unseen": {...}}: test accuracy per format side
     saved_path: str | None = None
     saved_bytes: int = 0
     predictions: list = field(default_factory=list)
@@ -54,6 +57,10 @@ class MethodResult:
     repeats: list = field(default_factory=list)  # one summary per training seed (train.repeats)
     accuracy_mean: float | None = None
     accuracy_sd: float | None = None
+    validation: dict = field(default_factory=dict)  # base only: NBA and general validation, the curve's origin
+    curve: list = field(default_factory=list)  # [{alpha, nba_validation, general_validation}]
+    operating_point: dict = field(default_factory=dict)  # {alpha, policy, reason}: what the top-level figures are
+    trained: dict = field(default_factory=dict)  # the same test figures at alpha = 1, when the point is elsewhere
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -73,11 +80,14 @@ class MethodResult:
         self.accuracy, self.accuracy_ci95 = ev["accuracy"], list(ev["accuracy_ci95"])
         self.per_category, self.predictions, self.correct = ev["per_category"], ev["predictions"], ev["correct"]
         self.eval_seconds, self.retention = ev["eval_seconds"], ev.get("retention", {})
+        self.formats = ev.get("formats", {})
 
     def summary(self) -> dict:
         """What a repeat keeps: enough for means, spreads and paired tests."""
         return {"seed": self.seed, "status": self.status.value, "accuracy": self.accuracy,
                 "per_category": {c: v["accuracy"] for c, v in self.per_category.items()},
+                "formats": {k: v["accuracy"] for k, v in self.formats.items()},
+                "alpha": self.operating_point.get("alpha"),
                 "retention_accuracy": self.retention.get("accuracy"), "correct": self.correct,
                 "retention_correct": self.retention.get("correct", []), "train_seconds": self.train_seconds,
                 "final_train_loss": self.final_train_loss, "learning_curve": self.learning_curve}

@@ -49,7 +49,9 @@ def candidate_pools(*splits: list[dict]) -> dict[str, list[str]]:
 
 
 def score(records: list[dict], predictions: list[str], pools: dict[str, list[str]] | None = None) -> dict:
-    """Accuracy overall and per category, each with a 95% Wilson interval, plus per-example flags.
+    """Accuracy overall and per category, each with a 95% Wilson interval, plus per-example flags; where
+    some records are tagged ``unseen`` (a stat-line format held out of training), ``formats`` gives the
+    same for the seen and the unseen ones apart.
 
     Args:
         pools: competing answers per category (``candidate_pools``); without them a name only has to
@@ -61,18 +63,24 @@ def score(records: list[dict], predictions: list[str], pools: dict[str, list[str
                                   tolerances=[r["tolerance"] for r in records],
                                   candidates=[pools.get(r["category"]) for r in records])
     correct = [bool(c) for c in res["correct"]]
+    out = {**_summary(records, correct, lambda r: True), "correct": correct}
+    if any(r.get("unseen") for r in records):
+        out["formats"] = {side: _summary(records, correct, lambda r, u=unseen: bool(r.get("unseen")) == u)
+                          for side, unseen in (("seen", False), ("unseen", True))}
+    return out
+
+
+def _summary(records: list[dict], correct: list[bool], keep) -> dict:
+    """Accuracy with its interval, overall and per category, over the records ``keep`` accepts."""
     by_cat: dict[str, list[bool]] = defaultdict(list)
     for r, c in zip(records, correct):
-        by_cat[r["category"]].append(c)
-    k, n = sum(correct), len(correct)
-    return {
-        "accuracy": k / n if n else 0.0,
-        "accuracy_ci95": wilson(k, n),
-        "n": n,
-        "per_category": {c: {"accuracy": sum(v) / len(v), "n": len(v), "ci95": wilson(sum(v), len(v))}
-                         for c, v in sorted(by_cat.items())},
-        "correct": correct,
-    }
+        if keep(r):
+            by_cat[r["category"]].append(c)
+    kept = [c for v in by_cat.values() for c in v]
+    k, n = sum(kept), len(kept)
+    return {"accuracy": k / n if n else 0.0, "accuracy_ci95": wilson(k, n), "n": n,
+            "per_category": {c: {"accuracy": sum(v) / len(v), "n": len(v), "ci95": wilson(sum(v), len(v))}
+                             for c, v in sorted(by_cat.items())}}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -31,6 +31,9 @@ class Technique:
     skip_input_casts: bool = False
     memory_kind: Literal["whole", "adapter", "adapter_4bit"] = "whole"  # which of the estimator's fitted models counts it
     oom_tip: str = ""  # what else to try when it does not fit, after batch size and checkpointing
+    # the learning-forgetting curve (nbatune.interpolation): "scale" a LoRA update by alpha, or "interpolate"
+    # every trained parameter between its initial and trained value
+    curve: Literal["scale", "interpolate"] = "interpolate"
     # called on the loaded model before training (e.g. freeze layers); returns the model
     prepare: Callable | None = field(default=None, compare=False)
 
@@ -138,11 +141,11 @@ register(Technique(
     oom_tip="lora or qlora instead of full fine-tuning, or train.optimizer.full: adamw_8bit (optimizer states 4x "
             "smaller)"))
 register(Technique(
-    name="lora", label="LoRA", color="#2ca02c", adapter=True, learning_rate=2e-3, skip_input_casts=True,
+    name="lora", label="LoRA", color="#2ca02c", adapter=True, learning_rate=2e-3, skip_input_casts=True, curve="scale",
     precision=ADAPTER_PRECISION, memory_kind="adapter",
     oom_tip="qlora (a 4-bit base takes about a quarter of the weight memory)"))
 register(Technique(
-    name="qlora", label="QLoRA (4-bit)", color="#d62728", adapter=True, quantized=True, learning_rate=4e-3,
+    name="qlora", label="QLoRA (4-bit)", color="#d62728", adapter=True, quantized=True, learning_rate=4e-3, curve="scale",
     precision="frozen base in 4-bit NF4 with bf16 compute, fp32 adapters", memory_kind="adapter_4bit"))
 DEFAULT_METHODS = ("full", "lora", "qlora")  # the design card's three, in its order
 
@@ -154,6 +157,7 @@ register(Technique(
     peft_config=lambda lora: lora_config(lora, use_dora=True)))
 register(Technique(
     name="rslora", label="rsLoRA", color="#8c564b", adapter=True, learning_rate=2e-3, skip_input_casts=True,
+    curve="scale",
     precision=ADAPTER_PRECISION + " (scaled alpha / sqrt(r))", memory_kind="adapter",
     peft_config=lambda lora: lora_config(lora, use_rslora=True)))
 register(Technique(

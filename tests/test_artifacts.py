@@ -327,7 +327,8 @@ def test_each_technique_leaves_predictions_and_a_train_log_that_pandas_reads(run
     run_dir = Path(res["run_dir"])
     for m in ("base", *TECHNIQUES):
         preds = pd.read_json(run_dir / f"predictions-{m}.jsonl", lines=True)
-        assert list(preds.columns) == ["question", "category", "reference", "prediction", "correct"]
+        assert list(preds.columns) == ["question", "category", "format", "unseen", "reference", "prediction", "correct"]
+        assert preds["unseen"].tolist() == [q["unseen"] for q in res["test_questions"]] and preds["unseen"].any()
         assert preds["prediction"].tolist() == res[m]["predictions"]
         assert preds["correct"].mean() == pytest.approx(res[m]["accuracy"])
         assert preds["reference"].tolist() == [q["answer"] for q in res["test_questions"]]

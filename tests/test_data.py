@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import pytest
 
@@ -136,7 +137,7 @@ def test_every_computed_answer_recomputes_from_its_stat_line(default_build):
         for e in rows:
             if e.answer_type != "number":
                 continue
-            want = _expected(e.category, e.input)
+            want = _expected(e.category, e.key)
             assert scorer().value_of(e.answer) == pytest.approx(want, rel=1e-9, abs=1e-9), (e.category, e.answer)
             quoted = next(t.fmt for t in builtin.COMPUTE_TASKS if t.category == e.category).format(want)
             assert scorer().is_correct(quoted, e.answer, "number", e.tolerance), (quoted, e.answer)
@@ -150,9 +151,93 @@ def test_every_computed_answer_recomputes_from_its_stat_line(default_build):
 def test_stat_lines_are_internally_consistent(default_build):
     for e in default_build["train"]:
         if e.category == "game_score":
-            p = _parse(e.input)  # also asserts PTS = 2*FGM + 3PM + FTM
+            p = _parse(e.key)  # also asserts PTS = 2*FGM + 3PM + FTM
             assert p["fgm"] <= p["fga"] and p["tpm"] <= p["tpa"] <= p["fga"] and p["ftm"] <= p["fta"]
             assert p["tpm"] <= p["fgm"]
+
+
+def test_every_format_states_the_same_stat_line_as_its_box_score_key(default_build):
+    """Whatever format a question shows its line in, parsing it gives every number the formula needs, equal
+    to the line's box-score key (from which the answer is recomputed above); shuffled order and extra
+    fields change nothing."""
+    from nbatune.data import statlines
+
+    by_format = Counter()
+    for rows in default_build.values():
+        for e in rows:
+            if not e.format:
+                continue
+            shown, key = statlines.parse(e.input, e.format), statlines.parse(e.key, "box")
+            assert key and {f: shown.get(f) for f in key} == key, (e.format, e.input, e.key)
+            by_format[e.format] += 1
+    assert set(by_format) == set(statlines.FORMATS) and min(by_format.values()) >= 60
+
+
+def test_a_fixed_line_round_trips_through_every_format():
+    import random
+
+    from nbatune.data import analytics as A, statlines
+
+    rng = random.Random(5)
+    line = A.random_player_line(rng)
+    fields = list(A.PLAYER_FIELDS)
+    for fmt in statlines.FORMATS:
+        got = statlines.parse(statlines.render(line, fields, fmt, rng), fmt)
+        assert got == {f: statlines.values(line, f) for f in fields}, fmt
+    assert "7/14" in statlines.render(A.PlayerLine(30, 7, 14, 1, 3, 3, 5, 0, 4, 2, 1, 0, 2, 3), ["fg"], "kv", rng)
+    with pytest.raises(ValueError, match="allowed: box, prose"):
+        statlines.render(line, fields, "xml", rng)
+
+
+def test_the_unseen_format_is_only_in_test_and_tagged(default_build):
+    unseen = [e for e in default_build["test"] if e.unseen]
+    assert len(unseen) >= 60 and {e.format for e in unseen} == {builtin.UNSEEN_FORMAT}
+    assert {e.category for e in unseen} == {t.category for t in builtin.COMPUTE_TASKS}
+    for split in ("train", "validation"):
+        assert not any(e.unseen or e.format == builtin.UNSEEN_FORMAT for e in default_build[split])
+    assert not any(e.format == builtin.UNSEEN_FORMAT for e in default_build["test"] if not e.unseen)
+    from nbatune import dataset_card
+
+    assert f"| {builtin.UNSEEN_FORMAT} (**unseen**) | 0 | 0 | {len(unseen)} |" in dataset_card.card(default_build)
+    leaky = {**default_build, "train": default_build["train"] + unseen[:1]}
+    with pytest.raises(AssertionError, match="unseen format into train"):
+        builtin.check_no_leakage(leaky)
+    other = builtin.build(train_size=200, val_size=20, test_size=60, unseen_format="prose")
+    assert {e.format for e in other["test"] if e.unseen} == {"prose"}
+    assert not any(e.format == "prose" for e in other["train"])
+    with pytest.raises(ValueError, match="unseen_format.*allowed"):
+        builtin.build(unseen_format="xml")
+
+
+def test_a_stat_line_in_another_format_still_counts_as_a_leak(default_build):
+    """The same test line written in training in another format, under another question: found by its key."""
+    e = next(e for e in default_build["test"] if e.format and not e.unseen)
+    copy = builtin.Example("x", e.category, "Another question?", "reworded", e.output, e.answer, "number",
+                           e.tolerance, e.key, "prose")
+    with pytest.raises(AssertionError, match="leaks into test"):
+        builtin.check_no_leakage({**default_build, "train": default_build["train"] + [copy]})
+
+
+def test_config_formats_are_the_builders_formats():
+    import typing
+
+    from nbatune.config import DataConfig
+    from nbatune.data import statlines
+
+    assert typing.get_args(typing.get_type_hints(DataConfig)["unseen_format"]) == statlines.FORMATS
+
+
+def test_scores_split_seen_and_unseen_formats():
+    from nbatune.scoring import score
+
+    recs = [{"category": c, "answer": "1", "answer_type": "number", "tolerance": 0.0, "unseen": u}
+            for c, u in (("a", False), ("a", False), ("b", True), ("b", True), ("a", True))]
+    res = score(recs, ["1", "2", "1", "2", "2"])
+    assert res["accuracy"] == pytest.approx(2 / 5)
+    seen, unseen = res["formats"]["seen"], res["formats"]["unseen"]
+    assert (seen["accuracy"], seen["n"], unseen["n"]) == (0.5, 2, 3)
+    assert unseen["per_category"]["b"]["accuracy"] == 0.5 and unseen["per_category"]["a"]["accuracy"] == 0.0
+    assert "formats" not in score(recs[:2], ["1", "1"])
 
 
 # ---- user datasets --------------------------------------------------------------------------------

@@ -8,8 +8,13 @@ How the split is made (no leakage by construction, and re-checked by ``check_no_
 * History facts (champions, Finals opponents and results, Finals MVPs, MVPs) are all taught in
   training under the training phrasings; validation and test ask about sampled facts with the
   reserved phrasings, disjoint between validation and test.
-* Stat lines are drawn fresh from a seeded generator. A line shown in one split never appears in
-  another, in any task (``check_no_leakage`` searches every earlier split's whole text for it).
+* Stat lines are drawn fresh from a seeded generator and written in one of ``statlines.FORMATS`` (box
+  score, recap prose, markdown table, CSV, ``key: value`` lines), fields shuffled, sometimes with extra
+  ones. A line shown in one split never appears in another, in any task or format (``check_no_leakage``
+  compares every line in box notation, and searches every earlier split's whole text).
+* One format (``UNSEEN_FORMAT``) never appears in training or validation: a third of the computed test
+  questions use it and are tagged ``unseen``, so results show seen and unseen formats side by side.
+  Computed questions have 9 phrasings (6 formal, 3 as an analyst types them); 3 are held out.
 * Validation and test ask at most ``MAX_SAME_ANSWER`` questions with the same answer per category, so
   that no constant answer can pass a category.
 * Everything derives from one ``random.Random(seed)``: same seed, byte-identical files.
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import analytics as A
+from . import statlines
 from .facts import CHAMPIONS, FINALS_MVPS, MVPS, league, season_label
 
 HELDOUT_PHRASINGS = 2
@@ -45,7 +51,9 @@ class Example:
     answer: str  # canonical short answer the evaluation checks
     answer_type: str  # "name" | "number" | "choice" | "text"
     tolerance: float  # absolute tolerance for numbers, 0 otherwise
-    key: str  # what must never be shared between train and test (fact or stat line)
+    key: str  # what must never be shared between train and test (fact, or the stat line in box notation)
+    format: str = ""  # how the stat line is written (statlines.FORMATS); "" without one
+    unseen: bool = False  # True: a test question in the format held out of training and validation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +138,13 @@ FACT_PHRASINGS: dict[str, list[str]] = {
 # 0-22% after 250 steps when answers were bare values). Tolerances are half the unit the value is
 # usually quoted in, so a plainly stated value ("TS% is 56.2%") rounded as usual scores too.
 
+PLAYER_AVAILABLE = A.PLAYER_FIELDS
+TEAM_AVAILABLE = ("pts", "fg", "3p", "ft", "oreb", "tov", "opp", "tmin")
+COMPUTE_HELDOUT_PHRASINGS = 3  # of 9 per task
+UNSEEN_FORMAT = "kv"  # never in training or validation; a third of the computed test questions
+UNSEEN_SHARE = 1 / 3
+
+
 @dataclass(frozen=True)
 class ComputeTask:
     category: str
@@ -140,7 +155,14 @@ class ComputeTask:
     expr: Callable[[object], str]  # the formula with this line's numbers: the answer
     phrasings: tuple[str, ...]
     label: str  # how the answer names the metric: "TS% = ..."
-    fields: tuple[str, ...]  # the stats shown: what the formula needs, as an analyst would ask
+    fields: tuple[str, ...]  # the stats the formula needs, always shown
+    casual: tuple[str, ...] = ()  # how an analyst types the question; mixed into both sides of the split
+    available: tuple[str, ...] = PLAYER_AVAILABLE  # what else a pasted line may show
+
+    @property
+    def all_phrasings(self) -> tuple[str, ...]:
+        """Four formal and two casual phrasings for training, then two formal and one casual held out."""
+        return self.phrasings[:4] + self.casual[:2] + self.phrasings[4:] + self.casual[2:]
 
 
 def _line_with_turnovers(rng: random.Random):
@@ -162,69 +184,80 @@ COMPUTE_TASKS: list[ComputeTask] = [
                 ("Compute this player's true shooting percentage.", "What is the TS% for this stat line?",
                  "Calculate true shooting % from the box score below.", "Find the player's TS%.",
                  "Work out the true shooting percentage of this line.",
-                 "How efficient was this scorer by true shooting percentage?"), "TS%", ("pts", "fg", "ft")),
+                 "How efficient was this scorer by true shooting percentage?"), "TS%", ("pts", "fg", "ft"),
+                ("what's his TS%?", "ts% on this line?", "True shooting on this one?")),
     ComputeTask("effective_fg", A.random_player_line, A.effective_fg_pct, "{:.1f}%", 0.05,
                 lambda p: f"100 x ({p.fgm} + 0.5 x {p.tpm}) / {p.fga}",
                 ("Compute this player's effective field goal percentage.", "What is the eFG% for this line?",
                  "Calculate eFG% from the box score below.", "Find the player's effective FG%.",
                  "Work out the effective field goal percentage here.",
-                 "What effective field goal percentage does this line give?"), "eFG%", ("pts", "fg", "3p")),
+                 "What effective field goal percentage does this line give?"), "eFG%", ("pts", "fg", "3p"),
+                ("what's the eFG% here?", "efg% for this?", "Effective FG on this line?")),
     ComputeTask("points_per_shot", A.random_player_line, A.points_per_shot, "{:.2f}", 0.005,
                 lambda p: f"{p.pts} / {p.fga}",
                 ("Compute points per shot attempt (PTS / FGA).", "How many points per field goal attempt?",
                  "Calculate this player's points per shot.", "Find PTS per FGA for this line.",
                  "What is the points-per-shot-attempt figure here?",
-                 "Give points scored per field goal attempt for this game."), "PTS/FGA", ("pts", "fg")),
+                 "Give points scored per field goal attempt for this game."), "PTS/FGA", ("pts", "fg"),
+                ("points per shot here?", "how many pts per FGA?", "PPS for this line?")),
     ComputeTask("assist_turnover", _line_with_turnovers, A.assist_to_turnover, "{:.2f}", 0.005,
                 lambda p: f"{p.ast} / {p.tov}",
                 ("Compute the assist-to-turnover ratio.", "What is this player's AST/TO ratio?",
                  "Calculate assists per turnover.", "Find the assist to turnover ratio for this line.",
                  "Work out the AST:TOV ratio here.", "How many assists per turnover did the player have?"),
-                "AST/TO", ("pts", "ast", "tov")),
+                "AST/TO", ("pts", "ast", "tov"),
+                ("ast/to on this?", "what's the assist to turnover?", "AST:TO here?")),
     ComputeTask("game_score", A.random_player_line, A.game_score, "{:.1f}", 0.05,
                 lambda p: (f"{p.pts} + 0.4 x {p.fgm} - 0.7 x {p.fga} - 0.4 x ({p.fta} - {p.ftm}) + 0.7 x {p.orb} "
                            f"+ 0.3 x {p.drb} + {p.stl} + 0.7 x {p.ast} + 0.7 x {p.blk} - 0.4 x {p.pf} - {p.tov}"),
                 ("Compute John Hollinger's game score for this line.", "What is the game score (GmSc)?",
                  "Calculate Hollinger game score from the box score.", "Find this player's GmSc.",
                  "Work out the Hollinger game score of this performance.",
-                 "What game score does this box score produce?"), "GmSc", A.PLAYER_FIELDS[1:]),
+                 "What game score does this box score produce?"), "GmSc", A.PLAYER_FIELDS[1:],
+                ("gmsc for this line?", "what's the game score here?", "Hollinger GmSc on this?")),
     ComputeTask("possessions", A.random_team_game, A.possessions, "{:.1f}", 0.05,
                 lambda t: _poss(t)[1:-1],
                 ("Estimate the team's possessions.", "How many possessions did this team use?",
                  "Calculate possessions from these team totals.", "Find the possession estimate.",
                  "Work out this team's number of possessions.",
-                 "Roughly how many possessions does this box score imply?"), "POSS", ("fg", "ft", "oreb", "tov")),
+                 "Roughly how many possessions does this box score imply?"), "POSS", ("fg", "ft", "oreb", "tov"),
+                ("how many poss here?", "possession count for this game?", "poss estimate?"), TEAM_AVAILABLE),
     ComputeTask("offensive_rating", A.random_team_game, A.offensive_rating, "{:.1f}", 0.05,
                 lambda t: f"100 x {t.pts} / {_poss(t)}",
                 ("Compute the team's offensive rating.", "What is the ORtg (points per 100 possessions)?",
                  "Calculate offensive rating from these totals.", "Find this team's offensive rating.",
                  "Work out points scored per 100 possessions.", "How many points per 100 possessions did they score?"),
-                "ORtg", ("pts", "fg", "ft", "oreb", "tov")),
+                "ORtg", ("pts", "fg", "ft", "oreb", "tov"),
+                ("what's their ORtg?", "ortg for this game?", "Offensive rating here?"), TEAM_AVAILABLE),
     ComputeTask("defensive_rating", A.random_team_game, A.defensive_rating, "{:.1f}", 0.05,
                 lambda t: f"100 x {t.opp_pts} / {_poss(t)}",
                 ("Compute the team's defensive rating.", "What is the DRtg (points allowed per 100 possessions)?",
                  "Calculate defensive rating from these totals.", "Find this team's defensive rating.",
                  "Work out points allowed per 100 possessions.",
-                 "How many points per 100 possessions did they allow?"), "DRtg", ("opp", "fg", "ft", "oreb", "tov")),
+                 "How many points per 100 possessions did they allow?"), "DRtg", ("opp", "fg", "ft", "oreb", "tov"),
+                ("what's their DRtg?", "drtg for this game?", "Defensive rating here?"), TEAM_AVAILABLE),
     ComputeTask("net_rating", A.random_team_game, A.net_rating, "{:.1f}", 0.05,
                 lambda t: f"100 x ({t.pts} - {t.opp_pts}) / {_poss(t)}",
                 ("Compute the team's net rating.", "What is the net rating for this game?",
                  "Calculate net rating (ORtg - DRtg).", "Find this team's net rating.",
                  "Work out the point differential per 100 possessions.",
                  "What was the team's net rating per 100 possessions?"), "NetRtg",
-                ("pts", "opp", "fg", "ft", "oreb", "tov")),
+                ("pts", "opp", "fg", "ft", "oreb", "tov"),
+                ("net rtg here?", "what's the net rating?", "NetRtg for this game?"), TEAM_AVAILABLE),
     ComputeTask("pace", A.random_team_game, A.pace, "{:.1f}", 0.05,
                 lambda t: f"48 x {_poss(t)} / ({t.minutes} / 5)",
                 ("Compute the pace (possessions per 48 minutes).", "What was the pace of this game?",
                  "Calculate pace from these team totals.", "Find the team's pace.",
                  "Work out possessions per 48 minutes.", "How fast was the game, by pace?"), "Pace",
-                ("fg", "ft", "oreb", "tov", "min")),
+                ("fg", "ft", "oreb", "tov", "tmin"),
+                ("what was the pace?", "pace for this game?", "How many possessions per 48 here?"), TEAM_AVAILABLE),
     ComputeTask("win_pct", A.random_partial_record, A.win_pct, "{:.3f}", 0.0005,
                 lambda s: f"{s.wins} / ({s.wins} + {s.losses})",
                 ("Compute the team's winning percentage.", "What is the win% for this season?",
                  "Calculate winning percentage.", "Find this team's win percentage.",
                  "Work out the team's winning percentage for the season.",
-                 "What fraction of games did the team win?"), "W%", ("record",)),
+                 "What fraction of games did the team win?"), "W%", ("record",),
+                ("what's their win%?", "win pct so far?", "Winning percentage here?"), ()),
 ]
 
 
@@ -337,20 +370,31 @@ def _history(rng: random.Random, split: str, n: int, used: set[str]) -> list[Exa
     return out
 
 
-def _compute(rng: random.Random, split: str, n: int, used_lines: set[str]) -> list[Example]:
+def _compute(rng: random.Random, split: str, n: int, used_lines: set[str], unseen_format: str,
+             unseen_share: float) -> list[Example]:
+    """Computed questions. Training and validation write their stat lines in the seen formats; in test a
+    share ``unseen_share`` is written in ``unseen_format`` and tagged unseen. Phrasings: as for facts."""
+    seen_formats = [f for f in statlines.FORMATS if f != unseen_format]
     out = []
     for i in range(n):
         task = COMPUTE_TASKS[i % len(COMPUTE_TASKS)]
-        train_ph, held_ph = _split_phrasings(task.phrasings)
+        train_ph, held_ph = _split_phrasings(task.all_phrasings, COMPUTE_HELDOUT_PHRASINGS)
         while True:  # a held-out line never appears in an earlier split, not even inside another task's line
             line = task.make(rng)
-            shown = line.text(task.fields)
-            if shown not in used_lines and (split == "train" or not any(shown in u for u in used_lines)):
+            key = statlines.render(line, list(task.fields), "box", rng)
+            if key not in used_lines and (split == "train" or not any(key in u for u in used_lines)):
                 break
-        used_lines.add(shown)
+        used_lines.add(key)
+        # every (1/share)-th question in test: spread evenly over the tasks and the test's order
+        unseen = split == "test" and int((i + 1) * unseen_share) > int(i * unseen_share)
+        fmt = unseen_format if unseen else rng.choice(seen_formats)
+        fields = statlines.choose_fields(task.fields, task.available, rng)
+        kind = "team" if task.available == TEAM_AVAILABLE else "player"
+        shown = statlines.render(line, fields, fmt, rng, kind)
         answer = f"{task.label} = {task.expr(line)}"
         question = rng.choice(train_ph if split == "train" else held_ph)
-        out.append(Example("", task.category, question, shown, answer, answer, "number", task.tolerance, shown))
+        out.append(Example("", task.category, question, shown, answer, answer, "number", task.tolerance, key, fmt,
+                           unseen))
     return out
 
 
@@ -368,8 +412,13 @@ def _definitions(rng: random.Random, split: str, n: int, used: set[str]) -> list
             metric, ph = rng.choice(pool), rng.choice(train_ph)
         else:
             if cat not in fresh:
-                fresh[cat] = [(m, ph) for m in pool for ph in held_ph if f"{cat}:{m[0]}:{ph}" not in used]
-                rng.shuffle(fresh[cat])
+                # each metric once before any metric twice, so that no constant answer rides the category
+                ranked = []
+                for m in pool:
+                    phs = [ph for ph in held_ph if f"{cat}:{m[0]}:{ph}" not in used]
+                    rng.shuffle(phs)
+                    ranked += [(rank, rng.random(), m, ph) for rank, ph in enumerate(phs)]
+                fresh[cat] = [(m, ph) for _, _, m, ph in sorted(ranked, key=lambda x: x[:2], reverse=True)]
             if not fresh[cat]:
                 raise ValueError(f"{split}: the built-in dataset has only {len(pool) * DEFINITION_HELDOUT} distinct "
                                  f"held-out {cat} questions for validation and test together; lower the "
@@ -395,14 +444,21 @@ def _family_sizes(n: int) -> dict[str, int]:
     return sizes
 
 
-def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size: int = 320) -> dict[str, list[Example]]:
+def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size: int = 320,
+          unseen_format: str = UNSEEN_FORMAT, unseen_share: float = UNSEEN_SHARE) -> dict[str, list[Example]]:
     """Build the dataset. Same arguments, same examples in the same order.
 
     Args:
         seed: the one seed everything derives from. Default: 0.
         train_size / val_size / test_size: examples per split, spread over the task families by
             ``FAMILY_WEIGHTS``. Default: 3200 / 160 / 320.
+        unseen_format: the stat-line format (``statlines.FORMATS``) held out of training and validation.
+            Default: ``kv`` (``Points: 18`` lines; made/attempted as ``7/14``, a notation no seen format uses).
+        unseen_share: the share of computed test questions written in it. Default: one third.
     """
+    if unseen_format not in statlines.FORMATS:
+        raise ValueError(f"unseen_format: {unseen_format!r} is not a stat-line format "
+                         f"(allowed: {', '.join(statlines.FORMATS)})")
     rng = random.Random(seed)
     used_lines: set[str] = set()
     used_facts: set[str] = set()
@@ -414,7 +470,7 @@ def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size:
         if split == "train":  # explanations replace up to half the definitions, so the size is kept
             cav = _caveats()[: len(defs) // 2]
             defs = defs[: len(defs) - len(cav)] + cav
-        rows = (_history(rng, split, sizes["history"], used_facts) + _compute(rng, split, sizes["compute"], used_lines)
+        rows = (_history(rng, split, sizes["history"], used_facts) + _compute(rng, split, sizes["compute"], used_lines, unseen_format, unseen_share)
                 + defs)
         rng.shuffle(rows)
         for i, ex in enumerate(rows):
@@ -425,16 +481,24 @@ def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size:
 
 
 def check_no_leakage(splits: dict[str, list[Example]]) -> None:
-    """Raise if a held-out question, or a held-out stat line (with or without its answer), occurs anywhere
-    in an earlier split's text, whatever the task: train for validation, train and validation for test."""
+    """Raise if a held-out question, or a held-out stat line (in any format, with or without its answer),
+    occurs anywhere in an earlier split, whatever the task: train for validation, train and validation for
+    test; or if the unseen format appears in training or validation."""
+    unseen_formats = {e.format for e in splits.get("test", []) if e.unseen}
+    for name in ("train", "validation"):
+        bad = [e for e in splits.get(name, []) if e.unseen or e.format in unseen_formats]
+        if bad:
+            raise AssertionError(f"built-in dataset leaks the unseen format into {name}: {bad[0].input!r}")
     seen: list[Example] = []
     for name in ("train", "validation", "test"):
         rows = splits.get(name, [])
         if seen:
             earlier = "\n".join(f"{e.instruction}\n{e.input}\n{e.output}" for e in seen)
+            earlier_lines = "\n".join(e.key for e in seen if e.format)
             questions = {(e.instruction, e.input) for e in seen}
             for e in rows:
-                if (e.instruction, e.input) in questions or (e.input and e.input in earlier):
+                if ((e.instruction, e.input) in questions or (e.input and e.input in earlier)
+                        or (e.format and e.key in earlier_lines)):
                     raise AssertionError(f"built-in dataset leaks into {name}: {e.instruction!r} {e.input!r}")
         seen += rows
 

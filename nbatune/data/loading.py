@@ -41,7 +41,7 @@ def load_splits(data: DataConfig, model: ModelConfig) -> dict[str, list[dict]]:
 
         raw = {s: [e.to_dict() for e in rows] for s, rows in
                builtin.build(seed=data.seed, train_size=data.train_size, val_size=data.val_size,
-                             test_size=data.test_size).items()}
+                             test_size=data.test_size, unseen_format=data.unseen_format).items()}
         fmt = "nba"
     else:
         raw = read_source(data.source)
@@ -109,6 +109,8 @@ def to_record(row: dict, fmt: str, i: int, split: str, system_prompt: str, sourc
         "answer": str(row.get("answer") or reference),
         "answer_type": str(row.get("answer_type") or "text"),
         "tolerance": float(row.get("tolerance") or 0.0),
+        "format": str(row.get("format") or ""),
+        "unseen": bool(row.get("unseen") or False),
     }
 
 

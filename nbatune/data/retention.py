@@ -1,6 +1,7 @@
 """A general-knowledge retention set: does fine-tuning on NBA data make the model forget?
 
-Written for this project (221 short-answer questions outside basketball). Scored with the same
+Written for this project (226 short-answer questions outside basketball), split into validation (a
+third of each category) and test. Scored with the same
 metric as the NBA test: names must be mentioned as whole words with no competing answer of the same
 group (the untouched SmolLM2 answers in full sentences, "The capital of France is Paris.", so an
 "answer first" rule would put it at the floor and hide any forgetting); numbers follow the
@@ -12,6 +13,7 @@ name a competitor by accident.
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
@@ -116,10 +118,24 @@ def questions() -> list[dict]:
             for cat, kind, items in groups for q, a in items]
 
 
-def records(system_prompt: str) -> list[dict]:
-    """The retention set as chat records (the shape ``loading.to_record`` gives), for evaluation."""
-    out = []
+RETENTION_SPLITS = ("validation", "test")
+
+
+def split_of(i_in_category: int) -> str:
+    """Every third question of each category is validation (chooses the operating point, the learning rate
+    and the replay share); the rest is test (only reported)."""
+    return "validation" if i_in_category % 3 == 0 else "test"
+
+
+def records(system_prompt: str, split: str = "test") -> list[dict]:
+    """One retention split as chat records (the shape ``loading.to_record`` gives), for evaluation."""
+    if split not in RETENTION_SPLITS:
+        raise ValueError(f"retention split {split!r} (allowed: {', '.join(RETENTION_SPLITS)})")
+    out, rank = [], Counter()
     for i, q in enumerate(questions()):
+        rank[q["category"]] += 1
+        if split_of(rank[q["category"]] - 1) != split:
+            continue
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
             {"role": "user", "content": q["question"] + " Answer briefly."},
             {"role": "assistant", "content": q["answer"]}]

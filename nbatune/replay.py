@@ -1,0 +1,77 @@
+"""Replay: the base model's own greedy answers to general prompts (``nbatune.data.replay``), mixed into the
+training data at ``train.replay_share``, so that fine-tuning keeps how the base answers outside
+basketball. Generated once per base model and cached by a fingerprint of the model files, the prompts,
+the system prompt and the generation settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from .data import replay as prompts_module
+from .modeling import default_cache_dir, load_model
+
+log = logging.getLogger(__name__)
+MAX_NEW_TOKENS = 48  # a base's one-sentence answer fits
+
+
+def fingerprint(model_path: str, system_prompt: str, precision: str) -> str:
+    """What the answers depend on: the model's files (names, sizes and config), the prompts, the system
+    prompt, the generation budget and the precision."""
+    root = Path(model_path)
+    files = sorted((p.name, p.stat().st_size) for p in root.iterdir() if p.is_file()) if root.is_dir() else []
+    config = (root / "config.json").read_text() if (root / "config.json").is_file() else model_path
+    blob = json.dumps([files, config, prompts_module.prompts(), system_prompt, MAX_NEW_TOKENS, precision])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def records(system_prompt: str, answers: list[str]) -> list[dict]:
+    """Chat records of each prompt with the base's answer (empty answers dropped)."""
+    out = []
+    for i, (q, a) in enumerate(zip(prompts_module.prompts(), answers)):
+        if a.strip():
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+                {"role": "user", "content": q}, {"role": "assistant", "content": a.strip()}]
+            out.append({"id": f"replay-{i:03d}", "category": "replay", "messages": messages, "answer": a.strip(),
+                        "answer_type": "text", "tolerance": 0.0, "format": "", "unseen": False})
+    return out
+
+
+def base_answers(model_path: str, tokenizer, cfg, rt) -> list[str]:
+    """The base's greedy answers to every replay prompt, from the cache when the fingerprint matches."""
+    from .evaluation import generate_answers
+    from .measure import free_memory
+
+    key = fingerprint(model_path, cfg.model.system_prompt, rt.precision)
+    path = default_cache_dir() / "replay" / f"{key}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("prompts") == prompts_module.prompts():
+            log.info("replay: the base's answers from %s", path)
+            return cached["answers"]
+    log.info("replay: generating the base's answers to %d general prompts (once per base model)",
+             len(prompts_module.prompts()))
+    model = load_model(model_path, "base", cfg.model, rt, cfg.lora, cfg.quant, cfg.seed)
+    shells = [{"messages": ([{"role": "system", "content": cfg.model.system_prompt}] if cfg.model.system_prompt else [])
+               + [{"role": "user", "content": q}, {"role": "assistant", "content": ""}]}
+              for q in prompts_module.prompts()]
+    answers = generate_answers(model, tokenizer, shells, rt, MAX_NEW_TOKENS, cfg.eval.batch_size, "replay answers",
+                               stop_at_newline=True)
+    del model
+    free_memory()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"prompts": prompts_module.prompts(), "answers": answers}, indent=1))
+    tmp.replace(path)
+    return answers
+
+
+def mix(train_rows: list[dict], replay_rows: list[dict], share: float) -> list[dict]:
+    """``train_rows`` with replay rows appended, repeated as needed, to make up ``share`` of the result (the
+    trainer shuffles by the seed)."""
+    if share <= 0 or not replay_rows:
+        return train_rows
+    want = round(share / (1 - share) * len(train_rows))
+    return train_rows + [replay_rows[i % len(replay_rows)] for i in range(want)]

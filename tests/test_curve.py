@@ -1,0 +1,146 @@
+"""The learning-forgetting curve: models between the base (alpha = 0) and the trained one (alpha = 1), the
+operating point chosen on validation, and every reload at that point giving the scored answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import ANSWERING, tiny_config
+from nbatune import decisions, evaluation
+from nbatune.compare import Comparison
+from nbatune.data import retention
+from nbatune.inference import load_from_run
+
+METHODS = ("full", "lora", "qlora", "dora")  # dora: an adapter moved by interpolation, not by scaling
+
+
+@pytest.fixture(scope="module")
+def run(answering_model_dir, tmp_path_factory):
+    cmp = Comparison(tiny_config(answering_model_dir, tmp_path_factory.mktemp("curve"), methods=list(METHODS),
+                                 **{**ANSWERING, "eval.curve_alphas": [0.5],
+                                    "train.learning_rate": {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3, "dora": 5e-3}}))
+    cmp.setup()
+    return cmp, cmp.execute()
+
+
+def _answers(cmp, model, rt):
+    return evaluation.answer_and_score(model, cmp.tokenizer, cmp.test_records, rt, cmp.cfg.eval, cmp.pools)["predictions"]
+
+
+def test_every_technique_has_a_validation_curve_and_an_operating_point(run):
+    _, res = run
+    assert set(res["base"]["validation"]) == {"alpha", "nba_validation", "general_validation"}
+    for m in METHODS:
+        r = res[m]
+        assert [p["alpha"] for p in r["curve"]] == [0.5, 1.0]
+        # the curve is validation only: nothing a test split gave can have chosen the point
+        assert all(set(p) == {"alpha", "nba_validation", "general_validation"} for p in r["curve"])
+        op = r["operating_point"]
+        assert op["alpha"] in (0.5, 1.0) and op["policy"].startswith("the highest NBA validation score")
+        assert bool(r["trained"]) == (op["alpha"] != 1.0)
+    # the fixture exercises both cases: a point before the trained model, and the trained model itself
+    assert {res[m]["operating_point"]["alpha"] for m in METHODS} == {0.5, 1.0}
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "dora"])
+def test_alpha_zero_gives_the_base_answers_and_alpha_one_the_trained_ones(run, method):
+    cmp, res = run
+    model, _, rt, _ = load_from_run(res["run_dir"], method, alpha=0.0)
+    assert _answers(cmp, model, rt) == res["base"]["predictions"]
+    trained = res[method]["trained"].get("predictions") or res[method]["predictions"]
+    model, _, rt, _ = load_from_run(res["run_dir"], method, alpha=1.0)
+    answers = _answers(cmp, model, rt)
+    assert answers == trained and answers != res["base"]["predictions"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_reload_without_alpha_gives_the_scored_answers_of_the_chosen_point(run, method):
+    cmp, res = run
+    model, _, rt, _ = load_from_run(res["run_dir"], method)
+    assert _answers(cmp, model, rt) == res[method]["predictions"]
+
+
+def test_a_point_between_differs_from_both_ends(run):
+    cmp, res = run
+    model, _, rt, _ = load_from_run(res["run_dir"], "full", alpha=0.5)
+    mid = _answers(cmp, model, rt)
+    assert mid != res["base"]["predictions"]
+    with pytest.raises(ValueError, match="alpha: 1.5 must be in"):
+        load_from_run(res["run_dir"], "full", alpha=1.5)
+
+
+def test_the_operating_point_policy():
+    def pt(a, nba, gen):
+        return {"alpha": a, "nba_validation": nba, "general_validation": gen}
+
+    curve = [pt(0.25, 0.10, 0.60), pt(0.5, 0.40, 0.56), pt(0.75, 0.55, 0.50), pt(1.0, 0.60, 0.30)]
+    op = decisions.operating_point(curve, base_general=0.60, strongest_validation=0.05)
+    assert op["alpha"] == 0.5 and op["kept"] == pytest.approx(0.56 / 0.60) and "keeps 90%" in op["reason"]
+    assert decisions.operating_point(curve, 0.60, 0.05, keep=0.8)["alpha"] == 0.75
+    # nothing keeps 90%: the one keeping the most while 25 points above the strongest baseline
+    low = [pt(0.5, 0.20, 0.40), pt(0.75, 0.35, 0.38), pt(1.0, 0.60, 0.20)]
+    op = decisions.operating_point(low, 0.60, 0.05)
+    assert op["alpha"] == 0.75 and "keeps the most" in op["reason"]
+    # nothing clears the margin either: the best NBA score, and the reason says so
+    op = decisions.operating_point(low, 0.60, 0.50)
+    assert op["alpha"] == 1.0 and "best NBA validation score" in op["reason"]
+    # ties go to the larger alpha
+    assert decisions.operating_point([pt(0.5, 0.4, 0.6), pt(1.0, 0.4, 0.6)], 0.6, 0.0)["alpha"] == 1.0
+
+
+def test_retention_has_disjoint_validation_and_test_splits_covering_every_category():
+    val, test = retention.records("", "validation"), retention.records("", "test")
+    qv, qt = ({r["messages"][0]["content"] for r in rs} for rs in (val, test))
+    assert not qv & qt and len(qv) + len(qt) == len(retention.questions())
+    assert {r["category"] for r in val} == {r["category"] for r in test}
+    assert 0.3 < len(val) / (len(val) + len(test)) < 0.37 and len(test) >= 140
+    with pytest.raises(ValueError, match="allowed: validation, test"):
+        retention.records("", "train")
+
+
+# ---- replay: the base's own answers to general prompts -------------------------------------------------
+
+def test_replay_prompts_are_disjoint_from_both_retention_splits():
+    from nbatune.data import replay
+
+    asked = replay.prompts()
+    assert len(asked) == len(set(asked)) >= 150
+    questions = [q["question"] for q in retention.questions()]
+    assert not [p for p in asked if any(q in p or p in q for q in questions)]
+    # nor about anything a retention question asks about
+    assert not (set(replay.CAPITALS) | set(replay.LANGUAGES)) & (set(retention.CAPITALS) | set(retention.LANGUAGES))
+    assert not set(replay.ELEMENTS) & set(retention.SYMBOLS)
+    assert not (set(replay.PAST_TENSES) | set(replay.SYNONYMS)) & (set(retention.OPPOSITES) | set(retention.PLURALS))
+
+
+def test_replay_mixes_the_bases_own_answers_at_the_share_and_caches_them(answering_model_dir, tmp_path,
+                                                                          monkeypatch, caplog):
+    import logging
+
+    from nbatune import replay
+    from nbatune.data import replay as replay_prompts
+
+    monkeypatch.setenv("NBATUNE_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(answering_model_dir, tmp_path, **{**ANSWERING, "train.replay_share": 0.2})
+    plain = Comparison(tiny_config(answering_model_dir, tmp_path / "plain", **ANSWERING)).setup()
+    with caplog.at_level(logging.INFO, logger="nbatune.replay"):
+        first = Comparison(cfg).setup()
+        assert "generating the base's answers" in caplog.text
+        caplog.clear()
+        cfg["run_name"] = "again"
+        again = Comparison(cfg).setup()
+        assert "from" in caplog.text and "generating" not in caplog.text
+    nba = len(plain.train_rows)
+    assert first.train_rows[:nba] == plain.train_rows and again.train_rows == first.train_rows
+    added = first.train_rows[nba:]
+    assert len(added) == round(0.2 / 0.8 * nba) == first.replay_info["rows"]
+    # each replayed answer is the base's greedy answer to its prompt
+    model = __import__("nbatune.modeling", fromlist=["load_model"]).load_model(
+        first.model_path, "base", first.cfg.model, first.rt, first.cfg.lora, first.cfg.quant, 0)
+    shell = {"messages": [{"role": "system", "content": first.cfg.model.system_prompt},
+                          {"role": "user", "content": replay_prompts.prompts()[0]}, {"role": "assistant", "content": ""}]}
+    want = evaluation.generate_answers(model, first.tokenizer, [shell], first.rt, replay.MAX_NEW_TOKENS, 1,
+                                       stop_at_newline=True)[0]
+    rec = replay.records(first.cfg.model.system_prompt, replay.base_answers(first.model_path, first.tokenizer,
+                                                                            first.cfg, first.rt))
+    assert rec[0]["messages"][-1]["content"] == want.strip()
