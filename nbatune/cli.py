@@ -106,7 +106,7 @@ def _train(args) -> int:
 
 def _run(args) -> int:
     from .compare import Comparison
-    from .report import table
+    from .report import phases_line, table
 
     # --methods narrows config.methods, so that setup() checks memory only for what will run
     cmp = Comparison(args.config, args.overrides + ([f"methods=[{args.methods}]"] if args.methods else []))
@@ -121,6 +121,7 @@ def _run(args) -> int:
         return 0
     print("\n" + table(res) + "\n")
     print(res["comparison"]["recommendation"])
+    print("\n" + phases_line(res))
     print(f"\nresults: {res['run_dir']}/results.json\nreport:  {res['report']['markdown']} and report.html")
     failed = [m for m in (techniques.BASE, *techniques.names())
               if isinstance(res.get(m), dict) and res[m]["status"] == "failed"]

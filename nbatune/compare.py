@@ -109,8 +109,13 @@ class Comparison:
         """Append the base's own answers to general prompts to the training rows, at train.replay_share."""
         cfg = self.cfg
         answers = replay.base_answers(self.model_path, self.tokenizer, cfg, self.rt)
-        rows, _ = tokenize_records(replay.records(cfg.model.system_prompt, answers), self.tokenizer,
-                                   cfg.model.max_length, "drop", "replay", False)
+        records = replay.records(cfg.model.system_prompt, answers)
+        if not records:  # a base that answers nothing has no answer style to keep
+            log.warning("replay: the base model gave no answer to any general prompt; training without replay")
+            self.replay_info = {"share": cfg.train.replay_share, "prompts": 0, "rows": 0,
+                                "skipped": "the base gave no answers"}
+            return
+        rows, _ = tokenize_records(records, self.tokenizer, cfg.model.max_length, "drop", "replay", False)
         nba = len(self.train_rows)
         self.train_rows = replay.mix(self.train_rows, rows, cfg.train.replay_share)
         self.replay_info = {"share": cfg.train.replay_share, "prompts": len(rows), "rows": len(self.train_rows) - nba,
@@ -183,8 +188,10 @@ class Comparison:
                 log.info("=== %s: finished in the interrupted run, kept ===", m)
                 self.results[m] = previous[m]
                 continue
+            t_m = time.perf_counter()
             res = self._run_repeats(m, resume)
             self.results[m] = res.to_dict()
+            self.results.setdefault("phases", {})[m] = self._phases(res, time.perf_counter() - t_m)
             if m == "base":
                 self._add_base_baselines(res)
             self._write()
@@ -199,9 +206,25 @@ class Comparison:
         for m in methods:  # once the comparison they quote exists
             if self.results[m].get("status") == Status.OK.value and self.results[m].get("saved_path"):
                 self._write_card(self.results[m]["saved_path"], m)
+        t_r = time.perf_counter()
         self.results["report"] = report.write_all(self.results, self.run_dir)
+        # after the report that quotes the phases before it, so that a rebuild writes the same report
+        self.results.setdefault("phases", {})["report"] = {"wall_s": time.perf_counter() - t_r}
         self._write()
         return self.results
+
+    @staticmethod
+    def _phases(res: MethodResult, wall: float) -> dict:
+        """Where one model's wall time went (seconds): training, test + retention evaluation, the curve
+        and the operating point's second evaluation, the few-shot baseline; ``other`` is loading, saving,
+        the memory measurements and repeats."""
+        out = {"wall_s": wall, "train_s": res.train_seconds, "eval_s": res.eval_seconds}
+        if res.operating_point:
+            out["curve_s"] = res.operating_point.get("seconds", 0.0)
+        if res.few_shot:
+            out["few_shot_s"] = res.few_shot.get("seconds", 0.0)
+        out["other_s"] = wall - sum(v for k, v in out.items() if k != "wall_s")
+        return out
 
     def _trivial_baseline(self) -> dict:
         """The best rule per category (constant answer or copying a number), fitted on train, scored on test
@@ -346,14 +369,14 @@ class Comparison:
         res.operating_point = {**decisions.operating_point(res.curve, base["general_validation"], strongest,
                                                            e.keep_general, e.fallback_margin),
                                "base_general_validation": base["general_validation"],
-                               "strongest_validation_baseline": strongest, "seconds": 0.0}
+                               "strongest_validation_baseline": strongest,
+                               "seconds": time.perf_counter() - t0}  # the curve; a second evaluation is eval time
         if res.operating_point["alpha"] != 1.0:
             res.trained = {k: v for k, v in res.to_dict().items() if k in TRAINED_KEYS}
             path.set(res.operating_point["alpha"])
             eval_s = res.eval_seconds
             res.record_evaluation(self._evaluate(model))
             res.eval_seconds += eval_s
-        res.operating_point["seconds"] = time.perf_counter() - t0
 
     def _base_extras(self, model, res: MethodResult) -> None:
         """The few-shot baseline, the NF4 error measured on the untouched base, and its validation scores

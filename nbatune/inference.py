@@ -116,7 +116,7 @@ def export(run_dir: str | Path, method: str, out_dir: str | Path | None = None, 
               else " into the base") if techniques.get(method).adapter else ""
     model_card.write(out, results, method, note=f"This folder is a standalone {dtype} export"
                                                  f"{', the adapter merged' + merged if merged else ''}, at alpha "
-                                                 f"{alpha:g} of the learning-forgetting curve.")
+                                                 f"{alpha:g} of the learning-forgetting curve.", alpha=alpha)
     return out
 
 

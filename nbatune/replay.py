@@ -18,13 +18,19 @@ MAX_NEW_TOKENS = 48  # a base's one-sentence answer fits
 
 
 def fingerprint(model_path: str, system_prompt: str, precision: str) -> str:
-    """What the answers depend on: the model's files (names, sizes and config), the prompts, the system
-    prompt, the generation budget and the precision."""
+    """What the answers depend on: the model's weights (their bytes), config and tokenizer files, the
+    prompts, the system prompt, the generation budget and the precision."""
     root = Path(model_path)
-    files = sorted((p.name, p.stat().st_size) for p in root.iterdir() if p.is_file()) if root.is_dir() else []
-    config = (root / "config.json").read_text() if (root / "config.json").is_file() else model_path
-    blob = json.dumps([files, config, prompts_module.prompts(), system_prompt, MAX_NEW_TOKENS, precision])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if p.is_file() and (p.suffix in (".safetensors", ".json", ".jinja", ".txt", ".model")):
+            h.update(p.name.encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+    h.update(json.dumps([model_path if not root.is_dir() else "", prompts_module.prompts(), system_prompt,
+                         MAX_NEW_TOKENS, precision]).encode())
+    return h.hexdigest()[:16]
 
 
 def records(system_prompt: str, answers: list[str]) -> list[dict]:

@@ -46,6 +46,23 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def phases_line(results: dict, with_report: bool = True) -> str:
+    """Where the wall time went, per model and phase, so a slow machine shows where it is slow (the report
+    itself quotes every phase but its own writing)."""
+    ph = results.get("phases") or {}
+    names = {"train_s": "train", "eval_s": "eval", "curve_s": "curve", "few_shot_s": "few-shot", "other_s": "other"}
+    parts = []
+    for m, p in ph.items():
+        if m == "report":
+            continue
+        inner = ", ".join(f"{names[k]} {v:.0f}" for k, v in p.items() if k in names and v >= 0.5)
+        parts.append(f"{techniques.label(m)} {p['wall_s']:.0f} s ({inner})")
+    if "report" in ph and with_report:
+        parts.append(f"report {ph['report']['wall_s']:.0f} s")
+    total = results.get("total_seconds")
+    return "Wall time: " + "; ".join(parts) + (f"; total {total:.0f} s ({total / 60:.1f} min)." if total else ".")
+
+
 def baseline_table(results: dict) -> str:
     base_lines = baseline_accuracies(results)
     if not base_lines:
@@ -316,7 +333,7 @@ def markdown(results: dict) -> str:
         f"Run `{results.get('run_dir')}` on {env.get('device')}; base model `{results.get('model_path')}`; "
         f"{results.get('dataset', {}).get('test_evaluated')} test questions; total "
         f"{results.get('total_seconds', 0):.0f} s.", "",
-        table(results), "",
+        table(results), "", phases_line(results, with_report=False), "",
         "## Where to use each model: seen and unseen formats, forgetting", "",
         "Each technique's operating point is chosen on validation alone (NBA validation, general-knowledge "
         "validation); the test figures here and in every other table are that point's, and the trained model's "

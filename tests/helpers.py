@@ -90,7 +90,7 @@ def tiny_config(model_dir, tmp_path, **over) -> dict:
         "output_dir": str(tmp_path / "runs"),
         "model": {"name_or_path": str(model_dir), "max_length": 160},
         "data": {"train_size": 96, "val_size": 16, "test_size": 24, "seed": 0},
-        "train": {"max_steps": 4, "batch_size": 8, "precision": "fp32", "logging_steps": 1,
+        "train": {"max_steps": 4, "batch_size": 8, "precision": "fp32", "logging_steps": 1, "replay_share": 0.0,
                   "learning_rate": {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}},
         "eval": {"max_new_tokens": 8, "batch_size": 16, "curve_examples": 8},
     }

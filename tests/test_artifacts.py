@@ -358,8 +358,10 @@ def test_every_saved_model_and_export_has_a_model_card_with_the_runs_evidence(ru
         assert d["pipeline_tag"] == "text-generation" and {"nbatune", method} <= set(d["tags"])
         assert not any(t.startswith("base_model:") for t in d["tags"])
         results = {m["name"]: m["value"] for x in d["model-index"][0]["results"] for m in x["metrics"]}
-        results = {k.split(",")[0]: v for k, v in results.items()}
+        results = {k.split(", 95%")[0]: v for k, v in results.items()}
         assert results["answer accuracy"] == r["accuracy"]
+        unseen = next(v for k, v in results.items() if k.startswith("answer accuracy, unseen"))
+        assert unseen == r["formats"]["unseen"]["accuracy"]
         assert any(k.startswith("general retention") and v == r["retention"]["accuracy"] for k, v in results.items())
         strongest = res["comparison"]["strongest_baseline"]
         assert any(k.startswith("strongest baseline") and v == res["baselines"][strongest]["accuracy"]

@@ -3,6 +3,8 @@ operating point chosen on validation, and every reload at that point giving the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import ANSWERING, tiny_config
@@ -144,3 +146,67 @@ def test_replay_mixes_the_bases_own_answers_at_the_share_and_caches_them(answeri
     rec = replay.records(first.cfg.model.system_prompt, replay.base_answers(first.model_path, first.tokenizer,
                                                                             first.cfg, first.rt))
     assert rec[0]["messages"][-1]["content"] == want.strip()
+
+
+def test_cards_quote_the_figures_of_the_alpha_their_folder_holds(run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from nbatune.inference import export
+
+    _, res = run
+    moved = [m for m in ("full", "lora") if res[m]["operating_point"]["alpha"] != 1.0]
+    assert moved, "the fixture must move full or LoRA off alpha 1"
+    m = moved[0]
+    r = res[m]
+
+    def accuracies(folder):
+        card = ModelCard.load(folder / "README.md")
+        metrics = {x["name"].split(",")[0] + ("" if "formats" not in x["name"] else x["name"].split(",")[1]): x["value"]
+                   for e in card.data.to_dict()["model-index"][0]["results"] for x in e["metrics"]}
+        return card.text, metrics
+
+    text, metrics = accuracies(Path(r["saved_path"]))  # the run saves the trained model (alpha 1)
+    assert metrics["answer accuracy"] == r["trained"]["accuracy"] and "not these weights (alpha 1)" in text
+    out = export(res["run_dir"], m, tmp_path / "at-point", dtype="float32")  # at the operating point
+    text, metrics = accuracies(out)
+    assert metrics["answer accuracy"] == r["accuracy"] and "): these weights" in text
+    assert metrics["answer accuracy unseen stat-line formats (%d questions)" % r["formats"]["unseen"]["n"]] == \
+        r["formats"]["unseen"]["accuracy"]
+    text, metrics = accuracies(export(res["run_dir"], m, tmp_path / "other", dtype="float32", alpha=0.75))
+    assert "answer accuracy" not in metrics and "No test figures were measured at alpha 0.75" in text
+
+
+def test_the_report_shows_the_operating_points_and_the_tradeoff_figure(run):
+    _, res = run
+    report = (Path(res["run_dir"]) / "report.md").read_text()
+    assert "| model | alpha (chosen on validation) | seen formats | unseen format |" in report
+    assert (Path(res["run_dir"]) / "tradeoff.png").stat().st_size > 10_000
+    assert "Operating points (chosen on validation)" in res["comparison"]["recommendation"]
+
+
+def test_results_keep_each_phases_wall_time(run):
+    from nbatune.report import phases_line
+
+    _, res = run
+    ph = res["phases"]
+    assert set(ph) == {"base", *METHODS, "report"}
+    for m in METHODS:
+        p = ph[m]
+        assert p["train_s"] == res[m]["train_seconds"] and p["eval_s"] == res[m]["eval_seconds"]
+        assert p["curve_s"] > 0 and p["other_s"] >= 0
+        assert p["wall_s"] == pytest.approx(sum(v for k, v in p.items() if k != "wall_s"))
+    assert ph["base"]["few_shot_s"] > 0
+    assert sum(p["wall_s"] for k, p in ph.items() if k != "report") <= res["total_seconds"]
+    line = phases_line(res)
+    assert line.startswith("Wall time: base (untouched)") and "report" in line and "total" in line
+
+
+def test_replay_with_a_base_that_answers_nothing_trains_without_it(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("NBATUNE_CACHE", str(tmp_path / "cache"))
+    plain = Comparison(tiny_config(tiny_model_dir, tmp_path / "a")).setup()
+    with caplog.at_level(logging.WARNING, logger="nbatune.compare"):
+        cmp = Comparison(tiny_config(tiny_model_dir, tmp_path / "b", **{"train.replay_share": 0.2})).setup()
+    assert "training without replay" in caplog.text and cmp.replay_info["rows"] == 0
+    assert cmp.train_rows == plain.train_rows
