@@ -4,7 +4,10 @@ at alpha = 1 and at each run's chosen operating point.
 
     python bench/replay_ab.py --share 0.2 --out bench/replay-ab-cpu-YYYYMMDD.json   # two default runs
 
-Extra arguments after ``--`` are config overrides for both runs (``-- train.max_steps=60``).
+Extra arguments after ``--`` are config overrides for both runs (``-- train.max_steps=60``). Two finished
+runs (the same config but the share; the second may train fewer techniques) are paired without training:
+
+    python bench/replay_ab.py --runs runs/<without> runs/<with> --out bench/replay-ab-cpu-YYYYMMDD.json
 """
 
 from __future__ import annotations
@@ -41,19 +44,26 @@ def main() -> int:
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--share", type=float, default=0.2)
     p.add_argument("--out", required=True)
+    p.add_argument("--runs", nargs=2, metavar=("WITHOUT", "WITH"), help="pair two finished runs instead")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     runs, seconds = {}, {}
-    for name, share in (("without", 0.0), ("with", args.share)):
-        t0 = time.perf_counter()
-        cmp = Comparison(args.config, [*args.overrides, f"train.replay_share={share}"])
-        runs[name] = cmp.execute()
-        seconds[name] = time.perf_counter() - t0
+    if args.runs:
+        for name, d in zip(("without", "with"), args.runs):
+            runs[name] = json.loads((Path(d) / "results.json").read_text())
+            seconds[name] = runs[name].get("total_seconds")
+    else:
+        for name, share in (("without", 0.0), ("with", args.share)):
+            t0 = time.perf_counter()
+            cmp = Comparison(args.config, [*args.overrides, f"train.replay_share={share}"])
+            runs[name] = cmp.execute()
+            seconds[name] = time.perf_counter() - t0
     a, b = runs["without"], runs["with"]
-    out = {"share": args.share, "config": args.config, "overrides": args.overrides, "seconds": seconds,
-           "run_dirs": {k: v["run_dir"] for k, v in runs.items()}, "environment": b["environment"],
-           "replay": b["dataset"].get("replay"), "base_retention": a["base"]["retention"]["accuracy"], "techniques": {}}
-    for m in a["config"]["methods"]:
+    out = {"share": b["config"]["train"]["replay_share"], "config": args.config, "overrides": args.overrides,
+           "seconds": seconds, "run_dirs": {k: v["run_dir"] for k, v in runs.items()},
+           "environment": b["environment"], "replay": b["dataset"].get("replay"),
+           "base_retention": a["base"]["retention"]["accuracy"], "techniques": {}}
+    for m in b["config"]["methods"]:
         ra, rb = a[m], b[m]
         if ra.get("status") != "ok" or rb.get("status") != "ok":
             out["techniques"][m] = {"status": [ra.get("status"), rb.get("status")]}
