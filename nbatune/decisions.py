@@ -173,7 +173,7 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
                     margin: float = 0.25, tie=lambda p: p["alpha"]) -> dict:
     """Where to use a technique, from validation alone: ``curve`` is ``[{alpha, nba_validation,
     general_validation}]``. Returns ``{alpha, reason, policy, kept}`` (``kept``: the point's general score as a
-    share of the base's). Ties go to the larger ``tie(point)``: by default the larger alpha (the less altered
+    share of the base's; ``keep``: the policy's floor). Ties go to the larger ``tie(point)``: by default the larger alpha (the less altered
     model is not preferred for free). The learning-rate sweep passes its points with the rate as alpha."""
     policy = POLICY.format(keep=keep, margin=margin)
 
@@ -182,7 +182,7 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
 
     def pick(points, key, reason):
         best = max(points, key=key)
-        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": kept(best)}
+        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": kept(best), "keep": keep}
 
     keeping = [p for p in curve if kept(p) >= keep]
     if keeping:

@@ -305,8 +305,7 @@ def _tradeoff_plot(plt, ok: dict, path: Path) -> str:
         ax.plot(*zip(*front), "o", ms=13, mfc="none", mec="#444", lw=0.8, label="Pareto front")
     if base:
         ax.plot(base["general_validation"], base["nba_validation"], "ko", ms=7, label="base (alpha 0)")
-        keep = next((r["operating_point"].get("policy") for r in ok.values() if r.get("operating_point")), "")
-        share = float(keep.split("at least ")[1].split("%")[0]) / 100 if "at least " in keep else 0.9
+        share = next((r["operating_point"].get("keep", 0.9) for r in ok.values() if r.get("operating_point")), 0.9)
         ax.axvline(share * base["general_validation"], color="#888", ls="--", lw=0.8)
     ax.set(xlabel="general knowledge (validation accuracy) ->  forgets less",
            ylabel="NBA validation (teacher-forced exact match)",
