@@ -31,9 +31,19 @@ sys.path.insert(0, str(ROOT))
 LIMIT_BYTES = 64 * 2**20
 OUT = ROOT / ".gpu-bundle"
 # Missing from the GPU image (its package list: /work/.library/device/KINDS.md), with the missing parts
-# of their own requirements: datasets and evaluate need dill and multiprocess; the rest is there.
-WHEELS = {"trl": "1.16.0", "bitsandbytes": "0.50.2", "datasets": "5.2.0", "evaluate": "0.4.6", "gguf": "0.19.0",
-          "dill": "0.4.1", "multiprocess": "0.70.19"}
+# of their own requirements: datasets and evaluate need dill and multiprocess. The image's transformers (5.17)
+# predates the generation API we use (``cache=`` and ``step.cache``: every evaluation fails there), so the tested
+# transformers travels with what it needs that the image lacks or has too old (huggingface_hub 2.x and its
+# httpx2/httpcore2/truststore; kernels and tomlkit, which transformers 5.25 imports when loading a model), and
+# the tested peft with it. Checked on CPU in a venv with the image's transformers 5.17 and huggingface_hub 1.33
+# and these wheels on PYTHONPATH: tests/test_bench, test_modeling, test_curve and test_techniques pass.
+WHEELS = {"transformers": "5.25.0", "huggingface_hub": "2.4.0", "httpx2": "2.16.2", "httpcore2": "2.16.2",
+          "truststore": "0.10.5", "kernels": "0.19.1", "tomlkit": "0.15.3", "peft": "0.21.2", "trl": "1.16.0",
+          "bitsandbytes": "0.50.2", "datasets": "5.2.0", "evaluate": "0.4.6", "gguf": "0.19.0", "dill": "0.4.1",
+          "multiprocess": "0.70.19"}
+# bitsandbytes ships one CUDA library per toolkit (129 MB unpacked); the image's torch is built for CUDA 13, so
+# the bundle keeps the CUDA 13 libraries and the CPU one, and the wheel fits beside transformers.
+BNB_KEEP_CUDA = ("cuda13",)
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -72,6 +82,28 @@ def download(out: Path) -> None:
                        check=True)
 
 
+def slim_bitsandbytes(wheels: Path, keep: tuple[str, ...] = BNB_KEEP_CUDA) -> None:
+    """Rewrite the bitsandbytes wheel without the CUDA libraries of other toolkits (RECORD updated to match)."""
+    import zipfile
+
+    for whl in wheels.glob("bitsandbytes-*.whl"):
+        def dropped(name: str) -> bool:
+            lib = Path(name).name
+            return lib.startswith("libbitsandbytes_cuda") and not lib.startswith(tuple(f"libbitsandbytes_{k}"
+                                                                                       for k in keep))
+        tmp = whl.with_suffix(".tmp")
+        with zipfile.ZipFile(whl) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+            for item in src.infolist():
+                if dropped(item.filename):
+                    continue
+                data = src.read(item)
+                if item.filename.endswith(".dist-info/RECORD"):
+                    data = "".join(line for line in data.decode().splitlines(keepends=True)
+                                   if not dropped(line.split(",")[0])).encode()
+                dst.writestr(item, data)
+        tmp.replace(whl)
+
+
 def copy_tokenizer(out: Path) -> None:
     from nbatune.config import ModelConfig
     from nbatune.modeling import resolve_model_path
@@ -94,6 +126,7 @@ def main() -> int:
         return 0
     out = Path(args.out)
     download(out)
+    slim_bitsandbytes(out / "wheels")
     copy_tokenizer(out)
     files = {str(f.relative_to(out)): f.stat().st_size for f in sorted(out.rglob("*")) if f.is_file()
              and f.name != "MANIFEST.json"}

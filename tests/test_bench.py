@@ -46,7 +46,8 @@ def test_gpu_bundle_plan_and_size_arithmetic(tmp_path):
 
     plan = gpu_bundle.plan()
     names = [w.split("==")[0] for w in plan["wheels"]]
-    assert {"trl", "bitsandbytes", "datasets", "evaluate", "gguf", "dill", "multiprocess"} == set(names)
+    assert {"trl", "peft", "transformers", "huggingface_hub", "kernels", "bitsandbytes", "datasets", "evaluate", "gguf", "dill",
+            "multiprocess"} <= set(names)
     assert len(names) == len(set(names)) and all("==" in w for w in plan["wheels"])  # one pinned version each
     assert "tokenizer.json" in plan["tokenizer"] and plan["python"] == "3.12"
     mib = 2**20
@@ -87,3 +88,25 @@ def test_sweep_picks_each_techniques_best_rate_on_validation(answering_model_dir
     # the tiny model knows no general facts (base 0%): every rate keeps all of it, so the policy is NBA's best
     assert res["best"]["lora"] == max(scores, key=lambda lr: (scores[lr], -lr))
     assert "| lora | 8 steps |" in out.stdout
+
+
+def test_the_bundle_keeps_only_the_cuda_13_libraries_of_bitsandbytes(tmp_path):
+    import zipfile
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_bundle
+
+    names = ["bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so", "bitsandbytes/libbitsandbytes_cuda118.so",
+             "bitsandbytes/libbitsandbytes_cuda130.so", "bitsandbytes/libbitsandbytes_cuda132.so"]
+    whl = tmp_path / "bitsandbytes-0.50.2-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        for n in names:
+            z.writestr(n, b"x")
+        z.writestr("bitsandbytes-0.50.2.dist-info/RECORD", "".join(f"{n},sha256=x,1\n" for n in names))
+    gpu_bundle.slim_bitsandbytes(tmp_path)
+    with zipfile.ZipFile(whl) as z:
+        kept = set(z.namelist())
+        record = z.read("bitsandbytes-0.50.2.dist-info/RECORD").decode()
+    assert "bitsandbytes/libbitsandbytes_cuda118.so" not in kept and "cuda118" not in record
+    assert {"bitsandbytes/libbitsandbytes_cpu.so", "bitsandbytes/libbitsandbytes_cuda130.so",
+            "bitsandbytes/libbitsandbytes_cuda132.so"} <= kept

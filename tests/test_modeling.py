@@ -195,3 +195,18 @@ def test_the_package_has_no_import_cycle():
         if n not in state:
             visit(n, [])
     assert "nbatune.scoring" in graph and not any(d.startswith("nbatune.data") for d in graph["nbatune.scoring"])
+
+
+def test_importing_nbatune_turns_hub_kernels_off_unless_the_user_set_them():
+    """transformers fetches kernels from the hub at every load when `kernels` is installed: offline that load
+    fails (seen on a CUDA machine), and it is code nobody reviewed. The user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, nbatune; print(os.environ['USE_HUB_KERNELS'])"
+    env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "USE_HUB_KERNELS": "YES"}, capture_output=True,
+                          text=True, check=True)
+    assert (off.stdout.strip(), mine.stdout.strip()) == ("NO", "YES")
