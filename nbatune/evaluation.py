@@ -8,9 +8,9 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .attention import ROW_SDPA, attention_kernel
 from .data.tokenize import IGNORE, PadCollator, render_prompt
 from .loss import answer_columns, answer_only_loss, shifted_targets
 from .runtime import Runtime
@@ -116,7 +116,9 @@ def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new
                      batch_size: int = 32, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
     """Greedy answers for each record's prompt, in order. Batched with left padding, sorted by prompt
     length (little padding: few-shot prompts run 94-595 tokens); an answer leaves its batch as soon as
-    it ends (``greedy_decode``), so short answers never wait for long ones.
+    it ends (``greedy_decode``), so short answers never wait for long ones. Each answer is the one the
+    record gets alone (``batch_size=1``, as ``nbatune ask`` answers): attention runs row by row
+    (``attention.ROW_SDPA``).
 
     Args:
         max_new_tokens: one budget for all, or one per record (``answer_budgets``).
@@ -131,14 +133,14 @@ def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new
     tokenizer.padding_side = "left"
     stop = stop_token_ids(tokenizer, stop_at_newline)
     try:
-        for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-            idx = order[s:s + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(_device(model))
-            with rt.autocast(), cached_weight_casts(model):
+        with attention_kernel(model, ROW_SDPA), rt.autocast(), cached_weight_casts(model):
+            for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+                idx = order[s:s + batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(_device(model))
                 gen = greedy_decode(model, enc["input_ids"], enc["attention_mask"], [budgets[i] for i in idx], stop)
-            for j, i in enumerate(idx):
-                out[i] = tokenizer.decode(gen[j], skip_special_tokens=True).strip()
+                for j, i in enumerate(idx):
+                    out[i] = tokenizer.decode(gen[j], skip_special_tokens=True).strip()
     finally:
         tokenizer.padding_side = side
     return out
@@ -149,66 +151,60 @@ def greedy_decode(model, input_ids, attention_mask, budgets: list[int], stop: li
     """Greedy tokens for each left-padded row, up to its own budget or its first stop token (kept).
 
     Unlike ``generate``, a finished row is dropped from the batch and its KV cache at once: with
-    answers of 3 to 96 tokens in one batch, ``generate`` would decode every row until the longest ends."""
+    answers of 3 to 96 tokens in one batch, ``generate`` would decode every row until the longest ends.
+
+    The batch never runs with fewer than ``MIN_ROWS`` rows: a bf16 matmul with one row takes another
+    kernel (a matrix-vector product) that rounds differently from the same row among others (measured here:
+    the 1536 -> 576 projection), so a question answered alone, or the last row of a batch, would get other
+    answers. A lone row is decoded beside a ghost (a copy, or a finished row kept on) whose tokens are
+    dropped."""
     out: list[list[int]] = [[] for _ in budgets]
-    alive = torch.arange(len(budgets), device=input_ids.device)
+    alive = torch.arange(len(budgets), device=input_ids.device)  # -1: a ghost
     left = torch.tensor(budgets, device=input_ids.device)
+    if len(budgets) < MIN_ROWS:
+        pad = MIN_ROWS - len(budgets)
+        input_ids, attention_mask = (torch.cat([t, t[:1].expand(pad, -1)]) for t in (input_ids, attention_mask))
+        alive, left = torch.cat([alive, alive.new_full((pad,), -1)]), torch.cat([left, left[:1].expand(pad)])
     stop_ids = torch.tensor(stop, device=input_ids.device)
     mask = attention_mask
     logits, cache = prefill(model, input_ids, mask)
     while True:
         token = logits.argmax(-1)
         for row, t in zip(alive.tolist(), token.tolist()):
-            out[row].append(t)
+            if row >= 0:
+                out[row].append(t)
         left = left - 1
-        going = ~torch.isin(token, stop_ids) & (left > 0)
+        going = ~torch.isin(token, stop_ids) & (left > 0) & (alive >= 0)
         if not going.any():
             return out
-        if not going.all():
+        if going.sum() < len(alive) and len(alive) > MIN_ROWS:
             keep = going.nonzero().squeeze(1)
+            if len(keep) < MIN_ROWS:  # keep finished rows on as ghosts
+                spare = (~going).nonzero().squeeze(1)[: MIN_ROWS - len(keep)]
+                alive = alive.clone()
+                alive[spare] = -1
+                keep = torch.cat([keep, spare]).sort().values
             cache.batch_select_indices(keep)
-            alive, left, token, mask = alive[keep], left[keep], token[keep], mask[keep]
+            alive, left, token, mask, going = alive[keep], left[keep], token[keep], mask[keep], going[keep]
+        alive = torch.where(going | (alive < 0), alive, -1)  # a finished row that stays is a ghost
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
         step = model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
                      cache=cache, use_cache=True)
         logits = step.logits[:, -1]
 
 
-UNPADDED_PREFILL_TOKENS = 256  # prompts at least this long (few-shot ones) are read one at a time
+MIN_ROWS = 2
 
 
 @torch.no_grad()
 def prefill(model, input_ids, attention_mask):
-    """Read left-padded prompts: (the next-token logits of each row, their KV cache).
-
-    A padded batch needs an attention mask, and with one the attention kernel computes every
-    (query, key) pair, padding and the causal upper triangle included. Long prompts are therefore read one
-    at a time, unpadded and causal, and their caches padded on the left afterwards (the widest 3-shot batch
-    here, 345-587 tokens: 15.7 s -> 8.4 s); short ones in one batch, where 32 separate calls cost more."""
-    from transformers import DynamicCache
-
-    width = input_ids.shape[1]
-    if width >= UNPADDED_PREFILL_TOKENS and len(input_ids) > 1:
-        rows = []
-        for r, n in enumerate(attention_mask.sum(1).tolist()):
-            step = model(input_ids=input_ids[r:r + 1, width - n:], use_cache=True,
-                         logits_to_keep=torch.tensor([n - 1], device=input_ids.device))
-            cache = list(step.cache)
-            if any(sliding is not None for _, _, sliding in cache):
-                break  # a sliding-window cache cannot simply be padded: read the batch as one below
-            rows.append((step.logits[:, -1], cache))
-        else:
-
-            def left_padded(tensors):
-                return torch.cat([F.pad(t, (0, 0, width - t.shape[2], 0)) for t in tensors])
-
-            layers = zip(*(cache for _, cache in rows))
-            cache = DynamicCache(ddp_cache_data=[(left_padded(k for k, _, _ in layer),
-                                                  left_padded(v for _, v, _ in layer)) for layer in layers])
-            return torch.cat([logits for logits, _ in rows]), cache
+    """Read left-padded prompts: (the next-token logits of each row, their KV cache). Under ``ROW_SDPA``
+    each row attends over its own tokens only, so padding costs the linear layers a little and changes
+    no result."""
     # The last position as an index, not ``logits_to_keep=1``: a slice leaves the hidden states strided, and
     # for a bf16 model (LoRA's base) the head's matmul then copies its 49k x 576 weight once per row (measured:
     # 2 s of a batch of 32's prefill here). Indexing copies the rows instead; the logits are the same.
+    width = input_ids.shape[1]
     last = torch.tensor([width - 1], device=input_ids.device)
     step = model(input_ids=input_ids, attention_mask=attention_mask,
                  position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=last)

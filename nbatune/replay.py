@@ -15,11 +15,14 @@ from .modeling import default_cache_dir, load_model
 
 log = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 48  # a base's one-sentence answer fits
+# How the answers were generated; a change to it makes earlier caches stale. 2: row-wise attention, each
+# answer the one its prompt gets alone (evaluation.generate_answers).
+GENERATION = 2
 
 
 def fingerprint(model_path: str, system_prompt: str, precision: str) -> str:
     """What the answers depend on: the model's weights (their bytes), config and tokenizer files, the
-    prompts, the system prompt, the generation budget and the precision."""
+    prompts, the system prompt, the generation budget and method, and the precision."""
     root = Path(model_path)
     h = hashlib.sha256()
     for p in sorted(root.iterdir()) if root.is_dir() else []:
@@ -29,7 +32,7 @@ def fingerprint(model_path: str, system_prompt: str, precision: str) -> str:
                 for block in iter(lambda: f.read(1 << 24), b""):
                     h.update(block)
     h.update(json.dumps([model_path if not root.is_dir() else "", prompts_module.prompts(), system_prompt,
-                         MAX_NEW_TOKENS, precision]).encode())
+                         MAX_NEW_TOKENS, precision, GENERATION]).encode())
     return h.hexdigest()[:16]
 
 

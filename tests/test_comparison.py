@@ -176,19 +176,15 @@ def _talkative_tiny_model(vocab_size: int):
     return model.eval().requires_grad_(False)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: LoRA's base, whose prefill takes another path
-@pytest.mark.parametrize("unpadded", [False, True], ids=["batched-prefill", "unpadded-prefill"])
-def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(tiny_model_dir, tmp_path, dtype,
-                                                                              unpadded, monkeypatch):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: LoRA's base
+def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(tiny_model_dir, tmp_path, dtype):
     """Rows leave the batch at their own budget or stop token; what is left decodes exactly as
-    ``generate`` does for one prompt at a time, whether the prompts were read as one padded batch or one
-    by one (long prompts) into one left-padded cache."""
+    ``generate`` does for one prompt at a time."""
     import torch
 
     from nbatune import evaluation
+    from nbatune.attention import ROW_SDPA, attention_kernel
     from tests.helpers import tiny_config as cfg_for
-
-    monkeypatch.setattr(evaluation, "UNPADDED_PREFILL_TOKENS", 1 if unpadded else 10**6)
 
     cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
     tok, model = cmp.tokenizer, _talkative_tiny_model(len(cmp.tokenizer)).to(getattr(torch, dtype))
@@ -204,9 +200,78 @@ def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(ti
     want = [a[: a.index(stop[0]) + 1] if stop[0] in a else a for a in alone]
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    got = evaluation.greedy_decode(model, enc["input_ids"], enc["attention_mask"], budgets, stop)
+    with attention_kernel(model, ROW_SDPA):
+        got = evaluation.greedy_decode(model, enc["input_ids"], enc["attention_mask"], budgets, stop)
     assert got == want
     assert len({len(g) for g in got}) >= 3
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_an_answer_is_the_same_alone_as_in_any_batch(tiny_model_dir, tmp_path, method):
+    """What ``nbatune ask`` prints for one question alone is what was scored in a batch: in bf16, left
+    padding alone changed 17 of 64 answers of the embedded base before attention ran row by row. Bitwise:
+    the same logits, so the same text, for every batch size."""
+    import torch
+
+    from nbatune import evaluation
+    from nbatune.modeling import load_model
+    from nbatune.runtime import Runtime
+    from tests.helpers import tiny_config as cfg_for
+
+    rt = Runtime("cpu", "bf16")
+    cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
+    cfg = cmp.cfg
+    model = load_model(cmp.model_path, method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed)
+    torch.manual_seed(5)
+    for name, p in model.named_parameters():  # a model that talks: random weights of a visible size
+        if p.dtype.is_floating_point and ("lora_B" in name or method == "full"):
+            p.data.normal_(0, 0.3 if method == "full" else 0.5)
+    records = cmp.test_records[:10]
+    lengths = {len(evaluation.render_prompt(cmp.tokenizer, r["messages"])) for r in records}
+    assert len(lengths) >= 5  # prompts of many lengths: the batches are padded
+    scored = evaluation.generate_answers(model, cmp.tokenizer, records, rt, 12, batch_size=10)
+    for bs in (1, 3):
+        assert evaluation.generate_answers(model, cmp.tokenizer, records, rt, 12, batch_size=bs) == scored
+    assert len(set(scored)) >= 3 and all(scored)
+
+
+@pytest.mark.parametrize("kernel", ["row", "sdpa"])
+def test_row_attention_gives_each_row_its_logits_alone_and_padded_sdpa_does_not(tiny_model_dir, tmp_path, kernel):
+    """Bitwise, at the logits: a padded row's next-token logits (prefill, then two decode steps) equal the
+    prompt's alone under ``ROW_SDPA``; plain SDPA over the padded batch does not (the failure it fixes)."""
+    import torch
+
+    from nbatune import evaluation
+    from nbatune.attention import ROW_SDPA, attention_kernel
+    from nbatune.runtime import Runtime
+    from tests.helpers import tiny_config as cfg_for
+
+    rt = Runtime("cpu", "bf16")
+    cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
+    tok, model = cmp.tokenizer, _talkative_tiny_model(len(cmp.tokenizer))
+    prompts = [evaluation.render_prompt(tok, r["messages"]) for r in cmp.test_records[:8]]
+    tok.padding_side = "left"
+
+    def logits(batch):
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = []
+        with attention_kernel(model, ROW_SDPA if kernel == "row" else "sdpa"), rt.autocast(), \
+                evaluation.cached_weight_casts(model):
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            step, cache = evaluation.prefill(model, ids, mask)
+            out.append(step)
+            for _ in range(2):
+                token = step.argmax(-1)
+                mask = torch.cat([mask, mask.new_ones(len(ids), 1)], dim=1)
+                res = model(input_ids=token[:, None], attention_mask=mask,
+                            position_ids=mask.sum(-1, keepdim=True) - 1, cache=cache, use_cache=True)
+                step, cache = res.logits[:, -1], res.cache
+                out.append(step)
+        return torch.stack(out, 1)
+
+    batched = logits(prompts)
+    same = [torch.equal(batched[i], logits([p])[0]) for i, p in enumerate(prompts)]
+    assert all(same) if kernel == "row" else not all(same)
 
 
 def test_cached_weight_casts_change_no_answer_and_leave_the_model_frozen(tiny_model_dir, tmp_path, monkeypatch):
