@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write model-<type>.gguf for llama.cpp / Ollama (llama-architecture models)")
     x.add_argument("--alpha", type=float, default=None, help=ALPHA_HELP)
 
+    h = sub.add_parser("harness", help="lm-evaluation-harness on a run's technique: the run's NBA test and retention "
+                                       "splits as lm-eval tasks, scored by nbatune (needs nbatune[harness])")
+    h.add_argument("run_dir")
+    h.add_argument("--method", required=True, choices=[techniques.BASE, *techniques.names()])
+    h.add_argument("--alpha", type=float, default=None, help=ALPHA_HELP)
+    h.add_argument("--limit", type=int, default=None, help="the first N questions of each task (a quick look)")
+
     d = sub.add_parser("dataset", help="build, inspect or validate instruction data")
     dsub = d.add_subparsers(dest="action", required=True)
     b = dsub.add_parser("build", help="write the built-in dataset (JSONL + card)")
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "train": _train, "memory": _memory, "report": _report, "ask": _ask, "export": _export,
+        return {"run": _run, "train": _train, "memory": _memory, "report": _report, "ask": _ask, "export": _export, "harness": _harness,
                 "dataset": _dataset}[args.cmd](args)
     except Exception as e:  # a CLI user wants the message, not a traceback
         from .config import ConfigError
@@ -190,6 +197,17 @@ def _ask(args) -> int:
                         {"role": "assistant", "content": ""}]}
     answer = generate_answers(model, tok, [rec], rt, args.max_new_tokens, 1, desc="thinking")[0]
     print(answer or "(the model gave an empty answer)")
+    return 0
+
+
+def _harness(args) -> int:
+    from .harness import evaluate
+
+    res = evaluate(args.run_dir, args.method, args.alpha, args.limit)
+    for task, r in res.items():
+        own = f"{r['nbatune']:.1%}" if r["nbatune"] is not None and args.limit is None else "-"
+        print(f"{task}: lm-eval acc {r['acc']:.1%} on {r['n']} questions (nbatune's own score: {own})")
+    print(f"tasks: {Path(args.run_dir) / 'harness'} (lm_eval --include_path)")
     return 0
 
 

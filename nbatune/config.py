@@ -100,6 +100,9 @@ class LoraSettings:
 class QuantSettings:
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = _f("nf4", "4-bit data type (NF4 in the QLoRA paper).")
     bnb_4bit_use_double_quant: bool = _f(True, "Quantize the quantization constants too (saves ~0.4 bit/param).")
+    bnb_4bit_quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = _f(
+        "auto", "The dtype 4-bit weights are packed in. auto: uint8, or the compute dtype when accelerate launches "
+                "the run with FSDP or DeepSpeed (both need it; configs/accelerate/*-qlora.yaml).")
 
 
 @dataclass

@@ -114,18 +114,25 @@ _NEWLINES: dict = {}
 @torch.no_grad()
 def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new_tokens: int | list[int] = 64,
                      batch_size: int = 32, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
-    """Greedy answers for each record's prompt, in order. Batched with left padding, sorted by prompt
-    length (little padding: few-shot prompts run 94-595 tokens); an answer leaves its batch as soon as
-    it ends (``greedy_decode``), so short answers never wait for long ones. Each answer is the one the
-    record gets alone (``batch_size=1``, as ``nbatune ask`` answers): attention runs row by row
+    """Greedy answers for each record's prompt (its messages up to the answer, in the chat template), in
+    order: ``generate_from_prompts`` on the rendered prompts."""
+    prompts = [render_prompt(tokenizer, r["messages"]) for r in records]
+    return generate_from_prompts(model, tokenizer, prompts, rt, max_new_tokens, batch_size, desc, stop_at_newline)
+
+
+def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max_new_tokens: int | list[int] = 64,
+                          batch_size: int = 32, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
+    """Greedy continuations of already rendered prompts, in order. Batched with left padding, sorted by
+    prompt length (little padding: few-shot prompts run 94-595 tokens); an answer leaves its batch as soon
+    as it ends (``greedy_decode``), so short answers never wait for long ones. Each answer is the one the
+    prompt gets alone (``batch_size=1``, as ``nbatune ask`` answers): attention runs row by row
     (``attention.ROW_SDPA``).
 
     Args:
-        max_new_tokens: one budget for all, or one per record (``answer_budgets``).
+        max_new_tokens: one budget for all, or one per prompt (``answer_budgets``).
     """
     model.eval()
-    prompts = [render_prompt(tokenizer, r["messages"]) for r in records]
-    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(records)
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], budgets[i]))
     out: list[str] = [""] * len(prompts)

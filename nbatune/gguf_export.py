@@ -158,3 +158,33 @@ def pre_tokenizer_name(name_or_path: str) -> str:
         return "gpt2"
     field = gguf.GGUFReader(str(embedded_gguf(name_or_path))).fields.get("tokenizer.ggml.pre")
     return field.contents() if field is not None else "gpt2"
+
+
+# Ollama's Go template for ChatML (``<|im_start|>role\ncontent<|im_end|>\n``), the chat format of SmolLM2, Qwen
+# and others; its messages loop renders what the tokenizer's Jinja template renders (tests/test_artifacts.py).
+CHATML_TEMPLATE = (
+    "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n")
+
+
+def ollama_modelfile(gguf_name: str, tokenizer, system_prompt: str, stop_at_newline: bool = True) -> str:
+    """An Ollama ``Modelfile`` for a GGUF written by ``write_gguf``: ``FROM`` the file beside it, the chat
+    ``TEMPLATE``, the run's ``SYSTEM`` prompt, the end-of-turn token as a stop sequence, and greedy decoding
+    (temperature 0), as the answers were scored.
+
+    Raises:
+        GGUFExportError: the tokenizer's chat template is not ChatML (no Ollama template is derived for it).
+    """
+    template = tokenizer.chat_template or ""
+    if "<|im_start|>" not in template or "<|im_end|>" not in template:
+        raise GGUFExportError("Ollama Modelfile: only ChatML chat templates (<|im_start|> ... <|im_end|>) are "
+                              "translated; write the TEMPLATE for this model by hand (the GGUF itself is fine)")
+    lines = ["# Ollama: ollama create my-model -f Modelfile && ollama run my-model",
+             f"FROM ./{gguf_name}", f'TEMPLATE """{CHATML_TEMPLATE}"""']
+    if system_prompt:
+        lines.append(f'SYSTEM """{system_prompt}"""')
+    lines += ['PARAMETER stop "<|im_end|>"', 'PARAMETER stop "<|im_start|>"', "PARAMETER temperature 0"]
+    if stop_at_newline:
+        lines.insert(1, "# Scored answers are one line (eval.stop_at_newline): read the first line of a reply.")
+    return "\n".join(lines) + "\n"

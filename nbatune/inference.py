@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from . import techniques
 from .config import load_config
 from .modeling import load_tokenizer, quantization_config
 from .runtime import resolve
+
+log = logging.getLogger(__name__)
 
 
 def operating_alpha(results: dict, method: str, alpha: float | None = None) -> float:
@@ -104,10 +107,15 @@ def export(run_dir: str | Path, method: str, out_dir: str | Path | None = None, 
     default = run_dir / method / techniques.get(method).merged_folder.format(dtype=dtype)
     out = Path(out_dir or default)
     if gguf:
-        from .gguf_export import pre_tokenizer_name, write_gguf
+        from .gguf_export import GGUFExportError, ollama_modelfile, pre_tokenizer_name, write_gguf
 
         write_gguf(model, tok, out / f"model-{gguf}.gguf", gguf, name=f"{run_dir.name}-{method}",
                    pre=pre_tokenizer_name(cfg.model.name_or_path))
+        try:
+            (out / "Modelfile").write_text(ollama_modelfile(f"model-{gguf}.gguf", tok, cfg.model.system_prompt,
+                                                            cfg.eval.stop_at_newline))
+        except GGUFExportError as e:  # the GGUF is still good for llama.cpp
+            log.warning("%s", e)
     model.to(getattr(torch, dtype)).save_pretrained(out)
     tok.save_pretrained(out)
     from . import model_card

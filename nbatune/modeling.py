@@ -195,11 +195,24 @@ def check_causal_lm(path: str, cfg: ModelConfig) -> None:
 
 def quantization_config(quant: QuantSettings, rt: Runtime):
     check_bitsandbytes()
+    import torch
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.bnb_4bit_quant_type,
                               bnb_4bit_use_double_quant=quant.bnb_4bit_use_double_quant,
-                              bnb_4bit_compute_dtype=rt.dtype)
+                              bnb_4bit_compute_dtype=rt.dtype,
+                              bnb_4bit_quant_storage=getattr(torch, quant_storage(quant, rt)))
+
+
+def quant_storage(quant: QuantSettings, rt: Runtime) -> str:
+    """The dtype 4-bit weights are packed in. FSDP and DeepSpeed ZeRO-3 shard a model's parameters by dtype and
+    need the frozen 4-bit ones in the same dtype as the rest (PEFT's FSDP-QLoRA and ZeRO-3-QLoRA guides), so
+    ``auto`` is the compute dtype when ``accelerate launch`` runs this process with either, else ``uint8``."""
+    if quant.bnb_4bit_quant_storage != "auto":
+        return quant.bnb_4bit_quant_storage
+    sharded = any(os.environ.get(v, "").lower() in ("1", "true") for v in ("ACCELERATE_USE_FSDP",
+                                                                             "ACCELERATE_USE_DEEPSPEED"))
+    return str(rt.dtype).removeprefix("torch.") if sharded else "uint8"
 
 
 def check_bitsandbytes() -> None:

@@ -277,6 +277,53 @@ def test_gguf_export_reads_back_with_the_merged_models_logits(run, qtype, capsys
     assert _within(measured, qtype), measured
 
 
+def _render_ollama_chatml(template: str, system: str, messages: list[dict]) -> str:
+    """The three constructs CHATML_TEMPLATE uses, as Ollama's Go template engine executes them."""
+    import re
+
+    m = re.fullmatch(r"\{\{- if \.System \}\}(.*?)\{\{ end \}\}\{\{- range \.Messages \}\}(.*?)\{\{ end \}\}(.*)",
+                     template, re.S)
+    assert m, template
+    head, each, tail = m.groups()
+    out = head.replace("{{ .System }}", system) if system else ""
+    for msg in messages:
+        out += each.replace("{{ .Role }}", msg["role"]).replace("{{ .Content }}", msg["content"])
+    return out + tail
+
+
+def test_the_ollama_modelfile_beside_the_gguf_prompts_as_the_model_was_trained(run):
+    """FROM the GGUF beside it, the run's system prompt, the end-of-turn stop and greedy decoding; its TEMPLATE
+    renders a conversation to the very text the tokenizer's chat template gives (what the model saw)."""
+    import re
+
+    from nbatune.cli import main
+
+    cmp, res = run
+    out = Path(res["run_dir"]) / "gguf-ollama"
+    assert main(["export", res["run_dir"], "--method", "lora", "--out", str(out), "--gguf", "f16"]) == 0
+    text = (out / "Modelfile").read_text()
+    assert re.search(r"^FROM \./model-f16\.gguf$", text, re.M) and (out / "model-f16.gguf").is_file()
+    system = re.search(r'^SYSTEM """(.*?)"""$', text, re.M | re.S).group(1)
+    assert system == cmp.cfg.model.system_prompt
+    assert re.findall(r'^PARAMETER stop "(.*)"$', text, re.M)[0] == "<|im_end|>"
+    assert re.search(r"^PARAMETER temperature 0$", text, re.M)
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.M | re.S).group(1)
+    question = cmp.test_records[0]["messages"]
+    user = [m for m in question if m["role"] == "user"]
+    want = cmp.tokenizer.apply_chat_template([{"role": "system", "content": system}, *user], tokenize=False,
+                                             add_generation_prompt=True)
+    assert _render_ollama_chatml(template, system, user) == want
+
+
+def test_no_ollama_template_is_guessed_for_a_chat_format_it_does_not_know():
+    from nbatune.gguf_export import GGUFExportError, ollama_modelfile
+    from tests.helpers import tiny_tokenizer
+
+    tok = tiny_tokenizer("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    with pytest.raises(GGUFExportError, match="ChatML"):
+        ollama_modelfile("model-f16.gguf", tok, "sys")
+
+
 def test_gguf_export_refuses_a_non_llama_model_and_names_the_alternative(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -378,3 +425,23 @@ def test_the_embedded_models_card_names_its_upstream_id_and_its_q4_1_origin():
 
     prov = origin(ModelConfig(), "/somewhere/smollm2-135m-instruct")
     assert prov["upstream"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and "Q4_1" in prov["note"]
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_lm_eval_harness_scores_a_run_as_the_run_scored_itself(run, method, capsys):
+    """The run's test and retention splits as lm-eval tasks, answered through lm-eval's own request pipeline
+    (task YAML, prompts, stop sequences, process_results hook, aggregation): the same accuracy as the run's
+    own evaluation on the same questions, and the CLI prints both."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is the optional extra nbatune[harness]")
+    from nbatune.cli import main
+    from nbatune.harness import evaluate
+
+    cmp, res = run
+    got = evaluate(res["run_dir"], method)
+    assert set(got) == {"nbatune_nba", "nbatune_retention"}
+    assert got["nbatune_nba"]["n"] == len(cmp.test_records) and got["nbatune_retention"]["n"] == 149
+    assert got["nbatune_nba"]["acc"] == pytest.approx(res[method]["accuracy"]) == got["nbatune_nba"]["nbatune"]
+    assert 0 < got["nbatune_nba"]["acc"] < 1  # the answering fixture: some right, some wrong
+    assert got["nbatune_retention"]["acc"] == pytest.approx(res[method]["retention"]["accuracy"])
+    assert main(["harness", res["run_dir"], "--method", method, "--limit", "5"]) == 0
+    assert "nbatune_nba: lm-eval acc" in capsys.readouterr().out

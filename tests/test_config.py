@@ -127,3 +127,58 @@ def test_a_logger_that_is_not_installed_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"nbatune\[wandb\]"):
         load_config(None, ["train.report_to=[wandb]"])
+
+
+def test_analyst_config_is_the_default_trained_longer():
+    analyst, default = load_config(CONFIG_DIR / "analyst.yaml").to_dict(), load_config(CONFIG_DIR / "default.yaml").to_dict()
+    assert analyst["train"]["max_steps"] > 4 * default["train"]["max_steps"]
+    for d in (analyst, default):
+        d["train"].pop("max_steps"), d["train"].pop("curve_steps")
+    assert analyst == default
+
+
+def _launch_env(path: Path) -> dict:
+    """The environment `accelerate launch --config_file path` gives the training processes, from accelerate's own
+    parser, validation and launcher preparation (nothing is launched)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "nbatune.cli", "run"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:  # as launch_command does before deepspeed_launcher
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        return prepare_deepspeed_cmd_env(args)[1]
+    return prepare_multi_gpu_env(args)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (CONFIG_DIR / "accelerate").glob("*.yaml")))
+def test_each_launch_file_loads_in_accelerate_and_the_run_sees_what_its_technique_needs(name, monkeypatch):
+    """Every launch file passes accelerate's own config loading and launch validation. The QLoRA ones hand the
+    process what FSDP / ZeRO-3 with a 4-bit base need, and nbatune then packs the 4-bit weights in the compute
+    dtype (bnb_4bit_quant_storage) by itself; the other files leave them uint8."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from nbatune.config import QuantSettings
+    from nbatune.modeling import quant_storage
+    from nbatune.runtime import Runtime
+
+    path = CONFIG_DIR / "accelerate" / name
+    cluster = load_config_from_file(str(path))
+    env = _launch_env(path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    storage = quant_storage(QuantSettings(), Runtime("cpu", "bf16"))
+    if name == "fsdp-qlora.yaml":
+        assert cluster.distributed_type == "FSDP"
+        assert {k: env[k] for k in ("FSDP_USE_ORIG_PARAMS", "FSDP_SYNC_MODULE_STATES", "FSDP_CPU_RAM_EFFICIENT_LOADING")} \
+            == {"FSDP_USE_ORIG_PARAMS": "false", "FSDP_SYNC_MODULE_STATES": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
+        assert storage == "bfloat16"
+    elif name == "deepspeed-zero3-qlora.yaml":
+        assert cluster.distributed_type == "DEEPSPEED"
+        assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3" and env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
+        assert storage == "bfloat16"
+    elif name == "fsdp.yaml":  # full fine-tuning: FSDP2, one ordinary checkpoint at the end
+        assert env["FSDP_VERSION"] == "2" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+    else:
+        assert cluster.distributed_type == "MULTI_GPU" and storage == "uint8"
+    assert quant_storage(QuantSettings(bnb_4bit_quant_storage="uint8"), Runtime("cpu", "bf16")) == "uint8"
