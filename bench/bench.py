@@ -32,22 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def matmul_peak(dtype_name: str, reps: int = 10) -> float:
+def matmul_peak(dtype_name: str) -> float:
     import torch
 
-    cuda = torch.cuda.is_available()
-    n = 8192 if cuda else 2048
-    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = (torch.randn(n, n, dtype=dt, device="cuda" if cuda else "cpu") for _ in range(2))
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(3):
-        a @ b
-    sync()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync()
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+    from nbatune.measure import matmul_peak as peak
+
+    return peak({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name], "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def model_path(model: str, models_dir: str) -> str:

@@ -113,7 +113,7 @@ def _train(args) -> int:
 
 def _run(args) -> int:
     from .compare import Comparison
-    from .report import phases_line, table
+    from .report import machine_line, phases_line, table
 
     # --methods narrows config.methods, so that setup() checks memory only for what will run
     cmp = Comparison(args.config, args.overrides + ([f"methods=[{args.methods}]"] if args.methods else []))
@@ -129,6 +129,7 @@ def _run(args) -> int:
     print("\n" + table(res) + "\n")
     print(res["comparison"]["recommendation"])
     print("\n" + phases_line(res))
+    print(machine_line(res))
     print(f"\nresults: {res['run_dir']}/results.json\nreport:  {res['report']['markdown']} and report.html")
     failed = [m for m in (techniques.BASE, *techniques.names())
               if isinstance(res.get(m), dict) and res[m]["status"] == "failed"]

@@ -19,7 +19,8 @@ from .config import RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
 from .data.tokenize import tokenize_records
-from .measure import PeakMemory, dir_size, free_memory, reuse_freed_memory, weights_bytes
+from .measure import (PeakMemory, dir_size, free_memory, machine_peak, reuse_freed_memory, train_flops_per_token,
+                      weights_bytes)
 from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
 from .modeling import check_bitsandbytes, count_parameters, load_model
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
@@ -173,7 +174,8 @@ class Comparison:
         t0 = time.perf_counter()
         self.results = {"schema_version": SCHEMA_VERSION, "run_dir": str(self.run_dir), "config": self.cfg.to_dict(),
                         "fingerprint": self._fingerprint(),
-                        "environment": environment(self.rt.describe()), "dataset": self.dataset_info,
+                        "environment": {**environment(self.rt.describe()), "matmul": machine_peak(self.rt.device)},
+                        "dataset": self.dataset_info,
                         "model_path": self.model_path,
                         "provenance": provenance.origin(self.cfg.model, self.model_path),
                         "test_questions": [{"question": baselines.question_text(r), "answer": r["answer"],
@@ -296,6 +298,9 @@ class Comparison:
                 model = load_model(self.model_path, method, self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
                                    seed, gradient_checkpointing=gc_on)
                 res.trainable_params, res.total_params = count_parameters(model)
+                if method != "base":
+                    res.train_flops_per_token = train_flops_per_token(
+                        res.total_params, model.get_input_embeddings().weight.numel(), not techniques.get(method).adapter)
                 res.weights_bytes = weights_bytes(model)
                 how = interpolation.curve_kind(method, self.cfg.lora) if method != "base" else None
                 # the interpolated path starts at the parameters' values before training
@@ -307,6 +312,9 @@ class Comparison:
                     out = train(model, self.tokenizer, self.train_rows, method, self.cfg.train, self.rt, ckpt_dir,
                                 seed, resume=resume and latest_checkpoint(ckpt_dir) is not None, curve=curve)
                     res.record_training(out)
+                    peak = (self.results.get("environment", {}).get("matmul") or {}).get(
+                        "fp32_flops" if self.rt.precision == "fp32" else "bf16_flops")
+                    res.mfu = res.tokens_per_second * res.train_flops_per_token / peak if peak else None
             res.trainable_pct = 100 * res.trainable_params / res.total_params if res.total_params else 0.0
             res.peak_memory_bytes = mem.peak_bytes
             if method in self.memory_estimates:

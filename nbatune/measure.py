@@ -124,3 +124,51 @@ def weights_bytes(model) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
+
+
+def cpu_matmul_features() -> list[str]:
+    """The CPU's matrix-relevant instruction sets, from /proc/cpuinfo (empty where it cannot be read). AMX machines
+    and AVX512-BF16-only machines of the same size differ by 4x in bf16 matmul peak and run our steps at different
+    speeds, so every timing names which it came from."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags]
+
+
+def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10) -> float:
+    """Measured matmul FLOP/s in ``dtype`` on ``device``: a square product (8192 on CUDA, 2048 on CPU), after
+    three warm-ups, averaged over ``reps``. The denominator of MFU, measured in the same process as the run."""
+    n = 8192 if device == "cuda" else 2048
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def machine_peak(device: str) -> dict:
+    """What this machine's matmuls can do, measured now: instruction sets (CPU), bf16 and fp32 FLOP/s."""
+    kind = (torch.cuda.get_device_name(0) if device == "cuda" else
+            next((k for f, k in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"),
+                                 ("avx2", "AVX2")) if f in cpu_matmul_features()), "unknown"))
+    out = {"kind": kind, "features": cpu_matmul_features() if device == "cpu" else [],
+           "threads": torch.get_num_threads()}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        out[f"{name}_flops"] = matmul_peak(dtype, device)
+    return out
+
+
+def train_flops_per_token(params: int, embedding_params: int, whole: bool) -> float:
+    """Training FLOPs per token: 2N forward and 4N backward for a whole model, 2N backward (activations only,
+    frozen weights get no weight gradient) for an adapter technique; N the parameters every token's matmuls
+    pass (all but the embedding: a lookup, and as the tied head it runs on answer tokens only). Attention's own
+    products are not counted. The same convention as bench/bench.py."""
+    return (6 if whole else 4) * (params - embedding_params)

@@ -41,9 +41,23 @@ def table(results: dict) -> str:
         rows.append(
             f"| {techniques.label(m)} | ok | {r['trainable_params']:,} / {r['total_params']:,}{pct} | {acc} | {vs} | {ret_s} | "
             f"{r['eval_loss']:.3f} | {r['train_seconds']:.0f} s | {r['eval_seconds']:.0f} s | "
-            f"{r['tokens_per_second']:.0f} | {size_text(r['peak_memory_bytes'])}{_est(r)} | "
+            f"{r['tokens_per_second']:.0f}{_mfu(r)} | {size_text(r['peak_memory_bytes'])}{_est(r)} | "
             f"{size_text(r['saved_bytes']) if r['saved_bytes'] else '-'} |")
     return "\n".join(rows)
+
+
+def _mfu(r: dict) -> str:
+    return f" ({r['mfu']:.0%} MFU)" if r.get("mfu") else ""
+
+
+def machine_line(results: dict) -> str:
+    """The machine the timings came from: its matmul kind and the peak measured in the run."""
+    m = (results.get("environment") or {}).get("matmul")
+    if not m:
+        return ""
+    return (f"Machine: {m['kind']} ({m['threads']} threads), matmul peak measured in this run: bf16 "
+            f"{m['bf16_flops'] / 1e9:,.0f} GFLOP/s, fp32 {m['fp32_flops'] / 1e9:,.0f} GFLOP/s; MFU = training "
+            "FLOP/s over that peak.")
 
 
 def phases_line(results: dict, with_report: bool = True) -> str:
@@ -332,7 +346,7 @@ def markdown(results: dict) -> str:
         f"Run `{results.get('run_dir')}` on {env.get('device')}; base model `{results.get('model_path')}`; "
         f"{results.get('dataset', {}).get('test_evaluated')} test questions; total "
         f"{results.get('total_seconds', 0):.0f} s.", "",
-        table(results), "", phases_line(results, with_report=False), "",
+        table(results), "", phases_line(results, with_report=False), "", machine_line(results), "",
         "## Where to use each model: seen and unseen formats, forgetting", "",
         "Each technique's operating point is chosen on validation alone (NBA validation, general-knowledge "
         "validation); the test figures here and in every other table are that point's, and the trained model's "

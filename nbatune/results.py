@@ -37,6 +37,8 @@ class MethodResult:
     eval_seconds: float = 0.0
     train_tokens: int = 0
     tokens_per_second: float = 0.0
+    train_flops_per_token: float = 0.0  # measure.train_flops_per_token
+    mfu: float | None = None  # training FLOP/s over the matmul peak measured in the same run (environment.matmul)
     steps: int = 0
     loss_curve: list = field(default_factory=list)
     train_log: list = field(default_factory=list)  # [{step, loss, learning_rate, grad_norm, tokens, elapsed_s}]

@@ -445,3 +445,25 @@ def test_lm_eval_harness_scores_a_run_as_the_run_scored_itself(run, method, caps
     assert got["nbatune_retention"]["acc"] == pytest.approx(res[method]["retention"]["accuracy"])
     assert main(["harness", res["run_dir"], "--method", method, "--limit", "5"]) == 0
     assert "nbatune_nba: lm-eval acc" in capsys.readouterr().out
+
+
+def test_every_run_names_its_matmul_kind_and_measures_the_peak_its_mfu_divides_by(run):
+    """The CPU kind (AMX or not) and the bf16/fp32 matmul peak measured in the same run: each technique's MFU
+    is its training FLOP/s over that peak (issue 21: figures from different machines do not compare)."""
+    from pathlib import Path
+
+    from nbatune.measure import cpu_matmul_features
+
+    _, res = run
+    m = res["environment"]["matmul"]
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    assert m["kind"] == ("AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else m["kind"])
+    assert m["features"] == cpu_matmul_features() and m["bf16_flops"] > 1e9 and m["fp32_flops"] > 1e9
+    for method in ("full", "lora", "qlora"):
+        r = res[method]
+        peak = m["fp32_flops"] if res["config"]["train"]["precision"] == "fp32" else m["bf16_flops"]
+        assert r["mfu"] == pytest.approx(r["tokens_per_second"] * r["train_flops_per_token"] / peak)
+        assert 0 < r["mfu"] < 1
+    # a whole model: 6 FLOPs per parameter and token; an adapter technique (frozen base, same shape plus the
+    # adapters): 4
+    assert res["full"]["train_flops_per_token"] / 6 < res["lora"]["train_flops_per_token"] / 4
