@@ -467,3 +467,26 @@ def test_every_run_names_its_matmul_kind_and_measures_the_peak_its_mfu_divides_b
     # a whole model: 6 FLOPs per parameter and token; an adapter technique (frozen base, same shape plus the
     # adapters): 4
     assert res["full"]["train_flops_per_token"] / 6 < res["lora"]["train_flops_per_token"] / 4
+
+
+def test_llama_cpp_gives_the_scored_answers_from_the_exported_gguf(run):
+    """The exported f16 GGUF in real llama.cpp (llama-cpp-python), prompted through the GGUF's own chat template
+    (create_chat_completion reads it from the file), greedy, stopped at the line break as the run was: at least
+    90% of the test answers are the scored ones (the export is merged and f16, the scored model bf16 unmerged)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp is the optional extra nbatune[llamacpp] "
+                                                        "(built from source; .ci/run installs it)")
+    from nbatune.cli import main
+    from nbatune.evaluation import answer_budgets
+
+    cmp, res = run
+    out = Path(res["run_dir"]) / "gguf-llamacpp"
+    assert main(["export", res["run_dir"], "--method", "lora", "--out", str(out), "--gguf", "f16"]) == 0
+    llm = llama_cpp.Llama(model_path=str(out / "model-f16.gguf"), n_ctx=512, n_threads=2, verbose=False)
+    budgets = answer_budgets(cmp.tokenizer, cmp.test_records, cmp.cfg.eval.max_new_tokens)
+    got = [llm.create_chat_completion(messages=r["messages"][:-1], temperature=0.0, max_tokens=b,
+                                      stop=["\n"])["choices"][0]["message"]["content"].strip()
+           for r, b in zip(cmp.test_records, budgets)]
+    scored = res["lora"]["predictions"]
+    same = sum(g == s for g, s in zip(got, scored))
+    assert same >= 0.9 * len(scored), list(zip(got, scored))
+    assert sum(bool(g) for g in got) == len(got)  # every question answered: the template and stop work
