@@ -93,13 +93,14 @@ def _tokenizer_fields(writer, tok, pre: str) -> None:
         writer.add_chat_template(tok.chat_template)
 
 
-def write_gguf(model, tokenizer, path: str | Path, qtype: str = "q8_0", name: str = "", pre: str = "gpt2") -> Path:
+def write_gguf(model, tokenizer, path: str | Path, qtype: str = "q8_0", name: str = "", pre: str = "gpt-2") -> Path:
     """Write ``model`` (a ``LlamaForCausalLM``, weights in any float dtype) and ``tokenizer`` to ``path``.
 
     Args:
         qtype: ``f16`` (weights as f16) or ``q8_0`` (llama.cpp's 8-bit blocks of 32; a matrix whose rows are
             not a multiple of 32 stays f16).
-        pre: llama.cpp's pre-tokenizer name (``tokenizer.ggml.pre``); ``gpt2`` for plain byte-level BPE.
+        pre: llama.cpp's pre-tokenizer name (``tokenizer.ggml.pre``); ``gpt-2`` for plain byte-level BPE (llama.cpp
+            refuses ``gpt2``, the tokenizer *model*'s name: found by loading an export in llama.cpp).
 
     Raises:
         GGUFExportError: not a llama model, a tokenizer that is not byte-level BPE, rope scaling, or an
@@ -149,15 +150,15 @@ def write_gguf(model, tokenizer, path: str | Path, qtype: str = "q8_0", name: st
 
 def pre_tokenizer_name(name_or_path: str) -> str:
     """llama.cpp's pre-tokenizer name for a base model: carried over from the embedded model's own GGUF
-    (``smollm`` for SmolLM2's digit splitting), ``gpt2`` (plain byte-level BPE) otherwise."""
+    (``smollm`` for SmolLM2's digit splitting), ``gpt-2`` (plain byte-level BPE) otherwise."""
     import gguf
 
     from .modeling import EMBEDDED, embedded_gguf
 
     if name_or_path not in EMBEDDED:
-        return "gpt2"
+        return "gpt-2"
     field = gguf.GGUFReader(str(embedded_gguf(name_or_path))).fields.get("tokenizer.ggml.pre")
-    return field.contents() if field is not None else "gpt2"
+    return field.contents() if field is not None else "gpt-2"
 
 
 # Ollama's Go template for ChatML (``<|im_start|>role\ncontent<|im_end|>\n``), the chat format of SmolLM2, Qwen
