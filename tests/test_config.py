@@ -129,11 +129,12 @@ def test_a_logger_that_is_not_installed_names_the_extra(monkeypatch):
         load_config(None, ["train.report_to=[wandb]"])
 
 
-def test_analyst_config_is_the_default_trained_longer():
+def test_analyst_config_is_the_default_trained_longer_with_attention_adapters():
     analyst, default = load_config(CONFIG_DIR / "analyst.yaml").to_dict(), load_config(CONFIG_DIR / "default.yaml").to_dict()
     assert analyst["train"]["max_steps"] > 4 * default["train"]["max_steps"]
+    assert analyst["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     for d in (analyst, default):
-        d["train"].pop("max_steps"), d["train"].pop("curve_steps")
+        d["train"].pop("max_steps"), d["train"].pop("curve_steps"), d["lora"].pop("target_modules")
     assert analyst == default
 
 
