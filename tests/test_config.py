@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -121,8 +122,6 @@ def test_the_facade_imports_from_any_directory(tmp_path):
 
 
 def test_a_logger_that_is_not_installed_names_the_extra(monkeypatch):
-    import importlib.util
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"nbatune\[wandb\]"):
@@ -153,7 +152,7 @@ def _launch_env(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (CONFIG_DIR / "accelerate").glob("*.yaml")))
-def test_each_launch_file_loads_in_accelerate_and_the_run_sees_what_its_technique_needs(name, monkeypatch):
+def test_each_launch_file_loads_in_accelerate_and_the_run_sees_what_its_technique_needs(name, monkeypatch, tmp_path):
     """Every launch file passes accelerate's own config loading and launch validation. The QLoRA ones hand the
     process what FSDP / ZeRO-3 with a 4-bit base need, and nbatune then packs the 4-bit weights in the compute
     dtype (bnb_4bit_quant_storage) by itself; the other files leave them uint8."""
@@ -162,6 +161,7 @@ def test_each_launch_file_loads_in_accelerate_and_the_run_sees_what_its_techniqu
     from nbatune.config import QuantSettings
     from nbatune.modeling import quant_storage
     from nbatune.runtime import Runtime
+    from nbatune.training import training_arguments
 
     path = CONFIG_DIR / "accelerate" / name
     cluster = load_config_from_file(str(path))
@@ -183,3 +183,14 @@ def test_each_launch_file_loads_in_accelerate_and_the_run_sees_what_its_techniqu
     else:
         assert cluster.distributed_type == "MULTI_GPU" and storage == "uint8"
     assert quant_storage(QuantSettings(bnb_4bit_quant_storage="uint8"), Runtime("cpu", "bf16")) == "uint8"
+    # the Trainer's arguments the run builds under that launch (transformers reads DeepSpeed's from the
+    # environment and needs the package; FSDP's reach the Trainer's Accelerator, not these arguments)
+    technique = "full" if name == "fsdp.yaml" else "qlora"
+    cfg = load_config(None)
+    build = lambda: training_arguments(technique, cfg.train, Runtime("cpu", "bf16"), tmp_path, 0)  # noqa: E731
+    if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(Exception, match="deepspeed"):
+            build()
+        return
+    args = build()
+    assert (args.learning_rate, args.optim) == (cfg.train.learning_rate[technique], cfg.train.optimizer[technique])
