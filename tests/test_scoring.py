@@ -206,3 +206,15 @@ def test_a_three_word_teams_nickname_alone_names_it_unless_another_team_shares_i
     assert ok("The Spurs", "San Antonio Spurs", "name", candidates=pool)
     assert not ok("the Lakers", "Los Angeles Lakers", "name", candidates=pool)  # two Lakers: names neither
     assert ok("Heat", "Miami Heat", "name", candidates=pool)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("A spider has eight legs.", 8.0), ("A hexagon is a polygon with six sides.", 6.0),
+    ("A century is a hundred years.", 100.0), ("There are twenty-five of them", 25.0),
+    ("It has three sides and one right angle", None),  # two numbers in words: a hedge, as in digits
+    ("The Earth is the only planet with someone on it", None),  # no number word inside other words
+    ("A bicycle has 4 wheels and one seat", 4.0),  # a line with digits is read by its digits alone
+])
+def test_a_line_without_digits_is_read_in_number_words(text, value):
+    assert m().value_of(text) == value
+    assert m().is_correct(text, "8", "number") == (value == 8.0)

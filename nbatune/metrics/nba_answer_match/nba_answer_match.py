@@ -11,7 +11,9 @@ numbers, "A or B") is wrong, whatever the answer type. Rules by ``answer_type``:
   reference's value (computed the same way). So ``TS% = 100 x 25 / (2 x (18 + 0.44 x 6))`` is graded on
   the formula and the numbers read from the stat line, not on mental division. With no such part, a
   line holding exactly one number is read as that number ("The TS% is 56.2%"); two or more distinct
-  numbers are a hedge, and wrong.
+  numbers are a hedge, and wrong. A line without a digit is read the same way in number words, zero to
+  ninety-nine and "a/one hundred" ("A spider has eight legs."); a line with digits is read by its digits
+  alone.
 * ``name`` / ``choice`` / ``text`` with ``candidates`` (the other answers of the same category):
   the answer must mention the reference as whole words and mention no other candidate. Aliases, one
   rule for all: a candidate is named by its full name or by one of its aliases (a team's nickname such
@@ -129,11 +131,30 @@ def value_of(text: str):
         return values[-1]
     if _EXPR_HINT.search(line):
         return None  # an arithmetic expression the parser refused (an exponent, a huge literal, ...)
-    numbers = {float(n) for n in _NUM.findall(line.replace(",", ""))}
+    numbers = {float(n) for n in _NUM.findall(line.replace(",", ""))} or _number_words(line)
     if len(numbers) != 1:
         return None  # none, or a hedge between several
     number = numbers.pop()
     return number if abs(number) <= MAX_LITERAL else None
+
+
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
+_WORD_NUM = re.compile(r"\b(?:(?:a|one) hundred|(" + "|".join(_TENS) + r")(?:[- ](" + "|".join(_UNITS[1:10]) +
+                       r"))?|(" + "|".join(_UNITS) + r"))\b")
+
+
+def _number_words(line: str) -> set[float]:
+    """The numbers a line states in words (a line with digits is never read this way)."""
+    if any(c.isdigit() for c in line):
+        return set()
+    out = set()
+    for m in _WORD_NUM.finditer(line.lower()):
+        tens, unit, alone = m.groups()
+        out.add(float(_TENS[tens] + (_UNITS.index(unit) if unit else 0)) if tens
+                else float(_UNITS.index(alone)) if alone else 100.0)
+    return out
 
 
 # ---- names -------------------------------------------------------------------------------------
