@@ -32,16 +32,13 @@ def main() -> int:
     import llama_cpp
 
     from nbatune.cli import main as cli
-    from nbatune.config import load_config
-    from nbatune.data.loading import load_splits
     from nbatune.evaluation import answer_budgets
     from nbatune.modeling import load_tokenizer
+    from nbatune.rundir import finished
     from nbatune.scoring import candidate_pools, scorer
 
     run = Path(a.run).resolve()
-    res = json.loads((run / "results.json").read_text())
-    cfg = load_config(res["config"])
-    records = load_splits(cfg.data, cfg.model)
+    res, cfg, records = finished(run)
     test = records["test"][: cfg.eval.max_test_examples][: a.n]
     scored = res[a.method]["predictions"][: a.n]
     out = run / a.method / f"gguf-{a.gguf}"

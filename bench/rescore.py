@@ -24,14 +24,11 @@ def main() -> int:
     a = p.parse_args()
 
     from nbatune import scoring, techniques
-    from nbatune.config import load_config
     from nbatune.data import retention
-    from nbatune.data.loading import load_splits
+    from nbatune.rundir import finished
 
     run = Path(a.run).resolve()
-    res = json.loads((run / "results.json").read_text())
-    cfg = load_config(res["config"])
-    records = load_splits(cfg.data, cfg.model)
+    res, cfg, records = finished(run)
     test = records["test"][: cfg.eval.max_test_examples]
     sp = cfg.model.system_prompt
     ret, ret_val = retention.records(sp, "test"), retention.records(sp, "validation")

@@ -61,19 +61,16 @@ def process_results(doc, results):
 def write_tasks(run_dir: str | Path) -> Path:
     """Write ``<run>/harness/``: one JSONL and one task YAML per split (rendered prompts, references, answer types,
     tolerances, candidate pools, the per-question answer budget) and the scoring hook. Returns the folder."""
-    from .config import load_config
     from .data import retention
-    from .data.loading import load_splits
     from .data.tokenize import render_prompt
     from .evaluation import RETENTION_MAX_NEW_TOKENS, answer_budgets, stop_token_ids
     from .modeling import load_tokenizer
+    from .rundir import finished
     from .scoring import candidate_pools
 
     run_dir = Path(run_dir).resolve()
-    results = json.loads((run_dir / "results.json").read_text())
-    cfg = load_config(results["config"])
+    results, cfg, records = finished(run_dir)
     tok = load_tokenizer(results["model_path"], cfg.model)
-    records = load_splits(cfg.data, cfg.model)
     sp = cfg.model.system_prompt
     splits = {"nbatune_nba": ("NBA test split", records["test"][: cfg.eval.max_test_examples],
                               candidate_pools(*records.values()), cfg.eval.max_new_tokens),

@@ -80,3 +80,14 @@ def earlier_results(run_dir: Path) -> dict:
     """The results.json an interrupted run left (its finished techniques are kept), or {}."""
     path = run_dir / "results.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def finished(run_dir: str | Path) -> tuple[dict, RunConfig, dict[str, list[dict]]]:
+    """A finished run's results.json, its config, and its data splits rebuilt as the run built them (the
+    built-in dataset is deterministic in its config; user data is read again from ``data.source``)."""
+    from .config import load_config
+    from .data.loading import load_splits
+
+    results = json.loads((Path(run_dir) / "results.json").read_text())
+    cfg = load_config(results["config"])
+    return results, cfg, load_splits(cfg.data, cfg.model)
