@@ -307,10 +307,13 @@ class Comparison:
                 initial = interpolation.trainable_state(model) if how == "interpolate" and self._curve_on() else None
                 if method != "base":
                     ckpt_dir = self.run_dir / method / ("checkpoints" if save else f"checkpoints-seed{seed}")
-                    curve = (lambda mdl: evaluation.teacher_forced_exact_match(mdl, self.tokenizer, self.curve_rows,
-                                                                               self.rt)) if self.is_main else None
+                    def curve(mdl, mem=mem):
+                        with mem.paused():  # the learning curve is a measurement, not training memory
+                            return evaluation.teacher_forced_exact_match(mdl, self.tokenizer, self.curve_rows,
+                                                                         self.rt)
                     out = train(model, self.tokenizer, self.train_rows, method, self.cfg.train, self.rt, ckpt_dir,
-                                seed, resume=resume and latest_checkpoint(ckpt_dir) is not None, curve=curve)
+                                seed, resume=resume and latest_checkpoint(ckpt_dir) is not None,
+                                curve=curve if self.is_main else None)
                     res.record_training(out)
                     peak = (self.results.get("environment", {}).get("matmul") or {}).get(
                         "fp32_flops" if self.rt.precision == "fp32" else "bf16_flops")

@@ -24,6 +24,9 @@ class PeakMemory:
         self.device, self.interval = device, interval
         self.peak_bytes = 0
         self.baseline_bytes = 0
+        self._paused_max = 0  # CUDA: the peak before a pause (the counter is reset after it)
+        self._lock = threading.Lock()
+        self._paused = False
 
     def __enter__(self):
         free_memory()
@@ -41,16 +44,42 @@ class PeakMemory:
 
     def _sample(self):
         while not self._stop.is_set():
-            self._max = max(self._max, self._proc.memory_info().rss)
+            with self._lock:
+                if not self._paused:
+                    self._max = max(self._max, self._proc.memory_info().rss)
             time.sleep(self.interval)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave a block out of the peak: a measurement taken in the middle of training (the learning curve)
+        is not training memory. What the block freed is handed back before counting resumes, so later
+        samples do not carry it either."""
+        if self.device == "cuda":
+            self._paused_max = max(self._paused_max, torch.cuda.max_memory_allocated())
+            try:
+                yield
+            finally:
+                free_memory()
+                torch.cuda.reset_peak_memory_stats()
+            return
+        with self._lock:
+            self._max = max(self._max, self._proc.memory_info().rss)
+            self._paused = True
+        try:
+            yield
+        finally:
+            free_memory()
+            with self._lock:
+                self._paused = False
 
     def __exit__(self, *exc):
         if self.device == "cuda":
-            self.peak_bytes = torch.cuda.max_memory_allocated() - self.baseline_bytes
+            self.peak_bytes = max(self._paused_max, torch.cuda.max_memory_allocated()) - self.baseline_bytes
         else:
             self._stop.set()
             self._thread.join()
-            self._max = max(self._max, self._proc.memory_info().rss)
+            if not self._paused:
+                self._max = max(self._max, self._proc.memory_info().rss)
             self.peak_bytes = self._max - self.baseline_bytes
         return False
 

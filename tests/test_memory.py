@@ -181,3 +181,27 @@ def test_freed_memory_stays_in_the_heap_during_a_run_and_goes_back_to_the_os_aft
     returned = released_on_free()
     assert kept < 64 * 2**20
     assert returned > 192 * 2**20
+
+
+def test_a_paused_block_stays_out_of_the_peak_and_what_it_freed_does_not_count_later():
+    """The learning curve measured mid-training is not training memory: PeakMemory.paused leaves it out."""
+    import time
+
+    from nbatune.measure import PeakMemory
+
+    mib = 2**20
+    with PeakMemory("cpu", interval=0.005) as mem:
+        with mem.paused():
+            big = torch.ones(400 * mib // 4)  # 400 MiB, touched
+            time.sleep(0.1)
+            del big
+        small = torch.ones(100 * mib // 4)  # 100 MiB after the pause
+        time.sleep(0.1)
+        del small
+    assert 80 * mib < mem.peak_bytes < 250 * mib, mem.peak_bytes / mib
+
+    with PeakMemory("cpu", interval=0.005) as unpaused:  # the same block, counted: the test can fail
+        big = torch.ones(400 * mib // 4)
+        time.sleep(0.1)
+        del big
+    assert unpaused.peak_bytes > 350 * mib
