@@ -331,7 +331,9 @@ class Comparison:
                 if initial is not None and techniques.get(method).adapter:
                     interpolation.save_initial(initial, res.saved_path)
                 res.saved_bytes = dir_size(res.saved_path)
-            res.record_evaluation(self._evaluate(model))
+            with PeakMemory(self.rt.device) as eval_mem:
+                res.record_evaluation(self._evaluate(model))
+            res.eval_peak_memory_bytes = eval_mem.peak_bytes
             if method == "base":
                 self._base_extras(model, res)
             elif self._curve_on():

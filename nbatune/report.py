@@ -12,8 +12,8 @@ from .decisions import BASELINE_LABEL, baseline_accuracies, comparison, finished
 
 
 def _est(r: dict) -> str:
-    est = r.get("estimated_peak_bytes")
-    return f" (est. {est / 2**20:,.0f})" if est else ""
+    est, ev = r.get("estimated_peak_bytes"), r.get("eval_peak_memory_bytes")
+    return (f" (est. {est / 2**20:,.0f})" if est else "") + (f"; eval +{ev / 2**20:,.0f}" if ev else "")
 
 
 def table(results: dict) -> str:

@@ -31,8 +31,9 @@ class MethodResult:
     total_params: int = 0
     trainable_pct: float = 0.0
     weights_bytes: int = 0
-    peak_memory_bytes: int = 0
+    peak_memory_bytes: int = 0  # loading and training, the learning-curve measurements left out
     estimated_peak_bytes: int = 0  # nbatune.memory's prediction, made before training
+    eval_peak_memory_bytes: int = 0  # answering the test and retention questions, above the loaded model
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_tokens: int = 0

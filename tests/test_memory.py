@@ -205,3 +205,25 @@ def test_a_paused_block_stays_out_of_the_peak_and_what_it_freed_does_not_count_l
         time.sleep(0.1)
         del big
     assert unpaused.peak_bytes > 350 * mib
+
+
+def test_evaluation_memory_is_measured_apart_from_training(tiny_model_dir, tmp_path, monkeypatch):
+    """Each model's evaluation gets its own peak (above the loaded model), beside the training peak: an
+    evaluation that holds 300 MiB more shows in eval_peak_memory_bytes."""
+    import time
+
+    real = Comparison._evaluate
+
+    def heavy(self, model):
+        held = torch.ones(300 * 2**20 // 4)
+        time.sleep(0.1)
+        out = real(self, model)
+        del held
+        return out
+
+    monkeypatch.setattr(Comparison, "_evaluate", heavy)
+    cmp = Comparison(tiny_config(tiny_model_dir, tmp_path, methods=["lora"], **{"eval.curve_alphas": []}))
+    cmp.setup()
+    res = cmp.execute()
+    for name in ("base", "lora"):
+        assert res[name]["eval_peak_memory_bytes"] > 250 * 2**20, (name, res[name]["eval_peak_memory_bytes"])
