@@ -185,10 +185,11 @@ def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10) -> float:
 
 def machine_peak(device: str) -> dict:
     """What this machine's matmuls can do, measured now: instruction sets (CPU), bf16 and fp32 FLOP/s."""
+    features = cpu_matmul_features() if device == "cpu" else []
     kind = (torch.cuda.get_device_name(0) if device == "cuda" else
             next((k for f, k in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"),
-                                 ("avx2", "AVX2")) if f in cpu_matmul_features()), "unknown"))
-    out = {"kind": kind, "features": cpu_matmul_features() if device == "cpu" else [],
+                                 ("avx2", "AVX2")) if f in features), "unknown"))
+    out = {"kind": kind, "features": features,
            "threads": torch.get_num_threads()}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         out[f"{name}_flops"] = matmul_peak(dtype, device)
