@@ -10,6 +10,7 @@ the base's general score; ties to the smaller rate).
 
     python bench/sweep.py --steps 60 --json bench/sweep-cpu-YYYYMMDD.json
     python bench/sweep.py --methods lora --grid lora=1e-3,2e-3,4e-3 --steps 30
+    python bench/sweep.py --methods dora,ia3 --steps 60    # any registry entry: half, once, twice its rate
 
 Every run uses the default config (data, batch, schedule) with only the learning rate and the steps
 changed, the same seed and the same validation rows.
@@ -27,6 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 GRID = {"full": [1e-4, 2e-4, 4e-4], "lora": [5e-4, 1e-3, 2e-3], "qlora": [5e-4, 1e-3, 2e-3]}
+
+
+def default_grid(method: str) -> list[float]:
+    """Any registered technique: half, once and twice its registry rate (unless GRID or --grid names one)."""
+    from nbatune import techniques
+
+    lr = techniques.get(method).learning_rate
+    return GRID.get(method, [lr / 2, lr, 2 * lr])
 
 
 def run_one(method: str, lr: float, steps: int, config: str | None, overrides: list[str], val_rows: int) -> dict:
@@ -94,7 +103,7 @@ def main() -> int:
     p.add_argument("--val-rows", type=int, default=160, help="validation rows scored (default: all 160)")
     p.add_argument("--json", default=None, help="write every run and the choice here")
     args = p.parse_args()
-    grid = dict(GRID)
+    grid = {m: default_grid(m) for m in args.methods.split(",")}
     for item in args.grid:
         m, lrs = item.split("=", 1)
         grid[m] = [float(x) for x in lrs.split(",")]
