@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import statistics
 import time
 import traceback
@@ -22,7 +23,8 @@ from .data.tokenize import tokenize_records
 from .measure import (PeakMemory, dir_size, free_memory, machine_peak, reuse_freed_memory, train_flops_per_token,
                       weights_bytes)
 from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
-from .modeling import check_bitsandbytes, count_parameters, load_model
+from .modeling import (check_bitsandbytes, count_parameters, load_model, reload_adapter, save_converted_adapter,
+                       save_initial_adapter)
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
 from .runtime import resolve
 from .training import latest_checkpoint, train
@@ -305,6 +307,9 @@ class Comparison:
                 how = interpolation.curve_kind(method, self.cfg.lora) if method != "base" else None
                 # the interpolated path starts at the parameters' values before training
                 initial = interpolation.trainable_state(model) if how == "interpolate" and self._curve_on() else None
+                converts = method != "base" and techniques.get(method).converts_to_lora
+                if converts and self.is_main:
+                    save_initial_adapter(model, self.run_dir / method / f"initial-adapter-seed{seed}")
                 if method != "base":
                     ckpt_dir = self.run_dir / method / ("checkpoints" if save else f"checkpoints-seed{seed}")
                     def curve(mdl, mem=mem):
@@ -327,10 +332,17 @@ class Comparison:
             if method == "base":
                 res.saved_path = self.model_path
             elif save:
-                res.saved_path = str(self._save(model, method))
+                res.saved_path = str(self._save(model, method, seed))
                 if initial is not None and techniques.get(method).adapter:
                     interpolation.save_initial(initial, res.saved_path)
                 res.saved_bytes = dir_size(res.saved_path)
+            if converts:  # score what reloads: the converted LoRA on the untouched base, not the split base
+                folder = Path(res.saved_path) if save else self._save(model, method, seed, f"adapter-seed{seed}")
+                del model
+                free_memory()
+                model = reload_adapter(self.model_path, method, self.cfg.model, self.rt, folder)
+                if not save:
+                    shutil.rmtree(folder)
             with PeakMemory(self.rt.device) as eval_mem:
                 res.record_evaluation(self._evaluate(model))
             res.eval_peak_memory_bytes = eval_mem.peak_bytes
@@ -406,10 +418,15 @@ class Comparison:
         if techniques.any_quantized(self.cfg.methods):
             self.results["provenance"]["nf4_error"] = provenance.nf4_weight_error(model, self.cfg.quant)
 
-    def _save(self, model, method: str) -> Path:
-        """A whole model: a standalone safetensors checkpoint. An adapter technique: the adapter only."""
-        path = self.run_dir / method / techniques.get(method).saved_folder
-        model.save_pretrained(path)
+    def _save(self, model, method: str, seed: int, folder: str | None = None) -> Path:
+        """A whole model: a standalone safetensors checkpoint. An adapter technique: the adapter only (one that
+        rewrote the base at initialisation: converted to the LoRA it amounts to on the untouched base)."""
+        tech = techniques.get(method)
+        path = self.run_dir / method / (folder or tech.saved_folder)
+        if tech.converts_to_lora:
+            save_converted_adapter(model, path, self.run_dir / method / f"initial-adapter-seed{seed}")
+        else:
+            model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
 

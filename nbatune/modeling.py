@@ -241,6 +241,37 @@ def add_adapter(model, tech: "techniques.Technique", lora: LoraSettings, seed: i
     return get_peft_model(model, peft_config(tech, lora))
 
 
+def save_initial_adapter(model, folder: Path) -> None:
+    """A PiSSA-style adapter's values before training, marked as a plain initialisation (PEFT's conversion
+    refuses one that would re-split the base when loaded)."""
+    cfg = model.peft_config["default"]
+    init, cfg.init_lora_weights = cfg.init_lora_weights, True
+    try:
+        model.save_pretrained(folder)
+    finally:
+        cfg.init_lora_weights = init
+
+
+def save_converted_adapter(model, folder: Path, initial: Path) -> None:
+    """The trained adapter as a plain LoRA on the untouched base: delta W = B A - B0 A0, rank 2r (PEFT's
+    ``path_initial_model_for_weight_conversion``). ``initial`` is removed afterwards: only the conversion needs it."""
+    import shutil
+
+    model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
+    shutil.rmtree(initial)
+
+
+def reload_adapter(path: str, method: str, cfg: ModelConfig, rt: Runtime, adapter_dir: Path):
+    """A saved adapter on a freshly loaded base in the compute dtype, as ``load_from_run`` gives it (frozen:
+    scored, not trained). An unquantized base only."""
+    from peft import PeftModel
+
+    if techniques.get(method).quantized:
+        raise ValueError(f"{method}: reload_adapter does not load a 4-bit base")
+    base = load_model(path, techniques.BASE, cfg, rt, LoraSettings(), QuantSettings(), seed=0).to(rt.dtype)
+    return PeftModel.from_pretrained(base, adapter_dir)
+
+
 def peft_config(tech: "techniques.Technique", lora: LoraSettings):
     return (tech.peft_config or techniques.lora_config)(lora)
 

@@ -36,6 +36,10 @@ class Technique:
     curve: Literal["scale", "interpolate"] = "interpolate"
     # called on the loaded model before training (e.g. freeze layers); returns the model
     prepare: Callable | None = field(default=None, compare=False)
+    # the adapter's initialisation rewrites the base weights (PiSSA puts the top singular directions in the
+    # adapter and leaves the residual in the base): it is saved as the plain LoRA it amounts to on the untouched
+    # base (PEFT's conversion, rank 2r), and that reloaded model is the one scored, so what ships is what scored
+    converts_to_lora: bool = False
 
     @property
     def saved_folder(self) -> str:
@@ -124,6 +128,8 @@ FOUR_BIT_REFUSALS = {
     "freeze": "4-bit weights cannot be trained (bitsandbytes stores them packed and frozen); use qlora",
     "vera": "PEFT 0.21 has no bitsandbytes 4-bit layer for VeRA (peft/tuners/vera has no bnb module)",
     "oft": "PEFT 0.21 has no bitsandbytes 4-bit layer for OFT (peft/tuners/oft has no bnb module)",
+    "pissa": "PiSSA's SVD needs the unquantized weights and PEFT's conversion back to LoRA is inexact on a 4-bit base "
+             "(Quant(W_res) + AB differs from Quant(W) + delta); use pissa on the bf16 base, or qlora",
 }
 
 
@@ -177,6 +183,12 @@ register(Technique(
     name="qdora", label="QDoRA (4-bit)", color="#17becf", adapter=True, quantized=True, learning_rate=4e-3,
     precision="frozen base in 4-bit NF4 with bf16 compute, fp32 adapters and magnitudes", memory_kind="adapter_4bit",
     peft_config=lambda lora: lora_config(lora, use_dora=True)))
+register(Technique(
+    name="pissa", label="PiSSA", color="#ff7f0e", adapter=True, learning_rate=2e-3, skip_input_casts=True,
+    curve="scale", converts_to_lora=True,
+    precision=ADAPTER_PRECISION + " (PiSSA-initialised: the top singular directions train; saved and scored as the "
+                                  "equivalent rank-2r LoRA on the untouched base)", memory_kind="adapter",
+    peft_config=lambda lora: lora_config(lora, init_lora_weights="pissa")))
 register(Technique(
     name="freeze", label="freeze (top 2 layers)", color="#aec7e8", adapter=False, learning_rate=2e-4,
     precision="fp32 master weights under bf16 autocast, only the top 2 decoder layers train", memory_kind="whole",

@@ -99,7 +99,7 @@ def test_a_technique_defined_in_a_test_file_trains_saves_reloads_and_exports(reg
                                        rtol=1e-4, atol=1e-4)
 
 
-MORE = ["dora", "rslora", "ia3", "vera", "oft", "qdora", "freeze"]
+MORE = ["dora", "rslora", "pissa", "ia3", "vera", "oft", "qdora", "freeze"]
 
 
 @pytest.mark.parametrize("name", MORE)
@@ -138,10 +138,39 @@ def test_each_registered_technique_trains_saves_reloads_to_its_answers_and_expor
 @pytest.mark.parametrize("name,why", [("qvera", "no bitsandbytes 4-bit layer for VeRA"),
                                       ("qoft", "no bitsandbytes 4-bit layer for OFT"),
                                       ("qfull", "4-bit weights cannot be trained"),
-                                      ("qfreeze", "4-bit weights cannot be trained")])
+                                      ("qfreeze", "4-bit weights cannot be trained"),
+                                      ("qpissa", "PiSSA's SVD needs the unquantized weights")])
 def test_a_4bit_variant_peft_cannot_run_is_refused_by_config_validation_with_the_reason(name, why, tiny_model_dir,
                                                                                          tmp_path):
     from nbatune.config import ConfigError
 
     with pytest.raises(ConfigError, match=f"methods: '{name}' \\(the 4-bit variant of .*\\) cannot run: .*{why}"):
         Comparison(tiny_config(tiny_model_dir, tmp_path, methods=["lora", name]))
+
+
+def test_pissa_is_saved_as_the_plain_lora_it_amounts_to_on_the_untouched_base(answering_model_dir, tmp_path):
+    """PiSSA rewrites the base at initialisation (the residual stays, the top singular directions train); the run
+    saves B A - B0 A0 as a rank-2r LoRA for the original base, so alpha 0 of its curve is the base itself and a
+    user's ``PeftModel.from_pretrained(base, adapter)`` is the model that was scored."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from nbatune.inference import load_from_run
+
+    cmp = Comparison(tiny_config(answering_model_dir, tmp_path, methods=["pissa"], evaluate_base=False,
+                                 **{**ANSWERING, "eval.retention": False, "lora.r": 4, "lora.alpha": 8}))
+    res = cmp.setup().execute()
+    r = res["pissa"]
+    assert r["status"] == "ok", r["error"]
+    saved = Path(r["saved_path"])
+    config = json.loads((saved / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 16 and config["init_lora_weights"] is True
+    assert not any(p.name.startswith("initial-adapter") for p in saved.parent.iterdir())  # only the conversion used it
+    base = AutoModelForCausalLM.from_pretrained(answering_model_dir, dtype=torch.float32)
+    ids = torch.tensor([cmp.train_rows[0]["input_ids"]])
+    with torch.no_grad():
+        at_zero, _, _, _ = load_from_run(res["run_dir"], "pissa", alpha=0.0)
+        torch.testing.assert_close(at_zero.float()(input_ids=ids).logits, base(input_ids=ids).logits)
+        trained, _, _, _ = load_from_run(res["run_dir"], "pissa", alpha=1.0)
+        assert not torch.allclose(trained.float()(input_ids=ids).logits, base(input_ids=ids).logits)
