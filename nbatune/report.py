@@ -257,6 +257,8 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
 
     if any(r.get("curve") for r in trained.values()):
         paths["tradeoff"] = _tradeoff_plot(plt, ok, out_dir / "tradeoff.png")
+    if len(trained) >= 2:
+        paths["pareto"] = _cost_front_plot(plt, trained, (ok.get("base") or {}).get("retention"), out_dir / "pareto.png")
 
     cats = sorted({c for r in ok.values() for c in r["per_category"]})
     if cats:
@@ -314,9 +316,9 @@ def _tradeoff_plot(plt, ok: dict, path: Path) -> str:
         if chosen:
             ax.plot(chosen["general_validation"], chosen["nba_validation"], "*", ms=15, color=techniques.color(m),
                     mec="black")
-    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
-    if front:
-        ax.plot(*zip(*front), "o", ms=13, mfc="none", mec="#444", lw=0.8, label="Pareto front")
+    best = [points[i] for i in front([(-x, y) for x, y in points])]  # more retention is better here
+    if best:
+        ax.plot(*zip(*best), "o", ms=13, mfc="none", mec="#444", lw=0.8, label="Pareto front")
     if base:
         ax.plot(base["general_validation"], base["nba_validation"], "ko", ms=7, label="base (alpha 0)")
         share = next((r["operating_point"].get("keep", 0.9) for r in ok.values() if r.get("operating_point")), 0.9)
@@ -327,6 +329,47 @@ def _tradeoff_plot(plt, ok: dict, path: Path) -> str:
                  "policy's retention floor)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: cost (x) no higher and accuracy (y) no lower, one strictly."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any(u <= x and v >= y and (u, v) != (x, y) for u, v in points)]
+
+
+COSTS = (("peak_memory_bytes", "peak training memory (MiB)", 2**20), ("train_seconds", "training time (s)", 1),
+         ("saved_bytes", "saved artefact (MB)", 1e6), ("forgot", "general retention lost vs base (points)", 0.01))
+
+
+def _cost_front_plot(plt, trained: dict, base_retention: dict | None, path: Path) -> str:
+    """PEFT's method-comparison view: test accuracy (95% CI) against each cost, one point per technique, the
+    Pareto front (nothing cheaper is as accurate) joined and circled."""
+    base_acc = (base_retention or {}).get("accuracy")
+    costs = [c for c in COSTS if c[0] != "forgot" or base_acc is not None]
+    fig, axes = plt.subplots(1, len(costs), figsize=(3.6 * len(costs), 3.6), sharey=True)
+    for ax, (key, title, scale) in zip(axes, costs):
+        pts = []
+        for m, r in trained.items():
+            if key == "forgot":
+                ret = (r.get("retention") or {}).get("accuracy")
+                cost = None if ret is None else base_acc - ret
+            else:
+                cost = r.get(key)
+            if cost is None:
+                continue
+            x, y = cost / scale, r["accuracy"]
+            lo, hi = r["accuracy_ci95"]
+            ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="o", color=techniques.color(m), capsize=3, ms=6)
+            ax.annotate(techniques.label(m), (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+            pts.append((x, y))
+        best = sorted((pts[i] for i in front(pts)), key=lambda p: p[0])
+        if best:
+            ax.plot(*zip(*best), "-o", color="#444", lw=0.8, ms=13, mfc="none", zorder=0)
+        ax.set(xlabel=title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (95% CI)")
+    fig.suptitle("Accuracy against cost, one point per technique (circled and joined: the Pareto front)")
     return _save(fig, path)
 
 
@@ -342,11 +385,12 @@ def markdown(results: dict) -> str:
     prov = results.get("provenance") or {}
     nf4 = prov.get("nf4_error")
     parts = [
-        "# Fine-tuning comparison: full vs LoRA vs QLoRA", "",
+        "# Fine-tuning comparison: " + " vs ".join(techniques.label(m) for m in finished(results) if m != "base"), "",
         f"Run `{results.get('run_dir')}` on {env.get('device')}; base model `{results.get('model_path')}`; "
         f"{results.get('dataset', {}).get('test_evaluated')} test questions; total "
         f"{results.get('total_seconds', 0):.0f} s.", "",
         table(results), "", phases_line(results, with_report=False), "", machine_line(results), "",
+        "![accuracy against cost](pareto.png)", "",
         "## Where to use each model: seen and unseen formats, forgetting", "",
         "Each technique's operating point is chosen on validation alone (NBA validation, general-knowledge "
         "validation); the test figures here and in every other table are that point's, and the trained model's "

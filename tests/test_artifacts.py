@@ -97,8 +97,17 @@ def test_report_rebuilds_from_saved_results_without_retraining(run, tmp_path):
     assert table(again) in first
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
-    for png in ("loss_curves.png", "accuracy_per_category.png", "cost_bars.png"):
+    for png in ("loss_curves.png", "accuracy_per_category.png", "cost_bars.png", "pareto.png"):
         assert (run_dir / png).stat().st_size > 1000
+    assert "![accuracy against cost](pareto.png)" in first
+
+
+def test_the_pareto_front_keeps_only_the_points_nothing_cheaper_beats():
+    from nbatune.report import front
+
+    # (cost, accuracy): the second is beaten by the first, the fourth by the third; ties are not beaten
+    points = [(1.0, 0.5), (2.0, 0.4), (2.0, 0.7), (3.0, 0.7), (0.5, 0.1), (0.5, 0.1)]
+    assert front(points) == [0, 2, 4, 5]
 
 
 def test_rebuild_report_gives_the_same_table_from_a_saved_run(run):
