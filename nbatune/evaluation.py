@@ -40,7 +40,7 @@ def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, 
     prefix: the same as greedy exact match (lm-evaluation-harness's ``is_greedy``), at the cost of one
     forward pass. Logits are computed only at answer positions."""
     was_training = model.training
-    model.eval()
+    eval_mode(model)
     if was_training:
         keep_4bit_trainable(model)
     collate = PadCollator(tokenizer.pad_token_id)
@@ -61,6 +61,18 @@ def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, 
     return hits / max(len(rows), 1)
 
 
+def eval_mode(model):
+    """``model.eval()``, except that bitsandbytes' 4-bit layers stay in training mode when an adapter reads their
+    weight in its own forward (DoRA's magnitude needs the dequantized base weight): on an AVX512-BF16 CPU
+    bitsandbytes 0.50 repacks a 4-bit weight in place on its first eval-mode forward, and PEFT then dequantizes
+    the repacked bytes as if they were not (measured: QDoRA answered every question with an empty line). Plain
+    QLoRA keeps bitsandbytes' faster inference layout."""
+    model.eval()
+    if any(getattr(m, "lora_magnitude_vector", None) for m in model.modules()):
+        keep_4bit_trainable(model)
+    return model
+
+
 def keep_4bit_trainable(model) -> None:
     """Leave bitsandbytes' 4-bit layers in training mode while the rest of the model is in eval mode.
 
@@ -76,7 +88,7 @@ def keep_4bit_trainable(model) -> None:
 @torch.no_grad()
 def eval_loss(model, tokenizer, rows: list[dict], rt: Runtime, batch_size: int = 16) -> dict:
     """Mean cross-entropy per answer token over ``rows`` (tokenized), and its perplexity."""
-    model.eval()
+    eval_mode(model)
     collate = PadCollator(tokenizer.pad_token_id)
     total, count = 0.0, 0
     order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])
@@ -131,7 +143,7 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max
     Args:
         max_new_tokens: one budget for all, or one per prompt (``answer_budgets``).
     """
-    model.eval()
+    eval_mode(model)
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], budgets[i]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import techniques
 from .config import load_config
+from .evaluation import eval_mode
 from .modeling import load_tokenizer, quantization_config
 from .runtime import resolve
 
@@ -81,7 +82,7 @@ def load_from_run(run_dir: str | Path, method: str, alpha: float | None = None):
     model = move_to_alpha(model, run_dir, method, results, operating_alpha(results, method, alpha))
     if not (tech and tech.quantized):  # a 4-bit model is placed by bitsandbytes
         model = model.to(rt.device)
-    return model.eval(), tok, rt, cfg.model.system_prompt
+    return eval_mode(model), tok, rt, cfg.model.system_prompt
 
 
 def export(run_dir: str | Path, method: str, out_dir: str | Path | None = None, dtype: str = "bfloat16",

@@ -163,6 +163,40 @@ def test_measuring_the_learning_curve_leaves_4bit_weights_trainable(tiny_model_d
     assert all(m.weight.dtype == torch.uint8 for m in four_bit)
 
 
+def test_a_dora_adapter_on_a_4bit_base_is_evaluated_on_the_weights_it_reads(tiny_model_dir, tmp_path):
+    """DoRA dequantizes its 4-bit base weight inside its forward; once bitsandbytes has repacked that weight for
+    inference (eval mode, no gradients, AVX512-BF16 CPU) PEFT reads garbage: QDoRA answered every question with
+    an empty line. ``eval_mode`` keeps such 4-bit layers in training mode; plain QLoRA keeps the fast layout."""
+    import torch
+
+    from nbatune.evaluation import eval_mode
+    from nbatune.modeling import load_model
+    from nbatune.runtime import Runtime
+    from tests.helpers import tiny_config as cfg_for
+
+    cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
+    rt = Runtime("cpu", "bf16")
+    ids = torch.tensor([cmp.train_rows[0]["input_ids"]])
+
+    def logits(model):
+        with torch.no_grad(), rt.autocast():
+            return model(input_ids=ids).logits.float()
+
+    model = load_model(cmp.model_path, "qdora", cmp.cfg.model, rt, cmp.cfg.lora, cmp.cfg.quant, 0).train()
+    as_trained = logits(model)  # training mode: the layout training used
+    eval_mode(model)
+    torch.testing.assert_close(logits(model), as_trained)
+    four_bit = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert four_bit and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit)
+    model.eval()  # what eval_mode prevents: where bitsandbytes repacks, DoRA's answers go wrong
+    repacked = logits(model)
+    if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit):
+        assert not torch.allclose(repacked, as_trained, atol=1e-2)
+
+    qlora = eval_mode(load_model(cmp.model_path, "qlora", cmp.cfg.model, rt, cmp.cfg.lora, cmp.cfg.quant, 0))
+    assert not any(m.training for m in qlora.modules())
+
+
 def _talkative_tiny_model(vocab_size: int):
     """A tiny random model with weights large enough that greedy decoding varies from token to token."""
     import torch
