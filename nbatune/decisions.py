@@ -27,6 +27,12 @@ def baseline_accuracies(results: dict) -> dict[str, dict]:
     return {k: v for k, v in (results.get("baselines") or {}).items() if isinstance(v, dict) and "correct" in v}
 
 
+def _paired_apart(pair: dict) -> bool:
+    """The paired test tells the two apart on the same questions: Holm-adjusted McNemar p below 0.05 and a
+    bootstrap interval without 0."""
+    return pair["p_holm"] < 0.05 and not pair["within_noise"]
+
+
 def comparison(results: dict) -> dict:
     """What a team decides from: each technique against the strongest baseline (learned), against the
     base on the retention set (forgot), and against each other (real only when the paired test,
@@ -60,7 +66,7 @@ def comparison(results: dict) -> dict:
         pair["p_holm"] = p_adj
         spread = pair["seeds"]
         pair["beyond_seed_spread"] = None if spread is None else abs(spread["mean_diff"]) > spread["spread"]
-        pair["real"] = (p_adj < 0.05 and not pair["within_noise"] and bool(pair["beyond_seed_spread"]))
+        pair["real"] = _paired_apart(pair) and bool(pair["beyond_seed_spread"])
     out["comparisons_made"] = len(raw)
     not_compared = _not_compared(results)
     if not trained:
@@ -89,7 +95,11 @@ def comparison(results: dict) -> dict:
                any(_pair(out, best_q, m)["seeds"] is None for m in tied) else
                "paired test (Holm-adjusted) and seed spread")
         rec.append(f"Its lead over {', '.join(techniques.label(m) for m in tied)} is not established ({why}).")
-        cheapest = min([best_q] + tied, key=lambda m: (trained[m]["peak_memory_bytes"], trained[m]["saved_bytes"]))
+        # a cheaper stand-in must answer as well on these questions (the paired test does not tell them apart)
+        # and have learned something: one seed leaves every lead unestablished, not every technique as good
+        stand_ins = [m for m in tied if not _paired_apart(_pair(out, best_q, m))
+                     and out["learned"].get(m, {}).get("learned", True)]
+        cheapest = min([best_q] + stand_ins, key=lambda m: (trained[m]["peak_memory_bytes"], trained[m]["saved_bytes"]))
         if cheapest != best_q:
             rec.append(f"With quality not told apart, prefer {techniques.label(cheapest)}: less peak memory "
                        f"({size_text(trained[cheapest]['peak_memory_bytes'])} vs {size_text(trained[best_q]['peak_memory_bytes'])})"

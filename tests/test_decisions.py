@@ -113,6 +113,20 @@ def test_one_seed_leaves_the_spread_unknown_and_no_difference_real():
     assert pair["seeds"] is None and pair["beyond_seed_spread"] is None and pair["real"] is False
     rec = cmp["recommendation"]
     assert "Its lead over LoRA is not established (one training seed, so the seed spread is unknown" in rec
+    assert "prefer" not in rec  # LoRA is cheaper but answers far worse on the same questions
+
+
+def test_a_cheap_technique_below_the_strongest_baseline_is_never_the_one_preferred():
+    """The 2026-12-05 eleven-technique run recommended freeze (2.8%, under the 3-shot baseline's 7.2%) over full
+    fine-tuning (38.8%) because with one seed no lead was established; only a technique the paired test cannot
+    tell from the best, and that learned something, may stand in for it."""
+    best, worse = flags((40, True), (60, False)), flags((3, True), (97, False))
+    cmp = comparison(run({"few_shot": flags((7, True), (93, False))},
+                         full=tech(best, peak_mib=5000), freeze=tech(worse, peak_mib=3000),
+                         lora=tech(best, peak_mib=4000)))
+    rec = cmp["recommendation"]
+    assert not cmp["learned"]["freeze"]["learned"]
+    assert "prefer LoRA" in rec and "prefer freeze" not in rec
 
 
 def test_when_quality_is_not_told_apart_the_cheaper_technique_is_preferred():
