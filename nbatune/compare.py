@@ -309,7 +309,7 @@ class Comparison:
                 initial = interpolation.trainable_state(model) if how == "interpolate" and self._curve_on() else None
                 converts = method != "base" and techniques.get(method).converts_to_lora
                 if converts and self.is_main:
-                    save_initial_adapter(model, self.run_dir / method / f"initial-adapter-seed{seed}")
+                    save_initial_adapter(model, self._initial_adapter(method, seed))
                 if method != "base":
                     ckpt_dir = self.run_dir / method / ("checkpoints" if save else f"checkpoints-seed{seed}")
                     def curve(mdl, mem=mem):
@@ -418,13 +418,17 @@ class Comparison:
         if techniques.any_quantized(self.cfg.methods):
             self.results["provenance"]["nf4_error"] = provenance.nf4_weight_error(model, self.cfg.quant)
 
+    def _initial_adapter(self, method: str, seed: int) -> Path:
+        """Where a converts_to_lora adapter's values before training wait for the conversion at save time."""
+        return self.run_dir / method / f"initial-adapter-seed{seed}"
+
     def _save(self, model, method: str, seed: int, folder: str | None = None) -> Path:
         """A whole model: a standalone safetensors checkpoint. An adapter technique: the adapter only (one that
         rewrote the base at initialisation: converted to the LoRA it amounts to on the untouched base)."""
         tech = techniques.get(method)
         path = self.run_dir / method / (folder or tech.saved_folder)
         if tech.converts_to_lora:
-            save_converted_adapter(model, path, self.run_dir / method / f"initial-adapter-seed{seed}")
+            save_converted_adapter(model, path, self._initial_adapter(method, seed))
         else:
             model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)

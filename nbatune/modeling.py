@@ -255,8 +255,6 @@ def save_initial_adapter(model, folder: Path) -> None:
 def save_converted_adapter(model, folder: Path, initial: Path) -> None:
     """The trained adapter as a plain LoRA on the untouched base: delta W = B A - B0 A0, rank 2r (PEFT's
     ``path_initial_model_for_weight_conversion``). ``initial`` is removed afterwards: only the conversion needs it."""
-    import shutil
-
     model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
     shutil.rmtree(initial)
 
