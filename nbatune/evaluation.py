@@ -38,12 +38,15 @@ def cached_weight_casts(model):
 def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, batch_size: int = 8) -> float:
     """Share of ``rows`` (tokenized) whose every answer token is the model's argmax given the true
     prefix: the same as greedy exact match (lm-evaluation-harness's ``is_greedy``), at the cost of one
-    forward pass. Logits are computed only at answer positions."""
+    forward pass. Logits are computed only at answer positions. Rows are batched in length order: validation
+    rows run 35-250 tokens, and in their own order padding doubled the time (measured: 16.4 s against 7.9 s for
+    160 rows here, the same row-for-row hits)."""
     was_training = model.training
     eval_mode(model)
     if was_training:
         keep_4bit_trainable(model)
     collate = PadCollator(tokenizer.pad_token_id)
+    rows = sorted(rows, key=lambda r: r["length"])
     hits = 0
     try:
         for s in range(0, len(rows), batch_size):

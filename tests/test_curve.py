@@ -210,3 +210,22 @@ def test_replay_with_a_base_that_answers_nothing_trains_without_it(tiny_model_di
         cmp = Comparison(tiny_config(tiny_model_dir, tmp_path / "b", **{"train.replay_share": 0.2})).setup()
     assert "training without replay" in caplog.text and cmp.replay_info["rows"] == 0
     assert cmp.train_rows == plain.train_rows
+
+
+def test_teacher_forced_exact_match_batches_rows_by_length_and_scores_each_as_alone(run):
+    """The curve's NBA measure sorts rows by length (half the padding, half the time on real validation rows);
+    that must not change which rows count as hits."""
+    import statistics
+
+    cmp, res = run
+    model, tok, rt, _ = load_from_run(res["run_dir"], "full", alpha=1.0)
+    rows = cmp.select_rows[::-1]
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    batched = evaluation.teacher_forced_exact_match(model, tok, rows, rt, batch_size=4)
+    hook.remove()
+    alone = statistics.mean(evaluation.teacher_forced_exact_match(model, tok, [r], rt, batch_size=1) for r in rows)
+    assert batched == pytest.approx(alone) and 0 < alone < 1
+    by_length = sorted(r["length"] for r in rows)
+    assert widths == [(len(by_length[s:s + 4]), max(by_length[s:s + 4])) for s in range(0, len(rows), 4)]
