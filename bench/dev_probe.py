@@ -48,7 +48,6 @@ def main() -> int:
     from nbatune.config import load_config
     from nbatune.data import retention
     from nbatune.data.prepare import prepare_training_data
-    from nbatune.data.tokenize import tokenize_records
     from nbatune.evaluation import answer_and_score, general_accuracy
     from nbatune.measure import reuse_freed_memory
     from nbatune.modeling import load_model
@@ -61,10 +60,7 @@ def main() -> int:
     data = prepare_training_data(cfg)
     rows = data.train_rows
     if cfg.train.replay_share:
-        answers = replay.base_answers(data.model_path, data.tokenizer, cfg, rt)
-        rrows, _ = tokenize_records(replay.records(cfg.model.system_prompt, answers), data.tokenizer,
-                                    cfg.model.max_length, "drop", "replay", False)
-        rows = replay.mix(rows, rrows, cfg.train.replay_share)
+        rows, _ = replay.add_to(rows, data.model_path, data.tokenizer, cfg, rt)
     dev = dev_records(cfg, a.dev_size)
     pools = scoring.candidate_pools(*data.records.values(), dev)
     general = retention.records(cfg.model.system_prompt, "validation")

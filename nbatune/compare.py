@@ -110,20 +110,8 @@ class Comparison:
 
     def _mix_replay(self) -> None:
         """Append the base's own answers to general prompts to the training rows, at train.replay_share."""
-        cfg = self.cfg
-        answers = replay.base_answers(self.model_path, self.tokenizer, cfg, self.rt)
-        records = replay.records(cfg.model.system_prompt, answers)
-        if not records:  # a base that answers nothing has no answer style to keep
-            log.warning("replay: the base model gave no answer to any general prompt; training without replay")
-            self.replay_info = {"share": cfg.train.replay_share, "prompts": 0, "rows": 0,
-                                "skipped": "the base gave no answers"}
-            return
-        rows, _ = tokenize_records(records, self.tokenizer, cfg.model.max_length, "drop", "replay", False)
-        nba = len(self.train_rows)
-        self.train_rows = replay.mix(self.train_rows, rows, cfg.train.replay_share)
-        self.replay_info = {"share": cfg.train.replay_share, "prompts": len(rows), "rows": len(self.train_rows) - nba,
-                            "fingerprint": replay.fingerprint(self.model_path, cfg.model.system_prompt,
-                                                              self.rt.precision)}
+        self.train_rows, self.replay_info = replay.add_to(self.train_rows, self.model_path, self.tokenizer, self.cfg,
+                                                          self.rt)
 
     def _check_memory(self) -> dict:
         """Estimate each technique's peak before anything trains; refuse (or warn about) those that

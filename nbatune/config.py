@@ -149,6 +149,10 @@ class TrainConfig:
                                   "prompts (nbatune.replay; generated once per base model, cached), against "
                                   "forgetting. 0: off. 0.2 measured on LoRA: general retention 30% -> 60% (base "
                                   "68%), NBA accuracy -2 points within noise (bench/replay-ab-cpu-20261202.json).")
+    replay_targets: Literal["tokens", "distribution"] = _f(
+        "tokens", "What replay rows are trained toward. tokens: the base's greedy answer (cross-entropy). "
+                  "distribution: the base's next-token distribution at each answer token (its top "
+                  "nbatune.replay.TOP_K tokens, renormalised): a KL term toward the base on the replay prompts.")
     curve_steps: int = _f(30, "Learning curve: every this many steps, teacher-forced exact match on "
                               "eval.curve_examples validation rows (0: off).")
     early_stopping_patience: int = _f(0, "Stop a technique when the learning-curve score has not improved for this "

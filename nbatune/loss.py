@@ -38,13 +38,21 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
     keep = answer_columns(targets)
     targets = targets[:, keep]
     n = (targets != IGNORE).sum()
+    soft = None
+    if "soft_ids" in inputs:  # replay rows trained toward the base's distribution (collators' soft targets)
+        soft = tuple(F.pad(inputs[k][:, 1:], (0, 0, 0, 1))[:, keep] for k in ("soft_ids", "soft_probs"))
     # padded batches carry an attention mask; packed ones carry position_ids (and must not carry a mask)
     extra = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
     head = _plain_head(model) if chunk_tokens else None
     if head is None:
         logits = model(input_ids=inputs["input_ids"], logits_to_keep=keep, **extra).logits.float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
-                               reduction="sum")
+        if soft is None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
+                                   reduction="sum")
+        else:
+            mask = targets != IGNORE
+            logp = logits[mask].log_softmax(-1)
+            loss = -(logp.gather(1, soft[0][mask]) * soft[1][mask]).sum()
     else:
         captured = []
 
@@ -59,7 +67,8 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
         finally:
             handle.remove()
         mask = targets != IGNORE
-        loss = chunked_head_loss(captured[0][mask], head.weight, targets[mask], chunk_tokens)
+        loss = chunked_head_loss(captured[0][mask], head.weight, targets[mask], chunk_tokens,
+                                 None if soft is None else (soft[0][mask], soft[1][mask]))
     return loss / (num_items if num_items is not None else n.clamp(min=1)), n
 
 
@@ -75,20 +84,25 @@ def _plain_head(model):
     return head
 
 
-def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                      soft: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, ``chunk`` rows at a time.
+
+    ``soft``: (token ids, probabilities), each (rows, k): cross-entropy against that distribution instead
+    (a one-hot row, the target with probability 1, is the plain loss); KL to it plus a constant.
 
     The gradients are worked out chunk by chunk in the forward pass (as in Liger's fused linear
     cross-entropy), so at most ``chunk x vocab`` logits exist at once instead of all of them plus their
     softmax and gradients: for SmolLM2's 49,152-token vocabulary that is about 16 bytes x 49,152 per
     answer token saved.
     """
-    return _ChunkedHeadLoss.apply(hidden, weight, targets, chunk)
+    soft_ids, soft_probs = soft if soft is not None else (None, None)
+    return _ChunkedHeadLoss.apply(hidden, weight, targets, chunk, soft_ids, soft_probs)
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):
+    def forward(ctx, hidden, weight, targets, chunk, soft_ids=None, soft_probs=None):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if want_h else None
@@ -97,10 +111,17 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
             logits = (h @ weight.T).float()  # under autocast: the compute dtype, like the model's own head
             lse = logits.logsumexp(-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if soft_ids is None:
+                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            else:
+                sid, sp = soft_ids[s:s + chunk], soft_probs[s:s + chunk]
+                total += (lse * sp.sum(1) - (logits.gather(1, sid) * sp).sum(1)).sum()
             if want_h or want_w:
                 d = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                d[torch.arange(len(t), device=d.device), t] -= 1  # d(loss)/d(logits)
+                if soft_ids is None:
+                    d[torch.arange(len(t), device=d.device), t] -= 1  # d(loss)/d(logits)
+                else:
+                    d.mul_(sp.sum(1, keepdim=True)).scatter_add_(1, sid, -sp)
                 d = d.to(h.dtype)
                 if want_h:
                     grad_h[s:s + chunk] = (d @ weight).to(hidden.dtype)
@@ -120,4 +141,4 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         # In place: the saved gradients are used once, and a fresh vocab-sized tensor costs page faults here
         return (grad_h.mul_(grad_out) if grad_h is not None else None,
-                grad_w.mul_(grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None)
+                grad_w.mul_(grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None, None, None)

@@ -77,6 +77,59 @@ def base_answers(model_path: str, tokenizer, cfg, rt) -> list[str]:
     return answers
 
 
+TOP_K = 32  # the base's distribution kept per answer token: 32 tokens hold nearly all of a 135M model's mass there
+
+
+def with_distributions(rows: list[dict], model_path: str, tokenizer, cfg, rt) -> list[dict]:
+    """Replay rows (tokenized) with the base's next-token distribution at each answer token: its ``TOP_K`` most
+    likely tokens and their probabilities, renormalised (``soft_ids``, ``soft_probs``; ``train.replay_targets:
+    distribution``). One teacher-forced pass of the base over the rows, a few seconds."""
+    import torch
+
+    from .data.tokenize import IGNORE, PadCollator
+    from .evaluation import cached_weight_casts
+    from .loss import shifted_targets
+    from .measure import free_memory
+
+    model = load_model(model_path, "base", cfg.model, rt, cfg.lora, cfg.quant, cfg.seed).eval()
+    collate, out = PadCollator(tokenizer.pad_token_id), []
+    with torch.no_grad(), rt.autocast(), cached_weight_casts(model):
+        for s in range(0, len(rows), 16):
+            part = rows[s:s + 16]
+            batch = collate(part)
+            targets = shifted_targets(batch["labels"])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            top = logits.softmax(-1).topk(TOP_K, dim=-1)
+            probs = top.values / top.values.sum(-1, keepdim=True)
+            for j, row in enumerate(part):
+                at = (targets[j] != IGNORE).nonzero().squeeze(1)
+                out.append({**row, "soft_ids": top.indices[j, at].tolist(), "soft_probs": probs[j, at].tolist()})
+    del model
+    free_memory()
+    return out
+
+
+def add_to(train_rows: list[dict], model_path: str, tokenizer, cfg, rt) -> tuple[list[dict], dict]:
+    """``train_rows`` with the replay rows mixed in at ``train.replay_share`` (toward the base's greedy answers or its
+    distribution, ``train.replay_targets``), and what was added (``dataset.replay`` in results.json)."""
+    from .data.tokenize import tokenize_records
+
+    t = cfg.train
+    recs = records(cfg.model.system_prompt, base_answers(model_path, tokenizer, cfg, rt))
+    if not recs:  # a base that answers nothing has no answer style to keep
+        log.warning("replay: the base model gave no answer to any general prompt; training without replay")
+        return train_rows, {"share": t.replay_share, "prompts": 0, "rows": 0, "skipped": "the base gave no answers"}
+    rows, _ = tokenize_records(recs, tokenizer, cfg.model.max_length, "drop", "replay", False)
+    if t.replay_targets == "distribution":
+        rows = with_distributions(rows, model_path, tokenizer, cfg, rt)
+        # every row has the columns (the training dataset takes its columns from its first row)
+        train_rows = [{**r, "soft_ids": [], "soft_probs": []} for r in train_rows]
+    mixed = mix(train_rows, rows, t.replay_share)
+    return mixed, {"share": t.replay_share, "targets": t.replay_targets, "prompts": len(rows),
+                   "rows": len(mixed) - len(train_rows),
+                   "fingerprint": fingerprint(model_path, cfg.model.system_prompt, rt.precision)}
+
+
 def mix(train_rows: list[dict], replay_rows: list[dict], share: float) -> list[dict]:
     """``train_rows`` with replay rows appended, repeated as needed, to make up ``share`` of the result (the
     trainer shuffles by the seed)."""

@@ -206,7 +206,7 @@ def test_replay_with_a_base_that_answers_nothing_trains_without_it(tiny_model_di
 
     monkeypatch.setenv("NBATUNE_CACHE", str(tmp_path / "cache"))
     plain = Comparison(tiny_config(tiny_model_dir, tmp_path / "a")).setup()
-    with caplog.at_level(logging.WARNING, logger="nbatune.compare"):
+    with caplog.at_level(logging.WARNING, logger="nbatune.replay"):
         cmp = Comparison(tiny_config(tiny_model_dir, tmp_path / "b", **{"train.replay_share": 0.2})).setup()
     assert "training without replay" in caplog.text and cmp.replay_info["rows"] == 0
     assert cmp.train_rows == plain.train_rows
@@ -229,3 +229,44 @@ def test_teacher_forced_exact_match_batches_rows_by_length_and_scores_each_as_al
     assert batched == pytest.approx(alone) and 0 < alone < 1
     by_length = sorted(r["length"] for r in rows)
     assert widths == [(len(by_length[s:s + 4]), max(by_length[s:s + 4])) for s in range(0, len(rows), 4)]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_collators_put_each_replay_distribution_on_its_answer_tokens(packed):
+    from nbatune.data.tokenize import IGNORE, PackedCollator, PadCollator
+
+    nba = {"input_ids": [5, 6, 7, 8, 9], "labels": [IGNORE, IGNORE, 7, 8, 9], "soft_ids": [], "soft_probs": []}
+    rep = {"input_ids": [1, 2, 3, 4], "labels": [IGNORE, IGNORE, 3, 4],
+           "soft_ids": [[3, 11], [4, 12]], "soft_probs": [[0.75, 0.25], [0.5, 0.5]]}
+    collate = PackedCollator(0, 16) if packed else PadCollator(0)
+    plain = collate([{k: v for k, v in nba.items() if not k.startswith("soft")}] * 2)
+    assert "soft_ids" not in plain and "soft_ids" not in collate([nba, nba])  # without replay: today's batch
+    out = collate([nba, rep])
+    labels, sid, sp = out["labels"], out["soft_ids"], out["soft_probs"]
+    at = {int(labels[r, c]): (sid[r, c].tolist(), sp[r, c].tolist()) for r, c in (labels != IGNORE).nonzero().tolist()}
+    assert sorted(at) == [3, 4, 7, 8, 9]
+    assert all(at[t] == ([t, 0], [1.0, 0.0]) for t in (7, 8, 9))  # an NBA answer token: its label alone
+    assert at[3] == ([3, 11], [0.75, 0.25]) and at[4] == ([4, 12], [0.5, 0.5])  # a replay token: the base's
+    assert float(sp[labels == IGNORE].sum()) == 0.0
+
+
+def test_replay_toward_the_bases_distribution_trains_and_its_top_token_is_the_replayed_answer(answering_model_dir,
+                                                                                               tmp_path, monkeypatch):
+    from nbatune import replay
+
+    monkeypatch.setenv("NBATUNE_CACHE", str(tmp_path / "cache"))
+    cmp = Comparison(tiny_config(answering_model_dir, tmp_path, evaluate_base=False, methods=["lora"],
+                                 **{**ANSWERING, "train.replay_share": 0.2, "train.replay_targets": "distribution",
+                                    "eval.retention": False})).setup()
+    soft = [r for r in cmp.train_rows if r["soft_ids"]]
+    assert soft and cmp.replay_info["targets"] == "distribution"
+    for r in soft:
+        answer = [t for t in r["labels"] if t != -100]
+        assert len(r["soft_ids"]) == len(answer) and all(len(k) == replay.TOP_K for k in r["soft_ids"])
+        assert all(abs(sum(p) - 1) < 1e-5 for p in r["soft_probs"])
+    # the base's own greedy answers: its most likely token is the answer token nearly everywhere (a re-tokenized
+    # answer may split differently from the generated tokens)
+    tops = [ids[0] == t for r in soft for ids, t in zip(r["soft_ids"], [t for t in r["labels"] if t != -100])]
+    assert sum(tops) / len(tops) > 0.9
+    res = cmp._run_method("lora", cmp.cfg.seed, save=False)
+    assert res.status.value == "ok", res.error

@@ -110,7 +110,33 @@ class PadCollator:
             ids[i, :L] = torch.tensor(b["input_ids"])
             labels[i, :L] = torch.tensor(b["labels"])
             mask[i, :L] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+                **soft_targets([(i, 0, b) for i, b in enumerate(batch)], labels)}
+
+
+def soft_targets(placed: list[tuple[int, int, dict]], labels) -> dict:
+    """``soft_ids`` and ``soft_probs`` (rows, width, k) when some example of the batch carries a distribution per
+    answer token (replay toward the base's distribution, ``train.replay_targets``), else nothing. ``placed``:
+    (row, offset, example) as the collator laid them out. Every other answer token is its own label with
+    probability 1, so the loss is the plain cross-entropy there."""
+    import torch
+
+    if not any(x.get("soft_ids") for _, _, x in placed):
+        return {}
+    k = max(len(x["soft_ids"][0]) for _, _, x in placed if x.get("soft_ids"))
+    sid = torch.zeros((*labels.shape, k), dtype=torch.long)
+    sp = torch.zeros((*labels.shape, k), dtype=torch.float32)
+    answer = labels != IGNORE
+    sid[..., 0] = torch.where(answer, labels, 0)
+    sp[..., 0] = answer.float()
+    for r, at, x in placed:
+        if x.get("soft_ids"):
+            where = [at + i for i, t in enumerate(x["labels"]) if t != IGNORE]
+            if len(where) != len(x["soft_ids"]):
+                raise ValueError(f"an example has {len(x['soft_ids'])} soft targets for {len(where)} answer tokens")
+            sid[r, where] = torch.tensor(x["soft_ids"])
+            sp[r, where] = torch.tensor(x["soft_probs"], dtype=torch.float32)
+    return {"soft_ids": sid, "soft_probs": sp}
 
 
 class PackedCollator:
@@ -142,6 +168,7 @@ class PackedCollator:
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
         pos = torch.zeros((len(rows), width), dtype=torch.long)
+        placed = []
         for r, row in enumerate(rows):
             at = 0
             for x in row:
@@ -149,7 +176,9 @@ class PackedCollator:
                 ids[r, at:at + n] = torch.tensor(x["input_ids"])
                 labels[r, at:at + n] = torch.tensor(x["labels"])
                 pos[r, at:at + n] = torch.arange(n)
+                placed.append((r, at, x))
                 at += n
             pos[r, at:] = torch.arange(width - at)  # the tail is its own (unlabelled) sequence
         real = sum(len(b["input_ids"]) for b in batch)
-        return {"input_ids": ids, "labels": labels, "position_ids": pos, "real_tokens": torch.tensor(real)}
+        return {"input_ids": ids, "labels": labels, "position_ids": pos, "real_tokens": torch.tensor(real),
+                **soft_targets(placed, labels)}
