@@ -64,7 +64,7 @@ def main() -> int:
     dev = dev_records(cfg, a.dev_size)
     pools = scoring.candidate_pools(*data.records.values(), dev)
     general = retention.records(cfg.model.system_prompt, "validation")
-    gpools = scoring.candidate_pools(general, retention.records(cfg.model.system_prompt, "test"))
+    gpools = retention.pools()
     setup_s = time.perf_counter() - t0
     with reuse_freed_memory():
         model = load_model(data.model_path, a.method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed,

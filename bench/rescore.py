@@ -31,8 +31,8 @@ def main() -> int:
     res, cfg, records = finished(run)
     test = records["test"][: cfg.eval.max_test_examples]
     sp = cfg.model.system_prompt
-    ret, ret_val = retention.records(sp, "test"), retention.records(sp, "validation")
-    pools, rpools = scoring.candidate_pools(*records.values()), scoring.candidate_pools(ret, ret_val)
+    ret = retention.records(sp, "test")
+    pools, rpools = scoring.candidate_pools(*records.values()), retention.pools()
     metric = scoring.scorer()
 
     def again(recs, preds, pool):

@@ -72,11 +72,9 @@ def general_validation(model, tok, cfg, rt) -> float:
     """Generated answers on the retention validation split, scored as the retention test."""
     from nbatune.data import retention
     from nbatune.evaluation import general_accuracy
-    from nbatune.scoring import candidate_pools
 
     val = retention.records(cfg.model.system_prompt, "validation")
-    pools = candidate_pools(val, retention.records(cfg.model.system_prompt, "test"))
-    return general_accuracy(model, tok, val, rt, cfg.eval, pools, "general validation")
+    return general_accuracy(model, tok, val, rt, cfg.eval, retention.pools(), "general validation")
 
 
 def base_general(config: str | None, overrides: list[str]) -> float:

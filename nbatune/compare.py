@@ -87,7 +87,7 @@ class Comparison:
         sp = cfg.model.system_prompt
         self.retention_records = retention.records(sp, "test") if cfg.eval.retention else []
         self.general_val = retention.records(sp, "validation") if cfg.eval.retention else []
-        self.retention_pools = scoring.candidate_pools(self.retention_records, self.general_val)
+        self.retention_pools = retention.pools()
         # the curve's NBA measure: teacher-forced exact match on the whole validation split
         self.select_rows = tokenize_records(self.records["validation"], self.tokenizer, cfg.model.max_length, "drop",
                                             "validation", cfg.data.train_on == "all_assistant_turns")[0]

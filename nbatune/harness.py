@@ -75,7 +75,7 @@ def write_tasks(run_dir: str | Path) -> Path:
     splits = {"nbatune_nba": ("NBA test split", records["test"][: cfg.eval.max_test_examples],
                               candidate_pools(*records.values()), cfg.eval.max_new_tokens),
               "nbatune_retention": ("general-knowledge retention test split", retention.records(sp, "test"),
-                                    candidate_pools(retention.records(sp, "test"), retention.records(sp, "validation")),
+                                    retention.pools(),
                                     RETENTION_MAX_NEW_TOKENS)}
     folder = run_dir / "harness"
     folder.mkdir(exist_ok=True)

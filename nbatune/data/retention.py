@@ -83,8 +83,67 @@ COLORS = {
 }
 
 
-def _arithmetic(n: int = 30) -> list[tuple[str, str]]:
-    rng = random.Random(1234)  # fixed: the set is the same for every run and data seed
+# Asked only in validation (``validation_only``): the same kinds of question, other subjects.
+MORE_CAPITALS = {
+    "the United States": "Washington", "Brazil": "Brasilia", "North Korea": "Pyongyang", "Taiwan": "Taipei",
+    "Azerbaijan": "Baku", "Uzbekistan": "Tashkent", "Bosnia and Herzegovina": "Sarajevo", "North Macedonia": "Skopje",
+    "the Bahamas": "Nassau", "the Dominican Republic": "Santo Domingo", "Nicaragua": "Managua", "Libya": "Tripoli",
+    "Angola": "Luanda", "Zambia": "Lusaka", "Rwanda": "Kigali", "Somalia": "Mogadishu", "Mali": "Bamako",
+    "Mozambique": "Maputo", "Namibia": "Windhoek", "Liberia": "Monrovia", "Sierra Leone": "Freetown",
+    "Kyrgyzstan": "Bishkek", "Scotland": "Edinburgh", "Wales": "Cardiff", "Malawi": "Lilongwe",
+    "Texas": "Austin", "California": "Sacramento", "Florida": "Tallahassee", "Arizona": "Phoenix",
+    "Colorado": "Denver", "Massachusetts": "Boston", "Hawaii": "Honolulu", "Tennessee": "Nashville",
+    "Ohio": "Columbus", "Virginia": "Richmond",
+}
+MORE_SYMBOLS = {
+    "boron": "B", "tungsten": "W", "xenon": "Xe", "radon": "Rn", "radium": "Ra", "plutonium": "Pu",
+    "cesium": "Cs", "strontium": "Sr", "cadmium": "Cd", "palladium": "Pd", "gallium": "Ga", "bismuth": "Bi",
+}
+MORE_OPPOSITES = {
+    "good": "bad", "clean": "dirty", "question": "answer", "summer": "winter", "asleep": "awake", "above": "below",
+    "before": "after", "accept": "reject", "borrow": "lend", "cheap": "expensive", "dangerous": "safe",
+    "enter": "exit", "male": "female", "polite": "rude", "shallow": "deep", "top": "bottom", "wide": "narrow",
+    "win": "lose", "laugh": "cry", "ancient": "modern", "increase": "decrease", "sunrise": "sunset",
+}
+MORE_PLURALS = {
+    "louse": "lice", "die": "dice", "radius": "radii", "crisis": "crises", "thesis": "theses", "calf": "calves",
+    "loaf": "loaves", "shelf": "shelves", "wife": "wives", "hero": "heroes", "tomato": "tomatoes", "box": "boxes",
+    "church": "churches", "fungus": "fungi", "nucleus": "nuclei", "criterion": "criteria",
+}
+MORE_COUNTS = {
+    "How many legs does a cow have?": 4, "How many days are in a year?": 365, "How many eggs are in a dozen?": 12,
+    "How many fingers are on one hand?": 5, "How many wheels does a tricycle have?": 3,
+    "How many sides does a decagon have?": 10, "How many centimeters are in a meter?": 100,
+    "How many grams are in a kilogram?": 1000, "How many days are in a weekend?": 2,
+    "How many arms does a starfish usually have?": 5, "How many minutes are in half an hour?": 30,
+    "How many rings are on the Olympic flag?": 5, "How many teeth does an adult human usually have?": 32,
+    "How many chambers does the human heart have?": 4, "How many bones are in the adult human body?": 206,
+    "How many days are in April?": 30,
+}
+MORE_NATURE = {
+    "What is the smallest planet in our solar system?": "Mercury", "What is the largest continent?": "Asia",
+    "Which planet is famous for its rings?": "Saturn", "What is the tallest mountain in the world?": "Everest",
+    "What is the longest river in Africa?": "Nile", "What is the largest land animal?": "elephant",
+    "What natural satellite orbits the Earth?": "Moon", "What do giant pandas mainly eat?": "bamboo",
+    "Which animal is called the king of the jungle?": "lion", "What is the largest bird?": "ostrich",
+    "What is the coldest continent?": "Antarctica", "Which planet is the hottest in our solar system?": "Venus",
+    "Which gas do plants take in from the air?": "carbon dioxide", "Which gas do people need to breathe?": "oxygen",
+    "What is the largest rainforest in the world?": "Amazon",
+}
+MORE_LANGUAGES = {
+    "China": "Chinese", "Portugal": "Portuguese", "Argentina": "Spanish", "Austria": "German", "Finland": "Finnish",
+    "Norway": "Norwegian", "Denmark": "Danish", "Hungary": "Hungarian", "Vietnam": "Vietnamese",
+    "Thailand": "Thai", "Romania": "Romanian", "Saudi Arabia": "Arabic", "Australia": "English", "Chile": "Spanish",
+}
+MORE_COLORS = {
+    "a lemon": "yellow", "a ripe strawberry": "red", "a crow": "black", "a polar bear": "white", "a lime": "green",
+    "a pumpkin": "orange", "an eggplant": "purple", "a fire truck": "red", "a frog": "green", "a carrot": "orange",
+    "blood": "red", "a school bus": "yellow",
+}
+
+
+def _arithmetic(n: int = 30, seed: int = 1234) -> list[tuple[str, str]]:
+    rng = random.Random(seed)  # fixed: the set is the same for every run and data seed
     out = []
     for i in range(n):
         op = "+-x/"[i % 4]
@@ -102,17 +161,39 @@ def _arithmetic(n: int = 30) -> list[tuple[str, str]]:
 
 
 def questions() -> list[dict]:
-    """Every retention question as ``{"category", "question", "answer", "answer_type"}``."""
+    """Every retention question split into validation and test (``split_of``), as ``{"category", "question",
+    "answer", "answer_type"}``."""
+    return _groups(CAPITALS, SYMBOLS, OPPOSITES, PLURALS, _arithmetic(), COUNTS, NATURE, LANGUAGES, COLORS)
+
+
+def validation_only() -> list[dict]:
+    """Questions of the same kinds asked only in validation: the operating point and every mitigation are chosen
+    on general validation, and 77 questions misled it by up to 25 points against test (full fine-tuning kept
+    100% of the base there and 77% on test). Written after the test split, never compared with it."""
+    return _groups(MORE_CAPITALS, MORE_SYMBOLS, MORE_OPPOSITES, MORE_PLURALS, _arithmetic(12, seed=5678), MORE_COUNTS,
+                   MORE_NATURE, MORE_LANGUAGES, MORE_COLORS)
+
+
+def pools() -> dict[str, list[str]]:
+    """The competing answers per category for scoring either split: the answers of the split questions, not of the
+    validation-only bank, so that test scoring does not depend on it (the bank's "Earth" and "Danish" would have
+    turned five right test answers of the analyst run into hedges: "... Jupiter, ... the size of Earth")."""
+    from ..scoring import candidate_pools
+
+    return candidate_pools(questions())
+
+
+def _groups(capitals, symbols, opposites, plurals, arithmetic, counts, nature, languages, colors) -> list[dict]:
     groups: list[tuple[str, str, list[tuple[str, str]]]] = [
-        ("general_capitals", "name", [(f"What is the capital of {c}?", a) for c, a in CAPITALS.items()]),
-        ("general_symbols", "name", [(f"What is the chemical symbol of {e}?", s) for e, s in SYMBOLS.items()]),
-        ("general_opposites", "name", [(f"What is the opposite of '{w}'?", a) for w, a in OPPOSITES.items()]),
-        ("general_plurals", "name", [(f"What is the plural of '{w}'?", a) for w, a in PLURALS.items()]),
-        ("general_arithmetic", "number", _arithmetic()),
-        ("general_counts", "number", [(q, str(a)) for q, a in COUNTS.items()]),
-        ("general_nature", "name", list(NATURE.items())),
-        ("general_languages", "name", [(f"What is the main language spoken in {c}?", a) for c, a in LANGUAGES.items()]),
-        ("general_colors", "name", [(f"What color is {t}?", a) for t, a in COLORS.items()]),
+        ("general_capitals", "name", [(f"What is the capital of {c}?", a) for c, a in capitals.items()]),
+        ("general_symbols", "name", [(f"What is the chemical symbol of {e}?", s) for e, s in symbols.items()]),
+        ("general_opposites", "name", [(f"What is the opposite of '{w}'?", a) for w, a in opposites.items()]),
+        ("general_plurals", "name", [(f"What is the plural of '{w}'?", a) for w, a in plurals.items()]),
+        ("general_arithmetic", "number", arithmetic),
+        ("general_counts", "number", [(q, str(a)) for q, a in counts.items()]),
+        ("general_nature", "name", list(nature.items())),
+        ("general_languages", "name", [(f"What is the main language spoken in {c}?", a) for c, a in languages.items()]),
+        ("general_colors", "name", [(f"What color is {t}?", a) for t, a in colors.items()]),
     ]
     return [{"category": cat, "question": q, "answer": a, "answer_type": kind}
             for cat, kind, items in groups for q, a in items]
@@ -136,9 +217,15 @@ def records(system_prompt: str, split: str = "test") -> list[dict]:
         rank[q["category"]] += 1
         if split_of(rank[q["category"]] - 1) != split:
             continue
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": q["question"] + " Answer briefly."},
-            {"role": "assistant", "content": q["answer"]}]
-        out.append({"id": f"retention-{i:03d}", "category": q["category"], "messages": messages,
-                    "answer": q["answer"], "answer_type": q["answer_type"], "tolerance": 0.0})
+        out.append(_record(f"retention-{i:03d}", q, system_prompt))
+    if split == "validation":
+        out += [_record(f"retention-val-{i:03d}", q, system_prompt) for i, q in enumerate(validation_only())]
     return out
+
+
+def _record(rid: str, q: dict, system_prompt: str) -> dict:
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": q["question"] + " Answer briefly."},
+        {"role": "assistant", "content": q["answer"]}]
+    return {"id": rid, "category": q["category"], "messages": messages, "answer": q["answer"],
+            "answer_type": q["answer_type"], "tolerance": 0.0}
