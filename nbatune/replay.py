@@ -77,13 +77,15 @@ def base_answers(model_path: str, tokenizer, cfg, rt) -> list[str]:
     return answers
 
 
-TOP_K = 32  # the base's distribution kept per answer token: 32 tokens hold nearly all of a 135M model's mass there
+# The base's distribution kept per answer token: on the embedded model's 4,376 replay answer tokens its top 32 hold
+# 93% of the probability on average (5% of tokens under 71%); the rest is spread over the 49k-token vocabulary.
+TOP_K = 32
 
 
 def with_distributions(rows: list[dict], model_path: str, tokenizer, cfg, rt) -> list[dict]:
     """Replay rows (tokenized) with the base's next-token distribution at each answer token: its ``TOP_K`` most
     likely tokens and their probabilities, renormalised (``soft_ids``, ``soft_probs``; ``train.replay_targets:
-    distribution``). One teacher-forced pass of the base over the rows, a few seconds."""
+    distribution``). One teacher-forced pass of the base over the rows (20 s here with loading the base)."""
     import torch
 
     from .data.tokenize import IGNORE, PadCollator
