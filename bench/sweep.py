@@ -39,8 +39,9 @@ def default_grid(method: str) -> list[float]:
 
 
 def run_one(method: str, lr: float, steps: int, config: str | None, overrides: list[str], val_rows: int) -> dict:
-    from nbatune.data.prepare import prepare_training_data
+    from nbatune import replay
     from nbatune.config import load_config
+    from nbatune.data.prepare import prepare_training_data
     from nbatune.data.tokenize import tokenize_records
     from nbatune.evaluation import teacher_forced_exact_match
     from nbatune.measure import free_memory
@@ -54,6 +55,9 @@ def run_one(method: str, lr: float, steps: int, config: str | None, overrides: l
     rt = resolve(cfg.train.device, cfg.train.precision)
     data = prepare_training_data(cfg)
     path, tok, rows = data.model_path, data.tokenizer, data.train_rows
+    added = {}
+    if cfg.train.replay_share:  # train on what a run trains on: general validation depends on it
+        rows, added = replay.add_to(rows, path, tok, cfg, rt)
     val, _ = tokenize_records(data.records["validation"][:val_rows], tok, cfg.model.max_length, "drop", "validation")
     model = load_model(path, method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed,
                        cfg.train.gradient_checkpointing[method])
@@ -65,7 +69,7 @@ def run_one(method: str, lr: float, steps: int, config: str | None, overrides: l
     free_memory()
     return {"method": method, "learning_rate": lr, "steps": out.steps, "final_train_loss": out.final_loss,
             "validation_exact_match": out.learning_curve[-1]["exact_match"], "general_validation": general,
-            "curve": out.learning_curve, "seconds": time.perf_counter() - t0}
+            "curve": out.learning_curve, "replay_rows": added.get("rows", 0), "seconds": time.perf_counter() - t0}
 
 
 def general_validation(model, tok, cfg, rt) -> float:

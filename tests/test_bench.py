@@ -78,7 +78,8 @@ def test_sweep_picks_each_techniques_best_rate_on_validation(answering_model_dir
     cfg.write_text(yaml.safe_dump(tiny_config(answering_model_dir, tmp_path, **ANSWERING)))
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep.py"), "--config", str(cfg), "--methods", "lora",
                           "--grid", "lora=1e-9,1e-2", "--steps", "8", "--val-rows", "16", "--json", str(tmp_path / "s.json")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+                         capture_output=True, text=True, cwd=ROOT, timeout=600,
+                         env={**os.environ, "NBATUNE_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "s.json").read_text())
     scores = {r["learning_rate"]: r["validation_exact_match"] for r in res["runs"]}
@@ -88,6 +89,23 @@ def test_sweep_picks_each_techniques_best_rate_on_validation(answering_model_dir
     # the tiny model knows no general facts (base 0%): every rate keeps all of it, so the policy is NBA's best
     assert res["best"]["lora"] == max(scores, key=lambda lr: (scores[lr], -lr))
     assert "| lora | 8 steps |" in out.stdout
+
+
+def test_sweep_trains_with_replay_when_the_config_has_it(answering_model_dir, tmp_path):
+    """The sweep chooses rates partly on general validation, which replay moves: it must train on the run's rows
+    (until 2026-12-05 it left replay out)."""
+    import yaml
+
+    from tests.helpers import ANSWERING, tiny_config
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(answering_model_dir, tmp_path, **{**ANSWERING, "train.replay_share": 0.2})))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep.py"), "--config", str(cfg), "--methods", "lora",
+                          "--grid", "lora=1e-3", "--steps", "2", "--val-rows", "4", "--json", str(tmp_path / "s.json")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600,
+                         env={**os.environ, "NBATUNE_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "s.json").read_text())["runs"][0]["replay_rows"] > 0
 
 
 def test_the_bundle_keeps_only_the_cuda_13_libraries_of_bitsandbytes(tmp_path):
