@@ -41,6 +41,8 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--dev-size", type=int, default=192)
     p.add_argument("--no-general", action="store_true", help="skip the general-knowledge validation")
+    p.add_argument("--drop-categories", default="",
+                   help="comma-separated training categories left out (which data drives forgetting)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
 
@@ -48,6 +50,7 @@ def main() -> int:
     from nbatune.config import load_config
     from nbatune.data import retention
     from nbatune.data.prepare import prepare_training_data
+    from nbatune.data.tokenize import tokenize_records
     from nbatune.evaluation import answer_and_score, general_accuracy
     from nbatune.measure import reuse_freed_memory
     from nbatune.modeling import load_model
@@ -59,6 +62,13 @@ def main() -> int:
     t0 = time.perf_counter()
     data = prepare_training_data(cfg)
     rows = data.train_rows
+    dropped = {c for c in a.drop_categories.split(",") if c}
+    if dropped:
+        unknown = dropped - {r["category"] for r in data.records["train"]}
+        if unknown:
+            p.error(f"--drop-categories: no training rows of {sorted(unknown)}")
+        kept = [r for r in data.records["train"] if r["category"] not in dropped]
+        rows, _ = tokenize_records(kept, data.tokenizer, cfg.model.max_length, cfg.data.overlong, "train")
     if cfg.train.replay_share:
         rows, _ = replay.add_to(rows, data.model_path, data.tokenizer, cfg, rt)
     dev = dev_records(cfg, a.dev_size)
@@ -77,7 +87,7 @@ def main() -> int:
         res = answer_and_score(model, data.tokenizer, dev, rt, cfg.eval, pools, "dev answers")
         gen = None if a.no_general else general_accuracy(model, data.tokenizer, general, rt, cfg.eval, gpools)
         eval_s = time.perf_counter() - t2
-    summary = {"method": a.method, "overrides": a.overrides, "steps": out.steps, "train_s": round(train_s, 1),
+    summary = {"method": a.method, "overrides": a.overrides, "dropped_categories": sorted(dropped), "steps": out.steps, "train_s": round(train_s, 1),
                "eval_s": round(eval_s, 1), "setup_s": round(setup_s, 1), "train_tokens": out.real_tokens, "tokens_per_s": round(out.tokens_per_second),
                "final_loss": out.final_loss, "dev_accuracy": res["accuracy"], "formats": res["formats"],
                "per_category": {c: v["accuracy"] for c, v in res["per_category"].items()},
