@@ -75,8 +75,6 @@ class DataConfig:
     unseen_format: Literal["box", "prose", "table", "csv", "kv"] = _f(
         "kv", "Built-in dataset: the stat-line format held out of training and validation; test reports "
               "accuracy on it beside the seen formats.")
-    answer_reads: bool = _f(False, "Built-in dataset: computed answers first name the numbers they read from the stat "
-                                   "line ('PTS 16, FGA 17, FTA 6; TS% = ...'), then the formula.")
     test_fraction: float = _f(0.1, "User data without a test split: fraction carved out, deterministically from "
                                    "data.seed.")
     overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples longer than model.max_length.")

@@ -165,32 +165,6 @@ class ComputeTask:
         return self.phrasings[:4] + self.casual[:2] + self.phrasings[4:] + self.casual[2:]
 
 
-# How an answer that first says what it read names each number (the table headers of statlines).
-READ_LABELS = {"pts": "PTS", "fgm": "FGM", "fga": "FGA", "tpm": "3PM", "tpa": "3PA", "ftm": "FTM", "fta": "FTA",
-               "orb": "OREB", "drb": "DREB", "ast": "AST", "stl": "STL", "blk": "BLK", "pf": "PF", "tov": "TOV",
-               "opp_pts": "OPP PTS", "minutes": "MIN", "wins": "W", "losses": "L"}
-
-
-class _FieldOrder:
-    """Stands in for a stat line in a task's ``expr``: records the fields in the order the formula reads them."""
-
-    def __init__(self):
-        self.order: list[str] = []
-
-    def __getattr__(self, name: str) -> str:
-        if name not in self.order:
-            self.order.append(name)
-        return name
-
-
-def reads(task: ComputeTask, line) -> str:
-    """The numbers the formula takes from ``line``, named, in the formula's order: ``PTS 16, FGA 17, FTA 6``.
-    An answer that says them first copies each number beside its name, then into the formula."""
-    probe = _FieldOrder()
-    task.expr(probe)
-    return ", ".join(f"{READ_LABELS[f]} {getattr(line, f)}" for f in probe.order)
-
-
 def _line_with_turnovers(rng: random.Random):
     """A player line with at least two turnovers: with one, AST/TO is the assist count, which copying a
     number from the question would score."""
@@ -397,10 +371,9 @@ def _history(rng: random.Random, split: str, n: int, used: set[str]) -> list[Exa
 
 
 def _compute(rng: random.Random, split: str, n: int, used_lines: set[str], unseen_format: str,
-             unseen_share: float, answer_reads: bool = False) -> list[Example]:
+             unseen_share: float) -> list[Example]:
     """Computed questions. Training and validation write their stat lines in the seen formats; in test a
-    share ``unseen_share`` is written in ``unseen_format`` and tagged unseen. Phrasings: as for facts.
-    ``answer_reads``: the answer names the numbers it reads before the formula (``reads``)."""
+    share ``unseen_share`` is written in ``unseen_format`` and tagged unseen. Phrasings: as for facts."""
     seen_formats = [f for f in statlines.FORMATS if f != unseen_format]
     out = []
     for i in range(n):
@@ -419,8 +392,6 @@ def _compute(rng: random.Random, split: str, n: int, used_lines: set[str], unsee
         kind = "team" if task.available == TEAM_AVAILABLE else "player"
         shown = statlines.render(line, fields, fmt, rng, kind)
         answer = f"{task.label} = {task.expr(line)}"
-        if answer_reads:
-            answer = f"{reads(task, line)}; {answer}"
         question = rng.choice(train_ph if split == "train" else held_ph)
         out.append(Example("", task.category, question, shown, answer, answer, "number", task.tolerance, key, fmt,
                            unseen))
@@ -474,8 +445,7 @@ def _family_sizes(n: int) -> dict[str, int]:
 
 
 def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size: int = 320,
-          unseen_format: str = UNSEEN_FORMAT, unseen_share: float = UNSEEN_SHARE,
-          answer_reads: bool = False) -> dict[str, list[Example]]:
+          unseen_format: str = UNSEEN_FORMAT, unseen_share: float = UNSEEN_SHARE) -> dict[str, list[Example]]:
     """Build the dataset. Same arguments, same examples in the same order.
 
     Args:
@@ -485,8 +455,6 @@ def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size:
         unseen_format: the stat-line format (``statlines.FORMATS``) held out of training and validation.
             Default: ``kv`` (``Points: 18`` lines; made/attempted as ``7/14``, a notation no seen format uses).
         unseen_share: the share of computed test questions written in it. Default: one third.
-        answer_reads: computed answers name the numbers they read before the formula
-            (``PTS 16, FGA 17, FTA 6; TS% = 100 x 16 / (2 x (17 + 0.44 x 6))``). Default: off.
     """
     if unseen_format not in statlines.FORMATS:
         raise ValueError(f"unseen_format: {unseen_format!r} is not a stat-line format "
@@ -502,8 +470,7 @@ def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size:
         if split == "train":  # explanations replace up to half the definitions, so the size is kept
             cav = _caveats()[: len(defs) // 2]
             defs = defs[: len(defs) - len(cav)] + cav
-        rows = (_history(rng, split, sizes["history"], used_facts) + _compute(rng, split, sizes["compute"], used_lines, unseen_format, unseen_share,
-                                                                        answer_reads)
+        rows = (_history(rng, split, sizes["history"], used_facts) + _compute(rng, split, sizes["compute"], used_lines, unseen_format, unseen_share)
                 + defs)
         rng.shuffle(rows)
         for i, ex in enumerate(rows):
