@@ -118,8 +118,8 @@ class TrainConfig:
     learning_rate: dict[str, float] = _per_technique("learning_rate",
                                                      "Peak learning rate per method, from the sweep named in "
                                                      "learning_rate_source (adapters want a ~10-20x higher rate).")
-    learning_rate_source: str = _f("bench/sweep-cpu-20261130*.json (60-step runs per rate, validation exact "
-                                   "match; BENCHMARKS.md)", "Where the learning rates come from (the report prints "
+    learning_rate_source: str = _f("bench/sweep-cpu-20261205-140steps*.json (140-step runs with replay, NBA and "
+                                   "general validation, the operating-point policy; BENCHMARKS.md)", "Where the learning rates come from (the report prints "
                                                             "it): the sweep they were picked from.")
     optimizer: dict[str, str] = _per_technique("optimizer", "Optimizer per method: adamw_torch(_fused), adamw_8bit or "
                                                             "paged_adamw_8bit. Fused is the same AdamW in one kernel "

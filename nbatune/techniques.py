@@ -142,12 +142,12 @@ def refusal(name: str) -> str | None:
 
 ADAPTER_PRECISION = "frozen base stored in bf16, fp32 adapters"
 register(Technique(
-    name="full", label="full fine-tuning", color="#1f77b4", adapter=False, learning_rate=2e-4,
+    name="full", label="full fine-tuning", color="#1f77b4", adapter=False, learning_rate=1e-4,
     precision="fp32 master weights under bf16 autocast", memory_kind="whole",
     oom_tip="lora or qlora instead of full fine-tuning, or train.optimizer.full: adamw_8bit (optimizer states 4x "
             "smaller)"))
 register(Technique(
-    name="lora", label="LoRA", color="#2ca02c", adapter=True, learning_rate=2e-3, skip_input_casts=True, curve="scale",
+    name="lora", label="LoRA", color="#2ca02c", adapter=True, learning_rate=1e-3, skip_input_casts=True, curve="scale",
     precision=ADAPTER_PRECISION, memory_kind="adapter",
     oom_tip="qlora (a 4-bit base takes about a quarter of the weight memory)"))
 register(Technique(
