@@ -128,3 +128,19 @@ def test_the_bundle_keeps_only_the_cuda_13_libraries_of_bitsandbytes(tmp_path):
     assert "bitsandbytes/libbitsandbytes_cuda118.so" not in kept and "cuda118" not in record
     assert {"bitsandbytes/libbitsandbytes_cpu.so", "bitsandbytes/libbitsandbytes_cuda130.so",
             "bitsandbytes/libbitsandbytes_cuda132.so"} <= kept
+
+
+def test_front_plots_every_probe_run_and_skips_none(tmp_path):
+    """bench/front.py reads both probe-file shapes (``runs`` and ``rerun_231.runs``), prints one line per run,
+    and draws the plot."""
+    a = {"runs": {"x": {"method": "full", "overrides": ["train.learning_rate.full=1e-4"], "dev_accuracy": 0.3,
+                        "general_validation": 0.5}}}
+    b = {"rerun_231": {"runs": {"y": {"method": "lora", "overrides": [], "dropped_categories": ["mvp"],
+                                      "dev_accuracy": 0.2, "general_validation": 0.55}}}, "runs": {}}
+    files = []
+    for name, data in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(data))
+        files.append(str(tmp_path / name))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "front.py"), "--out", str(tmp_path / "f.png"), *files],
+                         capture_output=True, text=True, check=True).stdout
+    assert "full 1e-4" in out and "LoRA no history" in out and (tmp_path / "f.png").stat().st_size > 10_000
