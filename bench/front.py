@@ -4,9 +4,10 @@ probe files ``bench/dev_probe.py`` wrote. Which knob moves a model along the fro
 
     python bench/front.py --out bench/front-cpu-20261205.png
 
-A probe file is JSON with ``runs`` (or ``rerun_231.runs``): each run has ``method``, ``dev_accuracy`` and
-``general_validation`` (231 questions); files whose general validation was the 77-question split are skipped
-(``base_general_validation_231`` or a 231 mention in ``what`` marks the others).
+A probe file is JSON with ``runs`` (or ``rerun_231.runs``): each run has ``method``, ``dev_accuracy``,
+``formats`` (the dev questions behind it) and ``general_validation``, on today's general validation split (231
+questions; a file scored on the older 77-question split does not belong here). The base's line comes from
+``bench/general-validation-cpu-20261205.json``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ sys.path.insert(0, str(ROOT))
 PROBES = ("replay-targets-ab-cpu-20261205.json", "probe-no-history-cpu-20261205.json",
           "probe-answer-reads-cpu-20261205.json", "probe-attention-only-full-cpu-20261205.json",
           "probe-top-half-cpu-20261205.json")
-DEV_N, GENERAL_N = 192, 231  # questions behind each point: its 95% interval is drawn in grey
-BASE_GENERAL = 0.5584  # the embedded base on the 231 general validation questions (bench/general-validation-cpu-20261205.json)
+BASE_FILE = ROOT / "bench" / "general-validation-cpu-20261205.json"  # the embedded base on the same 231 questions
+
+
+def base_general() -> float:
+    return json.loads(BASE_FILE.read_text())["models"]["base"]["all"]
 
 
 def points(files: list[Path]) -> list[dict]:
@@ -34,17 +38,21 @@ def points(files: list[Path]) -> list[dict]:
         for key, run in runs.items():
             out.append({"file": f.name, "run": key, "method": run["method"], "overrides": run.get("overrides", []),
                         "dropped": run.get("dropped_categories", []), "dev": run["dev_accuracy"],
+                        "dev_n": sum(v["n"] for v in run["formats"].values()),
                         "general": run["general_validation"], "train_s": run.get("train_s")})
     return out
 
 
-def plot(rows: list[dict], out: Path) -> None:
+def plot(rows: list[dict], out: Path, base: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from nbatune.data.retention import records
     from nbatune.scoring import wilson
+
+    general_n = len(records("", "validation"))  # the split every probe's general score is on
 
     families = {"full": "#1f77b4", "full_attn": "#17becf", "full_top": "#9edae5", "lora": "#2ca02c",
                 "lora_top": "#98df8a"}
@@ -52,7 +60,8 @@ def plot(rows: list[dict], out: Path) -> None:
     key = []
     for i, r in enumerate(sorted(rows, key=lambda r: -r["dev"]), 1):
         x, y = r["dev"] * 100, r["general"] * 100
-        (xl, xh), (yl, yh) = wilson(round(r["dev"] * DEV_N), DEV_N), wilson(round(r["general"] * GENERAL_N), GENERAL_N)
+        (xl, xh), (yl, yh) = (wilson(round(r["dev"] * r["dev_n"]), r["dev_n"]),
+                                    wilson(round(r["general"] * general_n), general_n))
         ax.errorbar(x, y, xerr=[[x - xl * 100], [xh * 100 - x]], yerr=[[y - yl * 100], [yh * 100 - y]],
                     color="#cccccc", lw=0.8, zorder=1)
         ax.scatter(x, y, color=families.get(r["method"], "#444444"), s=40, zorder=3)
@@ -60,10 +69,10 @@ def plot(rows: list[dict], out: Path) -> None:
         key.append(f"{i:2d}  {_label(r)}")
     fig.subplots_adjust(right=0.68)
     fig.text(0.70, 0.88, "\n".join(key), fontsize=8, va="top", family="monospace")
-    ax.axhline(BASE_GENERAL * 100, color="#888888", lw=1)
-    ax.axhline(0.9 * BASE_GENERAL * 100, color="#888888", lw=1, ls="--")
-    ax.text(0.01, BASE_GENERAL * 100 + 0.3, "base", fontsize=7, color="#555555", transform=ax.get_yaxis_transform())
-    ax.text(0.01, 0.9 * BASE_GENERAL * 100 + 0.3, "90% of the base", fontsize=7, color="#555555",
+    ax.axhline(base * 100, color="#888888", lw=1)
+    ax.axhline(0.9 * base * 100, color="#888888", lw=1, ls="--")
+    ax.text(0.01, base * 100 + 0.3, "base", fontsize=7, color="#555555", transform=ax.get_yaxis_transform())
+    ax.text(0.01, 0.9 * base * 100 + 0.3, "90% of the base", fontsize=7, color="#555555",
             transform=ax.get_yaxis_transform())
     ax.set_xlim(0, 45)
     ax.set_xlabel("NBA development accuracy (%), 192 generated answers")
@@ -92,10 +101,11 @@ def main() -> int:
     p.add_argument("files", nargs="*", help=f"probe files (default: {', '.join(PROBES)} in bench/)")
     a = p.parse_args()
     rows = points([Path(f) for f in a.files] or [ROOT / "bench" / f for f in PROBES])
+    base = base_general()
     for r in sorted(rows, key=lambda r: -r["dev"]):
-        print(f"{_label(r):40s} dev {r['dev']:6.1%}  general {r['general']:6.1%} ({r['general'] / BASE_GENERAL:4.0%} "
+        print(f"{_label(r):40s} dev {r['dev']:6.1%}  general {r['general']:6.1%} ({r['general'] / base:4.0%} "
               f"of the base)  {r['file']}")
-    plot(rows, Path(a.out))
+    plot(rows, Path(a.out), base)
     print("wrote", a.out)
     return 0
 

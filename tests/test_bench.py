@@ -134,9 +134,10 @@ def test_front_plots_every_probe_run_and_skips_none(tmp_path):
     """bench/front.py reads both probe-file shapes (``runs`` and ``rerun_231.runs``), prints one line per run,
     and draws the plot."""
     a = {"runs": {"x": {"method": "full", "overrides": ["train.learning_rate.full=1e-4"], "dev_accuracy": 0.3,
-                        "general_validation": 0.5}}}
+                        "general_validation": 0.5, "formats": {"seen": {"n": 150}, "unseen": {"n": 42}}}}}
     b = {"rerun_231": {"runs": {"y": {"method": "lora", "overrides": [], "dropped_categories": ["mvp"],
-                                      "dev_accuracy": 0.2, "general_validation": 0.55}}}, "runs": {}}
+                                      "dev_accuracy": 0.2, "general_validation": 0.55,
+                                      "formats": {"seen": {"n": 192}}}}}, "runs": {}}
     files = []
     for name, data in (("a.json", a), ("b.json", b)):
         (tmp_path / name).write_text(json.dumps(data))
