@@ -137,10 +137,10 @@ def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new
 
 def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max_new_tokens: int | list[int] = 64,
                           batch_size: int = 32, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
-    """Greedy continuations of already rendered prompts, in order. Batched with left padding, sorted by
-    prompt length (little padding: few-shot prompts run 94-595 tokens); an answer leaves its batch as soon
-    as it ends (``greedy_decode``), so short answers never wait for long ones. Each answer is the one the
-    prompt gets alone (``batch_size=1``, as ``nbatune ask`` answers): attention runs row by row
+    """Greedy continuations of already rendered prompts, in order, ``batch_size`` answers decoded at a time
+    (``greedy_decode``: a finished answer's place goes to the next prompt at once). Prompts are taken in length
+    order, so the prompts read together need little padding (few-shot prompts run 94-595 tokens). Each answer is
+    the one the prompt gets alone (``batch_size=1``, as ``nbatune ask`` answers): attention runs row by row
     (``attention.ROW_SDPA``).
 
     Args:
@@ -148,74 +148,126 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max
     """
     eval_mode(model)
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], budgets[i]))
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: (len(ids[i]), budgets[i]))
     out: list[str] = [""] * len(prompts)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     stop = stop_token_ids(tokenizer, stop_at_newline)
-    try:
-        with attention_kernel(model, ROW_SDPA), rt.autocast(), cached_weight_casts(model):
-            for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-                idx = order[s:s + batch_size]
-                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(_device(model))
-                gen = greedy_decode(model, enc["input_ids"], enc["attention_mask"], [budgets[i] for i in idx], stop)
-                for j, i in enumerate(idx):
-                    out[i] = tokenizer.decode(gen[j], skip_special_tokens=True).strip()
-    finally:
-        tokenizer.padding_side = side
+    with attention_kernel(model, ROW_SDPA), rt.autocast(), cached_weight_casts(model), \
+            tqdm(total=len(prompts), desc=desc, leave=False) as bar:
+        gen = greedy_decode(model, [ids[i] for i in order], [budgets[i] for i in order], stop,
+                            tokenizer.pad_token_id, batch_size, on_done=lambda _: bar.update())
+    for j, i in enumerate(order):
+        out[i] = tokenizer.decode(gen[j], skip_special_tokens=True).strip()
     return out
 
 
+PREFILL_TOKENS = 2048  # padded prompt tokens read in one forward pass: wider passes ran slower (32 few-shot
+# prompts of ~280 tokens: 38 s in passes of 32, 18 s in passes of 4; their activations outgrow the cache)
+MIN_ROWS = 2
+
+
 @torch.no_grad()
-def greedy_decode(model, input_ids, attention_mask, budgets: list[int], stop: list[int]) -> list[list[int]]:
-    """Greedy tokens for each left-padded row, up to its own budget or its first stop token (kept).
+def greedy_decode(model, prompts: list[list[int]], budgets: list[int], stop: list[int], pad_id: int | None,
+                  batch_size: int = 32, on_done=None) -> list[list[int]]:
+    """Greedy tokens for each prompt (token ids), up to its own budget or its first stop token (kept).
 
-    Unlike ``generate``, a finished row is dropped from the batch and its KV cache at once: with
-    answers of 3 to 96 tokens in one batch, ``generate`` would decode every row until the longest ends.
+    Up to ``batch_size`` answers are decoded together; an answer that ends leaves the batch and its KV cache
+    at once, and the next prompts are read (``PREFILL_TOKENS`` at a time) and join the batch as soon as a
+    quarter of it is free, so the batch stays full (answers run 3 to 96 tokens: batches that waited for their
+    longest answer decoded about 15 rows per step of 32). Rows never interact: each row attends over its own
+    tokens only (``attention.ROW_SDPA``), and a row's cache is left-padded to the batch's width.
 
-    The batch never runs with fewer than ``MIN_ROWS`` rows: a bf16 matmul with one row takes another
-    kernel (a matrix-vector product) that rounds differently from the same row among others (measured here:
-    the 1536 -> 576 projection), so a question answered alone, or the last row of a batch, would get other
-    answers. A lone row is decoded beside a ghost (a copy, or a finished row kept on) whose tokens are
-    dropped."""
-    out: list[list[int]] = [[] for _ in budgets]
-    alive = torch.arange(len(budgets), device=input_ids.device)  # -1: a ghost
-    left = torch.tensor(budgets, device=input_ids.device)
-    if len(budgets) < MIN_ROWS:
-        pad = MIN_ROWS - len(budgets)
-        input_ids, attention_mask = (torch.cat([t, t[:1].expand(pad, -1)]) for t in (input_ids, attention_mask))
-        alive, left = torch.cat([alive, alive.new_full((pad,), -1)]), torch.cat([left, left[:1].expand(pad)])
-    stop_ids = torch.tensor(stop, device=input_ids.device)
-    mask = attention_mask
-    logits, cache = prefill(model, input_ids, mask)
+    No forward pass runs with fewer than ``MIN_ROWS`` rows: a bf16 matmul with one row takes another kernel (a
+    matrix-vector product) that rounds differently from the same row among others (measured here: the 1536 ->
+    576 projection), so a question answered alone, or the last row of a batch, would get other answers. A lone
+    row runs beside a ghost (a copy, or a finished row kept on) whose tokens are dropped."""
+    device = next(model.parameters()).device
+    out: list[list[int]] = [[] for _ in prompts]
+    stop_ids = torch.tensor(stop, device=device)
+    queue = list(range(len(prompts)))[::-1]  # popped from the end: in the caller's order
+    state = None  # (rows: prompt index or -1 for a ghost, budgets left, mask, cache, next-token logits)
     while True:
+        live = 0 if state is None else int((state[0] >= 0).sum())
+        if queue and (state is None or batch_size - live >= max(1, batch_size // 4)):
+            state = _admit(model, prompts, queue, batch_size - live, budgets, pad_id, device, state)
+        if state is None:
+            return out
+        rows, left, mask, cache, logits = state
         token = logits.argmax(-1)
-        for row, t in zip(alive.tolist(), token.tolist()):
+        for row, t in zip(rows.tolist(), token.tolist()):
             if row >= 0:
                 out[row].append(t)
         left = left - 1
-        going = ~torch.isin(token, stop_ids) & (left > 0) & (alive >= 0)
+        going = ~torch.isin(token, stop_ids) & (left > 0) & (rows >= 0)
+        if on_done is not None:
+            for row in rows[(rows >= 0) & ~going].tolist():
+                on_done(row)
         if not going.any():
-            return out
-        if going.sum() < len(alive) and len(alive) > MIN_ROWS:
-            keep = going.nonzero().squeeze(1)
-            if len(keep) < MIN_ROWS:  # keep finished rows on as ghosts
-                spare = (~going).nonzero().squeeze(1)[: MIN_ROWS - len(keep)]
-                alive = alive.clone()
-                alive[spare] = -1
-                keep = torch.cat([keep, spare]).sort().values
-            cache.batch_select_indices(keep)
-            alive, left, token, mask, going = alive[keep], left[keep], token[keep], mask[keep], going[keep]
-        alive = torch.where(going | (alive < 0), alive, -1)  # a finished row that stays is a ghost
-        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            state = None
+            continue
+        keep = going.nonzero().squeeze(1)
+        if len(keep) < MIN_ROWS:  # finished rows stay on as ghosts, or the one row's copy
+            spare = (~going).nonzero().squeeze(1)
+            keep = torch.cat([keep, spare, keep.repeat(MIN_ROWS)])[:MIN_ROWS]
+        rows = torch.where(going, rows, -1)[keep]
+        if len(keep) > 1 and keep[-1] == keep[0]:
+            rows[-1] = -1  # a copy is a ghost
+        left, token, mask = left[keep], token[keep], mask[keep]
+        cache.batch_select_indices(keep)
+        mask, cache = _trim_padding(mask, cache)
+        mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
         step = model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
                      cache=cache, use_cache=True)
-        logits = step.logits[:, -1]
+        state = (rows, left, mask, step.cache, step.logits[:, -1])
 
 
-MIN_ROWS = 2
+def _admit(model, prompts, queue: list[int], free: int, budgets, pad_id: int, device, state):
+    """Read up to ``free`` prompts from the end of ``queue`` and add them to the batch ``state``."""
+    parts = [] if state is None else [state]
+    while free > 0 and queue:
+        width = len(prompts[queue[-1]])
+        take = [queue.pop() for _ in range(min(free, len(queue), max(1, PREFILL_TOKENS // width)))]
+        free -= len(take)
+        width = max(len(prompts[i]) for i in take)
+        ids = torch.full((len(take), width), pad_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(take), width), dtype=torch.long)
+        for j, i in enumerate(take):
+            ids[j, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[j, width - len(prompts[i]):] = 1
+        rows = torch.tensor(take)
+        if len(take) < MIN_ROWS:  # read beside a ghost copy
+            ids, mask = ids.repeat(MIN_ROWS, 1), mask.repeat(MIN_ROWS, 1)
+            rows = torch.cat([rows, rows.new_full((MIN_ROWS - 1,), -1)])
+        ids, mask, rows = ids.to(device), mask.to(device), rows.to(device)
+        logits, cache = prefill(model, ids, mask)
+        parts.append((rows, torch.tensor([budgets[max(i, 0)] for i in rows.tolist()], device=device), mask, cache,
+                      logits))
+    return parts[0] if len(parts) == 1 else _merge(parts)
+
+
+def _merge(parts):
+    """One batch from several: each row's mask and KV cache left-padded to the widest."""
+    import torch.nn.functional as F
+
+    width = max(p[2].shape[1] for p in parts)
+    rows, left, logits = (torch.cat([p[k] for p in parts]) for k in (0, 1, 4))
+    mask = torch.cat([F.pad(p[2], (width - p[2].shape[1], 0)) for p in parts])
+    cache = parts[0][3]
+    for n, layer in enumerate(cache.layers):
+        for name in ("keys", "values"):
+            setattr(layer, name, torch.cat([F.pad(getattr(p[3].layers[n], name), (0, 0, width - p[2].shape[1], 0))
+                                            for p in parts]))
+    return rows, left, mask, cache, logits
+
+
+def _trim_padding(mask, cache):
+    """Drop the leading columns that are padding in every row (the rows that needed them have left)."""
+    first = int(mask.any(0).int().argmax())
+    if first == 0:
+        return mask, cache
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+    return mask[:, first:], cache
 
 
 @torch.no_grad()

@@ -16,8 +16,9 @@ from .modeling import default_cache_dir, load_model
 log = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 48  # a base's one-sentence answer fits
 # How the answers were generated; a change to it makes earlier caches stale. 2: row-wise attention, each
-# answer the one its prompt gets alone (evaluation.generate_answers).
-GENERATION = 2
+# answer the one its prompt gets alone (evaluation.generate_answers). 3: decoding attention in fp32 matmuls
+# over key buckets (attention._one_query_attention), which rounds differently from SDPA.
+GENERATION = 3
 
 
 def fingerprint(model_path: str, system_prompt: str, precision: str) -> str:

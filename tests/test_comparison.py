@@ -212,8 +212,8 @@ def _talkative_tiny_model(vocab_size: int):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: LoRA's base
 def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(tiny_model_dir, tmp_path, dtype):
-    """Rows leave the batch at their own budget or stop token; what is left decodes exactly as
-    ``generate`` does for one prompt at a time."""
+    """Rows leave the batch at their own budget or stop token and waiting prompts take their places; every
+    answer is exactly what ``generate`` gives the prompt alone."""
     import torch
 
     from nbatune import evaluation
@@ -232,11 +232,11 @@ def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(ti
                                         pad_token_id=tok.pad_token_id, eos_token_id=None)[0, ids.shape[1]:].tolist())
     stop = [alone[1][4]]  # a token one row emits mid-answer: that row must end there, others go on
     want = [a[: a.index(stop[0]) + 1] if stop[0] in a else a for a in alone]
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with attention_kernel(model, ROW_SDPA):
-        got = evaluation.greedy_decode(model, enc["input_ids"], enc["attention_mask"], budgets, stop)
-    assert got == want
+    ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    for batch_size in (6, 3, 1):  # 3: finished rows' places go to the prompts still waiting
+        with attention_kernel(model, ROW_SDPA):
+            got = evaluation.greedy_decode(model, ids, budgets, stop, tok.pad_token_id, batch_size)
+        assert got == want
     assert len({len(g) for g in got}) >= 3
 
 
@@ -272,7 +272,8 @@ def test_an_answer_is_the_same_alone_as_in_any_batch(tiny_model_dir, tmp_path, m
 @pytest.mark.parametrize("kernel", ["row", "sdpa"])
 def test_row_attention_gives_each_row_its_logits_alone_and_padded_sdpa_does_not(tiny_model_dir, tmp_path, kernel):
     """Bitwise, at the logits: a padded row's next-token logits (prefill, then two decode steps) equal the
-    prompt's alone under ``ROW_SDPA``; plain SDPA over the padded batch does not (the failure it fixes)."""
+    prompt's alone under ``ROW_SDPA``; plain SDPA over the padded batch does not (the failure it fixes).
+    Prompts of equal length share one attention call and still get their own logits."""
     import torch
 
     from nbatune import evaluation
@@ -304,8 +305,54 @@ def test_row_attention_gives_each_row_its_logits_alone_and_padded_sdpa_does_not(
         return torch.stack(out, 1)
 
     batched = logits(prompts)
-    same = [torch.equal(batched[i], logits([p])[0]) for i, p in enumerate(prompts)]
+    # alone as ``greedy_decode`` answers it: beside a ghost copy, since a one-row bf16 matmul rounds differently
+    same = [torch.equal(batched[i], logits([p, p])[0]) for i, p in enumerate(prompts)]
     assert all(same) if kernel == "row" else not all(same)
+
+
+@pytest.mark.parametrize("queries", ["prefill", "decode"])
+def test_row_attention_shares_calls_between_rows_and_still_gives_each_row_its_result_alone(queries, monkeypatch):
+    """Reading prompts, rows with the same left padding share one SDPA call; decoding, rows whose key counts round
+    up to the same bucket share one call although their counts differ. Each row's output is still bitwise the one
+    it gets alone beside a ghost copy, and it is attention (close to SDPA over the row's own tokens)."""
+    import types
+
+    import torch
+    import torch.nn.functional as F
+
+    from nbatune import attention
+
+    monkeypatch.setattr(attention, "KEY_BUCKET", 4)  # counts 9, 9, 9, 12, 12, 7: buckets 12 (five rows) and 8
+    torch.manual_seed(0)
+    pads, width = [3, 3, 3, 0, 0, 5], 12
+    q_len = width if queries == "prefill" else 1
+    module = types.SimpleNamespace(num_key_value_groups=2)
+    calls = []
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda *a, _sdpa=F.scaled_dot_product_attention, **k: calls.append(a[0].shape[0]) or _sdpa(*a, **k))
+    monkeypatch.setattr(attention.torch, "softmax",
+                        lambda *a, _softmax=torch.softmax, **k: calls.append(a[0].shape[0]) or _softmax(*a, **k))
+
+    def run(rows, cut=0):  # cut: leading padding columns left out (the row as it is alone)
+        n, w = len(rows), width - cut
+        q, k, v = (torch.stack([t[r, :, cut if t is not Q or q_len > 1 else 0:] for r in rows]) for t in (Q, K, V))
+        keys = torch.arange(w)[None, :] >= torch.tensor([pads[r] - cut for r in rows])[:, None]
+        mask = keys[:, None, None, :].expand(n, 1, q_len - (cut if q_len > 1 else 0), w)
+        if queries == "prefill":
+            mask = mask & torch.ones(w, w, dtype=torch.bool).tril()[None, None] & keys[:, None, :, None]
+        return attention.row_sdpa_attention(module, q, k, v, mask.contiguous(), scaling=0.25)[0]
+
+    Q = torch.randn(6, 4, q_len, 16).bfloat16()
+    K, V = (torch.randn(6, 2, width, 16).bfloat16() for _ in range(2))
+    batched = run(range(6))
+    assert sorted(calls) == ([1, 2, 3] if queries == "prefill" else [1, 5])
+    for r in range(6):
+        p = pads[r]
+        assert torch.equal(batched[r, -(width - p) if q_len > 1 else 0:], run([r, r], cut=p)[0])
+        want = F.scaled_dot_product_attention(Q[r:r + 1, :, p if q_len > 1 else 0:], K[r:r + 1, :, p:],
+                                              V[r:r + 1, :, p:], is_causal=q_len > 1, scale=0.25, enable_gqa=True)
+        torch.testing.assert_close(batched[r, -want.shape[2]:].float(), want[0].transpose(0, 1).float(),
+                                   atol=2e-2, rtol=2e-2)
 
 
 def test_cached_weight_casts_change_no_answer_and_leave_the_model_frozen(tiny_model_dir, tmp_path, monkeypatch):
