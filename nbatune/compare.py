@@ -207,12 +207,15 @@ class Comparison:
 
     @staticmethod
     def _phases(res: MethodResult, wall: float) -> dict:
-        """Where one model's wall time went (seconds): training, test + retention evaluation, the curve
-        and the operating point's second evaluation, the few-shot baseline; ``other`` is loading, saving,
-        the memory measurements and repeats."""
-        out = {"wall_s": wall, "train_s": res.train_seconds, "eval_s": res.eval_seconds}
+        """Where one model's wall time went (seconds): loading, training, saving, test + retention evaluation
+        (and the operating point's second one), the curve (the base: its validation point, every curve's origin),
+        the few-shot baseline; ``other`` is what is left (freeing memory, parameter counts, repeats)."""
+        out = {"wall_s": wall, "load_s": res.load_seconds, "train_s": res.train_seconds, "save_s": res.save_seconds,
+               "eval_s": res.eval_seconds}
         if res.operating_point:
             out["curve_s"] = res.operating_point.get("seconds", 0.0)
+        elif res.validation:
+            out["curve_s"] = res.validation.get("seconds", 0.0)
         if res.few_shot:
             out["few_shot_s"] = res.few_shot.get("seconds", 0.0)
         out["other_s"] = wall - sum(v for k, v in out.items() if k != "wall_s")
@@ -285,8 +288,10 @@ class Comparison:
         try:
             gc_on = self.cfg.train.gradient_checkpointing.get(method, False)
             with PeakMemory(self.rt.device) as mem:
+                t_load = time.perf_counter()
                 model = load_model(self.model_path, method, self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
                                    seed, gradient_checkpointing=gc_on)
+                res.load_seconds = time.perf_counter() - t_load
                 res.trainable_params, res.total_params = count_parameters(model)
                 if method != "base":
                     res.train_flops_per_token = train_flops_per_token(
@@ -317,6 +322,7 @@ class Comparison:
                 res.estimated_peak_bytes = self.memory_estimates[method].total
             if not self.is_main:
                 return res
+            t_save = time.perf_counter()
             if method == "base":
                 res.saved_path = self.model_path
             elif save:
@@ -324,13 +330,16 @@ class Comparison:
                 if initial is not None and techniques.get(method).adapter:
                     interpolation.save_initial(initial, res.saved_path)
                 res.saved_bytes = dir_size(res.saved_path)
+            res.save_seconds = time.perf_counter() - t_save
             if converts:  # score what reloads: the converted LoRA on the untouched base, not the split base
+                t_load = time.perf_counter()
                 folder = Path(res.saved_path) if save else self._save(model, method, seed, f"adapter-seed{seed}")
                 del model
                 free_memory()
                 model = reload_adapter(self.model_path, method, self.cfg.model, self.rt, folder)
                 if not save:
                     shutil.rmtree(folder)
+                res.load_seconds += time.perf_counter() - t_load
             with PeakMemory(self.rt.device) as eval_mem:
                 res.record_evaluation(self._evaluate(model))
             res.eval_peak_memory_bytes = eval_mem.peak_bytes
@@ -395,7 +404,8 @@ class Comparison:
         """The few-shot baseline, the NF4 error measured on the untouched base, and its validation scores
         (the origin of every technique's curve)."""
         if self._curve_on():
-            res.validation = self._validation_point(model, 0.0)
+            t0 = time.perf_counter()
+            res.validation = {**self._validation_point(model, 0.0), "seconds": time.perf_counter() - t0}
         k = self.cfg.eval.few_shot
         if k:
             t0 = time.perf_counter()

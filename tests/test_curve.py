@@ -31,7 +31,7 @@ def _answers(cmp, model, rt):
 
 def test_every_technique_has_a_validation_curve_and_an_operating_point(run):
     _, res = run
-    assert set(res["base"]["validation"]) == {"alpha", "nba_validation", "general_validation"}
+    assert set(res["base"]["validation"]) == {"alpha", "nba_validation", "general_validation", "seconds"}
     for m in METHODS:
         r = res[m]
         assert [p["alpha"] for p in r["curve"]] == [0.5, 1.0]
@@ -216,8 +216,10 @@ def test_results_keep_each_phases_wall_time(run):
         p = ph[m]
         assert p["train_s"] == res[m]["train_seconds"] and p["eval_s"] == res[m]["eval_seconds"]
         assert p["curve_s"] > 0 and p["other_s"] >= 0
+        assert p["load_s"] == res[m]["load_seconds"] > 0 and p["save_s"] == res[m]["save_seconds"] > 0
         assert p["wall_s"] == pytest.approx(sum(v for k, v in p.items() if k != "wall_s"))
-    assert ph["base"]["few_shot_s"] > 0
+    assert ph["base"]["few_shot_s"] > 0 and ph["base"]["load_s"] > 0
+    assert ph["base"]["curve_s"] == res["base"]["validation"]["seconds"] > 0  # the curves' shared origin
     assert sum(p["wall_s"] for k, p in ph.items() if k != "report") <= res["total_seconds"]
     line = phases_line(res)
     assert line.startswith("Wall time: base (untouched)") and "report" in line and "total" in line
