@@ -1,6 +1,6 @@
 """The attention kernels training and answering run with.
 
-Training: on CPU On CPU, SDPA's fused backward is slower than plain matmuls
+Training: on CPU, SDPA's fused backward is slower than plain matmuls
 for packed rows of a few hundred tokens, and transformers' eager attention keeps 6 bytes per (query, key)
 pair and head for backward (the softmax's fp32 output and its bf16 copy). ``lean_eager`` is eager
 attention that keeps only the bf16 probabilities: 2 bytes per pair, as fast, and within TRL's peak
@@ -10,9 +10,10 @@ Answering: ``row_sdpa`` makes a greedy answer independent of the batch it is gen
 ``nbatune ask`` gives one question alone is the answer that was scored in a batch of 32. Left padding is
 what made them differ (measured on the embedded base: 17 of 64 answers; the same prompts batched without
 padding gave bit-identical logits): SDPA over a padded row reduces over keys at other offsets and rounds
-differently. ``row_sdpa`` runs SDPA on each row's own tokens only, so a row's attention is the same call
-with the same shapes whatever else is in the batch; the linear layers around it are bf16 matmuls, whose
-rows do not depend on the other rows (tests/test_comparison.py checks the whole answer, on this CPU)."""
+differently. ``row_sdpa`` attends over each row's own tokens only, computed the same way whatever else is
+in the batch (SDPA per run of equally padded rows while reading prompts, fp32 matmuls over key buckets while
+decoding); the linear layers around it are bf16 matmuls, whose rows do not depend on the other rows
+(tests/test_comparison.py checks the whole answer, on this CPU)."""
 
 from __future__ import annotations
 

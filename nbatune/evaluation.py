@@ -8,6 +8,7 @@ import math
 import time
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attention import ROW_SDPA, attention_kernel
@@ -140,8 +141,8 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max
     """Greedy continuations of already rendered prompts, in order, ``batch_size`` answers decoded at a time
     (``greedy_decode``: a finished answer's place goes to the next prompt at once). Prompts are taken in length
     order, so the prompts read together need little padding (few-shot prompts run 94-595 tokens). Each answer is
-    the one the prompt gets alone (``batch_size=1``, as ``nbatune ask`` answers): attention runs row by row
-    (``attention.ROW_SDPA``).
+    the one the prompt gets alone (``batch_size=1``, as ``nbatune ask`` answers): each row attends over its own
+    tokens only (``attention.ROW_SDPA``).
 
     Args:
         max_new_tokens: one budget for all, or one per prompt (``answer_budgets``).
@@ -221,7 +222,7 @@ def greedy_decode(model, prompts: list[list[int]], budgets: list[int], stop: lis
         state = (rows, left, mask, step.cache, step.logits[:, -1])
 
 
-def _admit(model, prompts, queue: list[int], free: int, budgets, pad_id: int, device, state):
+def _admit(model, prompts, queue: list[int], free: int, budgets, pad_id: int | None, device, state):
     """Read up to ``free`` prompts from the end of ``queue`` and add them to the batch ``state``."""
     parts = [] if state is None else [state]
     while free > 0 and queue:
@@ -247,8 +248,6 @@ def _admit(model, prompts, queue: list[int], free: int, budgets, pad_id: int, de
 
 def _merge(parts):
     """One batch from several: each row's mask and KV cache left-padded to the widest."""
-    import torch.nn.functional as F
-
     width = max(p[2].shape[1] for p in parts)
     rows, left, logits = (torch.cat([p[k] for p in parts]) for k in (0, 1, 4))
     mask = torch.cat([F.pad(p[2], (width - p[2].shape[1], 0)) for p in parts])
