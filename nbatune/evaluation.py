@@ -129,7 +129,7 @@ _NEWLINES: dict = {}
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new_tokens: int | list[int] = 64,
-                     batch_size: int = 32, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
+                     batch_size: int = 64, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
     """Greedy answers for each record's prompt (its messages up to the answer, in the chat template), in
     order: ``generate_from_prompts`` on the rendered prompts."""
     prompts = [render_prompt(tokenizer, r["messages"]) for r in records]
@@ -137,7 +137,7 @@ def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new
 
 
 def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max_new_tokens: int | list[int] = 64,
-                          batch_size: int = 32, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
+                          batch_size: int = 64, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
     """Greedy continuations of already rendered prompts, in order, ``batch_size`` answers decoded at a time
     (``greedy_decode``: a finished answer's place goes to the next prompt at once). Prompts are taken in length
     order, so the prompts read together need little padding (few-shot prompts run 94-595 tokens). Each answer is
@@ -169,7 +169,7 @@ MIN_ROWS = 2
 
 @torch.no_grad()
 def greedy_decode(model, prompts: list[list[int]], budgets: list[int], stop: list[int], pad_id: int | None,
-                  batch_size: int = 32, on_done=None) -> list[list[int]]:
+                  batch_size: int = 64, on_done=None) -> list[list[int]]:
     """Greedy tokens for each prompt (token ids), up to its own budget or its first stop token (kept).
 
     Up to ``batch_size`` answers are decoded together; an answer that ends leaves the batch and its KV cache

@@ -103,7 +103,7 @@ def _lm_class():
         (``evaluation.generate_from_prompts``): batch-invariant, under the run's autocast, each question with
         its own answer budget (the task's ``max_gen_toks`` field), so its answers are the scored ones."""
 
-        def __init__(self, model, tokenizer, rt, batch_size: int = 32):
+        def __init__(self, model, tokenizer, rt, batch_size: int = 64):
             super().__init__()
             self.model, self.tokenizer, self.rt, self.batch_size = model, tokenizer, rt, batch_size
 
