@@ -7,7 +7,7 @@ attention that keeps only the bf16 probabilities: 2 bytes per pair, as fast, and
 memory (BENCHMARKS.md).
 
 Answering: ``row_sdpa`` makes a greedy answer independent of the batch it is generated in, so the answer
-``nbatune ask`` gives one question alone is the answer that was scored in a batch of 32. Left padding is
+``nbatune ask`` gives one question alone is the answer that was scored in a batch of 64. Left padding is
 what made them differ (measured on the embedded base: 17 of 64 answers; the same prompts batched without
 padding gave bit-identical logits): SDPA over a padded row reduces over keys at other offsets and rounds
 differently. ``row_sdpa`` attends over each row's own tokens only, computed the same way whatever else is
@@ -60,11 +60,11 @@ def row_sdpa_attention(module, query, key, value, attention_mask, scaling: float
         raise ValueError("batch-invariant answers: this model uses soft-capping, attention sinks or a sliding "
                          "window, which the row-wise kernel does not implement")
     if query.shape[2] == 1:
-        return _one_query_attention(query, key, value, attention_mask[:, 0, 0], scaling), None
+        return _one_query_attention(query, key, value, attention_mask, scaling), None
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     batch, heads, q_len, dim = query.shape
     out = query.new_zeros(batch, q_len, heads, dim)
-    for b0, b1, qs, ks in _row_groups(attention_mask):
+    for b0, b1, qs, ks in _per_mask(attention_mask, _row_groups):
         if ks >= key.shape[2]:
             continue  # rows of padding only
         q, k, v = (t[b0:b1, :, s:].contiguous() for t, s in ((query, qs), (key, ks), (value, ks)))
@@ -91,12 +91,9 @@ def _one_query_attention(query, key, value, mask, scaling: float) -> torch.Tenso
     (row, key head) is its own small matmul, which gives the same result in a batch of any size (tested)."""
     rows, heads, _, dim = query.shape
     kv_heads, width = key.shape[1], key.shape[2]
-    counts = mask.sum(-1)
-    buckets = (counts + KEY_BUCKET - 1) // KEY_BUCKET * KEY_BUCKET
     out = query.new_empty(rows, 1, heads, dim)
-    for bucket in buckets.unique().tolist():
-        idx = (buckets == bucket).nonzero().squeeze(1)
-        k, v, m = key[idx, :, -bucket:], value[idx, :, -bucket:], mask[idx, -bucket:]
+    for bucket, idx in _per_mask(mask, _key_buckets):
+        k, v, m = key[idx, :, -bucket:], value[idx, :, -bucket:], mask[idx, 0, 0, -bucket:]
         if bucket > width:  # fewer columns than the bucket: pad on the left, masked
             pad = bucket - width
             k, v = (F.pad(t, (0, 0, pad, 0)) for t in (k, v))
@@ -110,23 +107,35 @@ def _one_query_attention(query, key, value, mask, scaling: float) -> torch.Tenso
     return out
 
 
-_groups: list = [None, None]  # [the mask last read, its row groups]; holding the mask keeps its id unique
+def _key_buckets(mask: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(bucket, its rows) for a decoding step's (batch, 1, 1, keys) mask."""
+    counts = mask[:, 0, 0].sum(-1)
+    buckets = (counts + KEY_BUCKET - 1) // KEY_BUCKET * KEY_BUCKET
+    return [(b, (buckets == b).nonzero().squeeze(1)) for b in buckets.unique().tolist()]
 
 
 def _row_groups(mask: torch.Tensor) -> list[tuple[int, int, int, int]]:
     """(first row, end row, first real query, first real key) of each run of neighbouring rows with the same
-    left padding. Every layer of a forward pass gets the same mask object; it is read once."""
-    if _groups[0] is not mask:
-        first_key = (~mask[:, 0, -1]).sum(-1).tolist()  # the last query sees every real key
-        first_query = (~mask[:, 0].any(-1)).sum(-1).tolist()
-        runs: list[tuple[int, int, int, int]] = []
-        for b, starts in enumerate(zip(first_query, first_key)):
-            if runs and runs[-1][2:] == starts:
-                runs[-1] = (runs[-1][0], b + 1, *starts)
-            else:
-                runs.append((b, b + 1, *starts))
-        _groups[:] = [mask, runs]
-    return _groups[1]
+    left padding."""
+    first_key = (~mask[:, 0, -1]).sum(-1).tolist()  # the last query sees every real key
+    first_query = (~mask[:, 0].any(-1)).sum(-1).tolist()
+    runs: list[tuple[int, int, int, int]] = []
+    for b, starts in enumerate(zip(first_query, first_key)):
+        if runs and runs[-1][2:] == starts:
+            runs[-1] = (runs[-1][0], b + 1, *starts)
+        else:
+            runs.append((b, b + 1, *starts))
+    return runs
+
+
+_read: list = [None, None, None]  # [the mask last read, what read it, the result]; holding the mask keeps its id
+
+
+def _per_mask(mask: torch.Tensor, read):
+    """``read(mask)``, once per forward pass: every layer gets the same mask object."""
+    if _read[0] is not mask or _read[1] is not read:
+        _read[:] = [mask, read, read(mask)]
+    return _read[2]
 
 
 def _full_mask(*args, **kwargs):
@@ -167,6 +176,6 @@ def attention_kernel(model, name: str):
     try:
         yield
     finally:
-        _groups[:] = [None, None]
+        _read[:] = [None, None, None]
         if model.config._attn_implementation != before:
             model.set_attn_implementation(before)
