@@ -75,11 +75,6 @@ class DataConfig:
     unseen_format: Literal["box", "prose", "table", "csv", "kv"] = _f(
         "kv", "Built-in dataset: the stat-line format held out of training and validation; test reports "
               "accuracy on it beside the seen formats.")
-    answer_form: Literal["numbers", "named"] = _f(
-        "numbers", "Built-in dataset: how a computed answer is written. 'numbers': the formula with the stat line's "
-                   "numbers in its slots ('TS% = 100 x 13 / (2 x (8 + 0.44 x 3))'); 'named': the formula in the "
-                   "inputs' names, then their values ('TS% = 100 x PTS / (2 x (FGA + 0.44 x FTA)), where PTS = 13, "
-                   "FGA = 8, FTA = 3'). The scorer computes either.")
     test_fraction: float = _f(0.1, "User data without a test split: fraction carved out, deterministically from "
                                    "data.seed.")
     overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples longer than model.max_length.")

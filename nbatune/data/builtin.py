@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,33 +143,6 @@ TEAM_AVAILABLE = ("pts", "fg", "3p", "ft", "oreb", "tov", "opp", "tmin")
 COMPUTE_HELDOUT_PHRASINGS = 3  # of 9 per task
 UNSEEN_FORMAT = "kv"  # never in training or validation; a third of the computed test questions
 UNSEEN_SHARE = 1 / 3
-ANSWER_FORMS = ("numbers", "named")
-
-# The names a named answer gives each input (the stat-line headers an analyst reads), by line attribute.
-INPUT_NAMES = {"pts": "PTS", "fgm": "FGM", "fga": "FGA", "tpm": "3PM", "tpa": "3PA", "ftm": "FTM", "fta": "FTA",
-               "orb": "OREB", "drb": "DREB", "ast": "AST", "stl": "STL", "blk": "BLK", "tov": "TOV", "pf": "PF",
-               "opp_pts": "OPP", "minutes": "MIN", "wins": "W", "losses": "L"}
-
-
-class _Names:
-    """A stat line whose every value is its input's name: ``task.expr(_Names())`` is the task's formula."""
-
-    def __getattr__(self, attr: str) -> str:
-        return INPUT_NAMES[attr]
-
-
-def named_answer(task: "ComputeTask", line) -> str:
-    """The formula in the inputs' names, then each input's value from ``line`` in the formula's order:
-    ``TS% = 100 x PTS / (2 x (FGA + 0.44 x FTA)), where PTS = 13, FGA = 8, FTA = 3``. The scorer puts
-    the values in (nba_answer_match), so the model never copies a number into a slot of the formula."""
-    formula = task.expr(_Names())
-    where = {}
-    for attr, name in INPUT_NAMES.items():
-        hit = re.search(rf"(?<![\w%]){re.escape(name)}(?![\w%])", formula)
-        if hit:
-            where[attr] = hit.start()
-    binds = ", ".join(f"{INPUT_NAMES[a]} = {getattr(line, a)}" for a in sorted(where, key=where.get))
-    return f"{task.label} = {formula}, where {binds}"
 
 
 @dataclass(frozen=True)
@@ -399,7 +371,7 @@ def _history(rng: random.Random, split: str, n: int, used: set[str]) -> list[Exa
 
 
 def _compute(rng: random.Random, split: str, n: int, used_lines: set[str], unseen_format: str,
-             unseen_share: float, answer_form: str) -> list[Example]:
+             unseen_share: float) -> list[Example]:
     """Computed questions. Training and validation write their stat lines in the seen formats; in test a
     share ``unseen_share`` is written in ``unseen_format`` and tagged unseen. Phrasings: as for facts."""
     seen_formats = [f for f in statlines.FORMATS if f != unseen_format]
@@ -419,7 +391,7 @@ def _compute(rng: random.Random, split: str, n: int, used_lines: set[str], unsee
         fields = statlines.choose_fields(task.fields, task.available, rng)
         kind = "team" if task.available == TEAM_AVAILABLE else "player"
         shown = statlines.render(line, fields, fmt, rng, kind)
-        answer = named_answer(task, line) if answer_form == "named" else f"{task.label} = {task.expr(line)}"
+        answer = f"{task.label} = {task.expr(line)}"
         question = rng.choice(train_ph if split == "train" else held_ph)
         out.append(Example("", task.category, question, shown, answer, answer, "number", task.tolerance, key, fmt,
                            unseen))
@@ -473,8 +445,7 @@ def _family_sizes(n: int) -> dict[str, int]:
 
 
 def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size: int = 320,
-          unseen_format: str = UNSEEN_FORMAT, unseen_share: float = UNSEEN_SHARE,
-          answer_form: str = "numbers") -> dict[str, list[Example]]:
+          unseen_format: str = UNSEEN_FORMAT, unseen_share: float = UNSEEN_SHARE) -> dict[str, list[Example]]:
     """Build the dataset. Same arguments, same examples in the same order.
 
     Args:
@@ -484,15 +455,10 @@ def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size:
         unseen_format: the stat-line format (``statlines.FORMATS``) held out of training and validation.
             Default: ``kv`` (``Points: 18`` lines; made/attempted as ``7/14``, a notation no seen format uses).
         unseen_share: the share of computed test questions written in it. Default: one third.
-        answer_form: how a computed answer is written (``ANSWER_FORMS``): ``numbers``, the formula with the
-            line's numbers in its slots; ``named``, the formula in the inputs' names, then their values
-            (``named_answer``). The same questions either way.
     """
     if unseen_format not in statlines.FORMATS:
         raise ValueError(f"unseen_format: {unseen_format!r} is not a stat-line format "
                          f"(allowed: {', '.join(statlines.FORMATS)})")
-    if answer_form not in ANSWER_FORMS:
-        raise ValueError(f"answer_form: {answer_form!r} is not an answer form (allowed: {', '.join(ANSWER_FORMS)})")
     rng = random.Random(seed)
     used_lines: set[str] = set()
     used_facts: set[str] = set()
@@ -504,8 +470,7 @@ def build(seed: int = 0, train_size: int = 3200, val_size: int = 160, test_size:
         if split == "train":  # explanations replace up to half the definitions, so the size is kept
             cav = _caveats()[: len(defs) // 2]
             defs = defs[: len(defs) - len(cav)] + cav
-        rows = (_history(rng, split, sizes["history"], used_facts) + _compute(rng, split, sizes["compute"], used_lines, unseen_format, unseen_share,
-                                                                        answer_form)
+        rows = (_history(rng, split, sizes["history"], used_facts) + _compute(rng, split, sizes["compute"], used_lines, unseen_format, unseen_share)
                 + defs)
         rng.shuffle(rows)
         for i, ex in enumerate(rows):

@@ -41,8 +41,7 @@ def load_splits(data: DataConfig, model: ModelConfig) -> dict[str, list[dict]]:
 
         raw = {s: [e.to_dict() for e in rows] for s, rows in
                builtin.build(seed=data.seed, train_size=data.train_size, val_size=data.val_size,
-                             test_size=data.test_size, unseen_format=data.unseen_format,
-                             answer_form=data.answer_form).items()}
+                             test_size=data.test_size, unseen_format=data.unseen_format).items()}
         fmt = "nba"
     else:
         raw = read_source(data.source)

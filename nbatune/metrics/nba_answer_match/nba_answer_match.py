@@ -9,10 +9,7 @@ numbers, "A or B") is wrong, whatever the answer type. Rules by ``answer_type``:
   expression (numbers, ``+ - * / x`` and parentheses only, see ``safe_eval``) is computed, a leading
   label such as ``TS%`` is skipped, and all computed parts must agree within ``tolerance`` of the
   reference's value (computed the same way). So ``TS% = 100 x 25 / (2 x (18 + 0.44 x 6))`` is graded on
-  the formula and the numbers read from the stat line, not on mental division. The formula may name its
-  inputs and give their values after ``, where``: ``TS% = 100 x PTS / (2 x (FGA + 0.44 x FTA)), where
-  PTS = 25, FGA = 18, FTA = 6`` is the same answer (each name replaced by its value first; a name given
-  two values, a binding that is not ``NAME = number``, or a name left without a value makes it wrong). With no such part, a
+  the formula and the numbers read from the stat line, not on mental division. With no such part, a
   line holding exactly one number is read as that number ("The TS% is 56.2%"); two or more distinct
   numbers are a hedge, and wrong. A line without a digit is read the same way in number words, zero to
   ninety-nine and "a/one hundred" ("A spider has eight legs."); a line with digits is read by its digits
@@ -123,30 +120,9 @@ def _unary(t, i, depth):
     raise _Refused(f"unexpected {t[i]!r}")
 
 
-_NAME = re.compile(r"(?<![\w%])([A-Za-z0-9%]*[A-Za-z][A-Za-z0-9%]*)(?![\w%])")
-_BINDING = re.compile(r"([A-Za-z0-9%]*[A-Za-z][A-Za-z0-9%]*)\s*=\s*(\d+(?:\.\d+)?)")
-
-
-def with_values(line: str):
-    """``line`` with the values of its ``, where NAME = number, ...`` bindings put in for the names (the
-    line unchanged when it has none), or None when a binding is malformed or a name is given twice."""
-    head, sep, tail = line.partition(", where ")
-    if not sep:
-        return line
-    binds: dict[str, str] = {}
-    for part in tail.rstrip(". ").split(","):
-        m = _BINDING.fullmatch(part.strip())
-        if not m or m[1] in binds:
-            return None
-        binds[m[1]] = m[2]
-    return _NAME.sub(lambda m: binds.get(m[1], m[1]), head)
-
-
 def value_of(text: str):
     """The number an answer states (program-aided rules in the module docstring), or None."""
-    line = with_values(str(text).strip().splitlines()[0] if str(text).strip() else "")
-    if line is None:
-        return None
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
     parts = line.split("=")
     values = [v for v in (safe_eval(p) for p in parts) if v is not None]
     if values:
