@@ -207,11 +207,13 @@ class Comparison:
 
     @staticmethod
     def _phases(res: MethodResult, wall: float) -> dict:
-        """Where one model's wall time went (seconds): loading, training, saving, test + retention evaluation
-        (and the operating point's second one), the curve (the base: its validation point, every curve's origin),
-        the few-shot baseline; ``other`` is what is left (freeing memory, parameter counts, repeats)."""
-        out = {"wall_s": wall, "load_s": res.load_seconds, "train_s": res.train_seconds, "save_s": res.save_seconds,
-               "eval_s": res.eval_seconds}
+        """Where one model's wall time went (seconds): loading, training (its optimizer steps, the learning
+        curve's measurements, the trainer's setup), saving, test + retention evaluation (and the operating
+        point's second one), the curve (the base: its validation point, every curve's origin), the few-shot
+        baseline; ``other`` is what is left (freeing memory, parameter counts, copies for the curve, repeats)."""
+        out = {"wall_s": wall, "load_s": res.load_seconds, "train_s": res.train_seconds,
+               "learning_curve_s": res.learning_curve_seconds, "train_setup_s": res.train_setup_seconds,
+               "save_s": res.save_seconds, "eval_s": res.eval_seconds}
         if res.operating_point:
             out["curve_s"] = res.operating_point.get("seconds", 0.0)
         elif res.validation:

@@ -64,7 +64,8 @@ def phases_line(results: dict, with_report: bool = True) -> str:
     """Where the wall time went, per model and phase, so a slow machine shows where it is slow (the report
     itself quotes every phase but its own writing)."""
     ph = results.get("phases") or {}
-    names = {"load_s": "load", "train_s": "train", "save_s": "save", "eval_s": "eval", "curve_s": "curve",
+    names = {"load_s": "load", "train_s": "train", "learning_curve_s": "learning curve",
+             "train_setup_s": "trainer setup", "save_s": "save", "eval_s": "eval", "curve_s": "curve",
              "few_shot_s": "few-shot", "other_s": "other"}
     parts = []
     for m, p in ph.items():

@@ -36,7 +36,9 @@ class MethodResult:
     eval_peak_memory_bytes: int = 0  # answering the test and retention questions, above the loaded model
     load_seconds: float = 0.0  # loading (and quantizing) the model; a reloaded adapter's load too
     save_seconds: float = 0.0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # optimizer steps alone (tokens_per_second's time)
+    learning_curve_seconds: float = 0.0  # the learning curve's measurements during training
+    train_setup_seconds: float = 0.0  # the rest of training: the trainer, its dataset, callbacks
     eval_seconds: float = 0.0
     train_tokens: int = 0
     tokens_per_second: float = 0.0
@@ -77,6 +79,7 @@ class MethodResult:
         self.loss_curve, self.final_train_loss, self.steps = out.loss_curve, out.final_loss, out.steps
         self.train_log = out.train_log
         self.train_seconds, self.train_tokens = out.seconds, out.real_tokens
+        self.learning_curve_seconds, self.train_setup_seconds = out.curve_seconds, out.setup_seconds
         self.tokens_per_second, self.learning_curve = out.tokens_per_second, out.learning_curve
 
     def record_evaluation(self, ev: dict) -> None:

@@ -178,7 +178,9 @@ class TrainOutcome:
     train_log: list[dict] = field(default_factory=list)  # one row per logged step: step, loss, learning rate, ...
     final_loss: float = float("nan")
     steps: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the optimizer steps alone: the learning curve's measurements left out
+    curve_seconds: float = 0.0  # the learning curve's measurements
+    setup_seconds: float = 0.0  # the rest of train(): the trainer, its dataset and callbacks, the final log
     real_tokens: int = 0
 
     @property
@@ -248,6 +250,7 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     """
     import datasets
 
+    t_call = time.perf_counter()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(method, cfg, rt, out_dir, seed, total_steps(cfg, len(train_rows), world))
     collator = make_collator(cfg, tokenizer.pad_token_id, rt.device)
@@ -287,7 +290,10 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     log_rows = [{k: h.get(k) for k in ("step", "loss", "learning_rate", "grad_norm", "tokens", "elapsed_s")}
                 for h in trainer.state.log_history if "loss" in h]
+    spent = recorder.spent if recorder else 0.0
+    seconds = result.metrics["train_runtime"] - spent
     return TrainOutcome(learning_curve=recorder.points if recorder else [], loss_curve=losses, train_log=log_rows,
                         final_loss=losses[-1][1] if losses else result.training_loss, steps=trainer.state.global_step,
-                        seconds=result.metrics["train_runtime"] - (recorder.spent if recorder else 0.0),
+                        seconds=seconds, curve_seconds=spent,
+                        setup_seconds=max(0.0, time.perf_counter() - t_call - seconds - spent),
                         real_tokens=trainer.real_tokens)

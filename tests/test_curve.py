@@ -217,6 +217,8 @@ def test_results_keep_each_phases_wall_time(run):
         assert p["train_s"] == res[m]["train_seconds"] and p["eval_s"] == res[m]["eval_seconds"]
         assert p["curve_s"] > 0 and p["other_s"] >= 0
         assert p["load_s"] == res[m]["load_seconds"] > 0 and p["save_s"] == res[m]["save_seconds"] > 0
+        assert p["learning_curve_s"] == res[m]["learning_curve_seconds"] > 0  # measured at the last step
+        assert p["train_setup_s"] == res[m]["train_setup_seconds"] > 0
         assert p["wall_s"] == pytest.approx(sum(v for k, v in p.items() if k != "wall_s"))
     assert ph["base"]["few_shot_s"] > 0 and ph["base"]["load_s"] > 0
     assert ph["base"]["curve_s"] == res["base"]["validation"]["seconds"] > 0  # the curves' shared origin
