@@ -88,11 +88,14 @@ def _one_query_attention(query, key, value, mask, scaling: float) -> torch.Tenso
     Why a row's result is the same in any batch: it is computed over the same number of keys (its own count,
     rounded up) in the same positions (its real keys last, as left padding leaves them), the keys before them
     masked to probability 0, whatever else is in the batch; the softmax reduces each row alone, and each
-    (row, key head) is its own small matmul, which gives the same result in a batch of any size (tested)."""
+    (row, key head) is its own small matmul, which gives the same result in a batch of any size (tested).
+
+    A bucket whose rows are neighbours (``greedy_decode`` keeps rows in order of key count) is read through
+    a slice: the fp32 copy is then the only copy of its keys, where gathering its rows first copied them twice."""
     rows, heads, _, dim = query.shape
     kv_heads, width = key.shape[1], key.shape[2]
     out = query.new_empty(rows, 1, heads, dim)
-    for bucket, idx in _per_mask(mask, _key_buckets):
+    for bucket, idx, n in _per_mask(mask, _key_buckets):
         k, v, m = key[idx, :, -bucket:], value[idx, :, -bucket:], mask[idx, 0, 0, -bucket:]
         if bucket > width:  # fewer columns than the bucket: pad on the left, masked
             pad = bucket - width
@@ -100,18 +103,24 @@ def _one_query_attention(query, key, value, mask, scaling: float) -> torch.Tenso
             m = F.pad(m, (pad, 0))
         # contiguous fp32 copies: a row alone and a row taken from a padded batch take the same matmul path
         k, v = (t.to(torch.float32, memory_format=torch.contiguous_format) for t in (k, v))
-        q = (query[idx].float() * scaling).reshape(len(idx), kv_heads, heads // kv_heads, dim).contiguous()
+        q = (query[idx].float() * scaling).reshape(n, kv_heads, heads // kv_heads, dim).contiguous()
         scores = torch.matmul(q, k.transpose(2, 3)).masked_fill(~m[:, None, None, :], float("-inf"))
         o = torch.matmul(torch.softmax(scores, -1), v)
-        out[idx] = o.to(query.dtype).reshape(len(idx), heads, 1, dim).transpose(1, 2)
+        out[idx] = o.to(query.dtype).reshape(n, heads, 1, dim).transpose(1, 2)
     return out
 
 
-def _key_buckets(mask: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-    """(bucket, its rows) for a decoding step's (batch, 1, 1, keys) mask."""
+def _key_buckets(mask: torch.Tensor) -> list[tuple[int, slice | torch.Tensor, int]]:
+    """(bucket, its rows, how many) for a decoding step's (batch, 1, 1, keys) mask; the rows as a slice when
+    they are neighbours, else as indices."""
     counts = mask[:, 0, 0].sum(-1)
     buckets = (counts + KEY_BUCKET - 1) // KEY_BUCKET * KEY_BUCKET
-    return [(b, (buckets == b).nonzero().squeeze(1)) for b in buckets.unique().tolist()]
+    out = []
+    for b in buckets.unique().tolist():
+        idx = (buckets == b).nonzero().squeeze(1)
+        first, last = int(idx[0]), int(idx[-1])
+        out.append((b, slice(first, last + 1) if last - first + 1 == len(idx) else idx, len(idx)))
+    return out
 
 
 def _row_groups(mask: torch.Tensor) -> list[tuple[int, int, int, int]]:

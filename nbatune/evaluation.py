@@ -214,7 +214,8 @@ def greedy_decode(model, prompts: list[list[int]], budgets: list[int], stop: lis
         if len(keep) > 1 and keep[-1] == keep[0]:
             rows[-1] = -1  # a copy is a ghost
         left, token, mask = left[keep], token[keep], mask[keep]
-        cache.batch_select_indices(keep)
+        if not bool(going.all()):  # else every row goes on, keep is every row in order: nothing to copy
+            cache.batch_select_indices(keep)
         mask, cache = _trim_padding(mask, cache)
         mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
         step = model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
@@ -228,6 +229,7 @@ def _admit(model, prompts, queue: list[int], free: int, budgets, pad_id: int | N
     while free > 0 and queue:
         width = len(prompts[queue[-1]])
         take = [queue.pop() for _ in range(min(free, len(queue), max(1, PREFILL_TOKENS // width)))]
+        take.sort(key=lambda i: -len(prompts[i]))  # in order of key count, as the batch keeps its rows
         free -= len(take)
         width = max(len(prompts[i]) for i in take)
         ids = torch.full((len(take), width), pad_id or 0, dtype=torch.long)
@@ -247,16 +249,19 @@ def _admit(model, prompts, queue: list[int], free: int, budgets, pad_id: int | N
 
 
 def _merge(parts):
-    """One batch from several: each row's mask and KV cache left-padded to the widest."""
+    """One batch from several: each row's mask and KV cache left-padded to the widest, the rows in order of
+    key count, longest first. Every row gains one key a step, so the order holds until the next merge, and
+    the rows of a decoding step's key bucket are neighbours (``attention._one_query_attention`` slices them)."""
     width = max(p[2].shape[1] for p in parts)
     rows, left, logits = (torch.cat([p[k] for p in parts]) for k in (0, 1, 4))
     mask = torch.cat([F.pad(p[2], (width - p[2].shape[1], 0)) for p in parts])
+    order = torch.sort(mask.sum(-1), descending=True, stable=True).indices
     cache = parts[0][3]
     for n, layer in enumerate(cache.layers):
         for name in ("keys", "values"):
             setattr(layer, name, torch.cat([F.pad(getattr(p[3].layers[n], name), (0, 0, width - p[2].shape[1], 0))
-                                            for p in parts]))
-    return rows, left, mask, cache, logits
+                                            for p in parts])[order])
+    return rows[order], left[order], mask[order], cache, logits[order]
 
 
 def _trim_padding(mask, cache):
