@@ -20,19 +20,65 @@ from .scoring import candidate_pools, score
 
 @contextlib.contextmanager
 def cached_weight_casts(model):
-    """Let autocast cast each frozen fp32 weight to bf16 once per call instead of once per forward.
+    """Let each frozen weight be cast once per call instead of once per forward.
 
     Autocast caches its casts only for leaf tensors that require grad, so a frozen fp32 weight (the base
     model, QLoRA's fp32 embeddings and head) is cast again at every decoding step: measured 40% slower
-    generation here. Under ``no_grad`` the flag changes no result, only the caching; it is restored after."""
+    generation here. Under ``no_grad`` the flag changes no result, only the caching; it is restored after.
+
+    A 4-bit weight on the CPU is dequantized once per call too (``_dequantized_once``): bitsandbytes
+    dequantizes it at every forward and then runs a bf16 matmul, the same two steps, so the answers are the
+    same bit for bit (tested) at the cost of a bf16 copy of those weights while the call lasts."""
     frozen = [p for p in model.parameters() if p.dtype == torch.float32 and not p.requires_grad and p.is_leaf]
+    four_bit = [m for m in model.modules() if _is_4bit(m) and m.weight.device.type == "cpu"]
     for p in frozen:
         p.requires_grad_(True)
+    for m in four_bit:
+        m.forward = _dequantized_once(m)
     try:
         yield
     finally:
         for p in frozen:
             p.requires_grad_(False)
+        for m in four_bit:
+            del m.forward  # the class's own forward again; the dequantized copy goes with the closure
+
+
+def _is_4bit(module) -> bool:
+    """A bitsandbytes 4-bit linear layer (not PEFT's adapter layer around one, which shares its class name)."""
+    return type(module).__module__.startswith("bitsandbytes") and type(module).__name__ in (
+        "Linear4bit", "LinearNF4", "LinearFP4")
+
+
+def _dequantized_once(module):
+    """``module.forward`` (a bitsandbytes 4-bit linear layer) without gradients, its weight dequantized on the
+    first call and kept: the ops bitsandbytes 0.50's ``gemm_4bit`` runs at every call (the blockwise scales
+    dequantized in fp32, the 4-bit weight to the input's dtype, ``F.linear``), run once for the weight. Calls
+    it cannot reproduce (gradients, a weight repacked into the CPU inference layout, the compute dtype not yet
+    set) go to bitsandbytes' own forward."""
+    cls_forward = type(module).forward.__get__(module)
+    cache: dict[torch.dtype, torch.Tensor] = {}
+
+    def forward(x):
+        qs = module.weight.quant_state
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or (module.bias is not None and module.bias.requires_grad))
+        if (needs_grad or qs is None or getattr(qs, "packing_format_for_cpu", False) or not module.compute_type_is_set
+                or (qs.nested and qs.state2.blocksize != 256)):
+            return cls_forward(x)
+        inp_dtype = x.dtype
+        if module.compute_dtype is not None:
+            x = x.to(module.compute_dtype)
+        bias = None if module.bias is None else module.bias.to(x.dtype)
+        if x.dtype not in cache:
+            absmax = qs.absmax
+            if qs.nested:
+                absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(qs.absmax, qs.state2.absmax, qs.state2.code,
+                                                                             256, torch.float32) + qs.offset
+            cache[x.dtype] = torch.ops.bitsandbytes.dequantize_4bit.default(
+                module.weight.view(-1, 1), absmax, qs.blocksize, qs.quant_type, qs.shape, x.dtype)
+        return F.linear(x, cache[x.dtype], bias).to(inp_dtype)
+
+    return forward
 
 
 @torch.no_grad()
@@ -66,14 +112,14 @@ def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, 
 
 
 def eval_mode(model):
-    """``model.eval()``, except that bitsandbytes' 4-bit layers stay in training mode when an adapter reads their
-    weight in its own forward (DoRA's magnitude needs the dequantized base weight): on an AVX512-BF16 CPU
-    bitsandbytes 0.50 repacks a 4-bit weight in place on its first eval-mode forward, and PEFT then dequantizes
-    the repacked bytes as if they were not (measured: QDoRA answered every question with an empty line). Plain
-    QLoRA keeps bitsandbytes' faster inference layout."""
+    """``model.eval()``, except that bitsandbytes' 4-bit layers stay in training mode: on an AVX512-BF16 CPU
+    bitsandbytes 0.50 repacks a 4-bit weight in place into an inference-only layout on its first eval-mode
+    forward, and that layout broke training after a measurement (QLoRA), PEFT's reading of the weight (QDoRA
+    answered every question with an empty line), and rounds differently from the training-mode forward that
+    training and the learning curve run. In training mode every measurement of a 4-bit model runs one forward,
+    and ``cached_weight_casts`` makes it as fast as the inference layout was (BENCHMARKS.md)."""
     model.eval()
-    if any(getattr(m, "lora_magnitude_vector", None) for m in model.modules()):
-        keep_4bit_trainable(model)
+    keep_4bit_trainable(model)
     return model
 
 
@@ -85,7 +131,7 @@ def keep_4bit_trainable(model) -> None:
     wrong (measured: QLoRA validation exact match 24% without mid-training measurements, 1% with them).
     Their ``training`` flag changes nothing else in their forward."""
     for module in model.modules():
-        if type(module).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4"):
+        if _is_4bit(module):
             module.train()
 
 

@@ -166,10 +166,10 @@ def test_measuring_the_learning_curve_leaves_4bit_weights_trainable(tiny_model_d
 def test_a_dora_adapter_on_a_4bit_base_is_evaluated_on_the_weights_it_reads(tiny_model_dir, tmp_path):
     """DoRA dequantizes its 4-bit base weight inside its forward; once bitsandbytes has repacked that weight for
     inference (eval mode, no gradients, AVX512-BF16 CPU) PEFT reads garbage: QDoRA answered every question with
-    an empty line. ``eval_mode`` keeps such 4-bit layers in training mode; plain QLoRA keeps the fast layout."""
+    an empty line. ``eval_mode`` keeps every 4-bit layer in training mode, QLoRA's too."""
     import torch
 
-    from nbatune.evaluation import eval_mode
+    from nbatune.evaluation import _is_4bit, eval_mode
     from nbatune.modeling import load_model
     from nbatune.runtime import Runtime
     from tests.helpers import tiny_config as cfg_for
@@ -194,7 +194,49 @@ def test_a_dora_adapter_on_a_4bit_base_is_evaluated_on_the_weights_it_reads(tiny
         assert not torch.allclose(repacked, as_trained, atol=1e-2)
 
     qlora = eval_mode(load_model(cmp.model_path, "qlora", cmp.cfg.model, rt, cmp.cfg.lora, cmp.cfg.quant, 0))
-    assert not any(m.training for m in qlora.modules())
+    logits(qlora)
+    assert all(m.training == _is_4bit(m) for m in qlora.modules())
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in qlora.modules() if _is_4bit(m))
+
+
+@pytest.mark.parametrize("method", ["qlora", "qdora"])
+def test_4bit_weights_dequantized_once_per_call_give_the_same_logits_bit_for_bit(tiny_model_dir, tmp_path, method,
+                                                                                monkeypatch):
+    """Inside ``cached_weight_casts`` a 4-bit layer dequantizes its weight on its first forward and reuses it; the
+    logits are bitwise those of bitsandbytes' own forward (which dequantizes at every call), over several
+    forwards of different widths, and the layers' own forward is back afterwards."""
+    import torch
+
+    from nbatune.evaluation import _is_4bit, cached_weight_casts, eval_mode
+    from nbatune.modeling import load_model
+    from nbatune.runtime import Runtime
+    from tests.helpers import tiny_config as cfg_for
+
+    cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
+    rt = Runtime("cpu", "bf16")
+    model = eval_mode(load_model(cmp.model_path, method, cmp.cfg.model, rt, cmp.cfg.lora, cmp.cfg.quant, 0))
+    with torch.no_grad():  # adapters that are not zero, so that their path counts too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    batches = [torch.tensor([r["input_ids"][:n] for r in cmp.train_rows[:3]]) for n in (9, 5, 12)]
+
+    def logits():
+        with torch.no_grad(), rt.autocast():
+            return [model(input_ids=ids).logits.float() for ids in batches]
+
+    own = logits()
+    calls = []
+    dequantize = torch.ops.bitsandbytes.dequantize_4bit.default
+    monkeypatch.setattr(torch.ops.bitsandbytes.dequantize_4bit, "default",
+                        lambda *a, **k: calls.append(1) or dequantize(*a, **k))
+    with cached_weight_casts(model):
+        once = logits()
+    four_bit = [m for m in model.modules() if _is_4bit(m)]
+    assert all(torch.equal(a, b) for a, b in zip(once, own))
+    assert "forward" not in vars(four_bit[0])
+    if method == "qlora":  # DoRA dequantizes the weight again in its own forward, for its norm
+        assert len(calls) == len(four_bit)
 
 
 def _talkative_tiny_model(vocab_size: int):
