@@ -96,16 +96,18 @@ def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, 
     rows = sorted(rows, key=lambda r: r["length"])
     hits = 0
     try:
-        for s in range(0, len(rows), batch_size):
-            batch = {k: v.to(_device(model)) for k, v in collate(rows[s:s + batch_size]).items()}
-            targets = shifted_targets(batch["labels"])
-            keep = answer_columns(targets)
-            with rt.autocast(), cached_weight_casts(model):
+        # one autocast context for all batches: its cast cache (and the 4-bit dequantization) lives as long
+        # as the context, so the weights are cast once per call, not once per batch
+        with rt.autocast(), cached_weight_casts(model):
+            for s in range(0, len(rows), batch_size):
+                batch = {k: v.to(_device(model)) for k, v in collate(rows[s:s + batch_size]).items()}
+                targets = shifted_targets(batch["labels"])
+                keep = answer_columns(targets)
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                logits_to_keep=keep).logits
-            targets = targets[:, keep]
-            right = (logits.argmax(-1) == targets) | (targets == IGNORE)
-            hits += int(right.all(1).sum())
+                targets = targets[:, keep]
+                right = (logits.argmax(-1) == targets) | (targets == IGNORE)
+                hits += int(right.all(1).sum())
     finally:
         model.train(was_training)
     return hits / max(len(rows), 1)
@@ -136,18 +138,20 @@ def keep_4bit_trainable(model) -> None:
 
 
 @torch.no_grad()
-def eval_loss(model, tokenizer, rows: list[dict], rt: Runtime, batch_size: int = 16) -> dict:
-    """Mean cross-entropy per answer token over ``rows`` (tokenized), and its perplexity."""
+def eval_loss(model, tokenizer, rows: list[dict], rt: Runtime, batch_size: int = 8) -> dict:
+    """Mean cross-entropy per answer token over ``rows`` (tokenized), and its perplexity. Batches of 8, as
+    teacher forcing: all 160 validation rows took 7.7-9.4 s for full fine-tuning and 9.3-9.6 s for QLoRA in
+    batches of 8 against 9.6-12.3 s and 14.8-16.2 s in batches of 32 (the losses alike to 1e-4)."""
     eval_mode(model)
     collate = PadCollator(tokenizer.pad_token_id)
     total, count = 0.0, 0
     order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])
-    for s in tqdm(range(0, len(rows), batch_size), desc="eval loss", leave=False):
-        batch = {k: v.to(_device(model)) for k, v in collate([rows[i] for i in order[s:s + batch_size]]).items()}
-        with rt.autocast(), cached_weight_casts(model):
+    with rt.autocast(), cached_weight_casts(model):  # weights cast once per call (teacher_forced_exact_match)
+        for s in tqdm(range(0, len(rows), batch_size), desc="eval loss", leave=False):
+            batch = {k: v.to(_device(model)) for k, v in collate([rows[i] for i in order[s:s + batch_size]]).items()}
             loss, n = answer_only_loss(model, batch, num_items=1)
-        total += float(loss)
-        count += int(n)
+            total += float(loss)
+            count += int(n)
     mean = total / max(count, 1)
     return {"eval_loss": mean, "perplexity": math.exp(min(mean, 50))}
 
@@ -371,7 +375,7 @@ def evaluate_model(model, tokenizer, val_rows, test_records, rt: Runtime, eval_c
             default: those of ``retention_records``.
     """
     t0 = time.perf_counter()
-    loss = eval_loss(model, tokenizer, val_rows, rt, batch_size=max(1, eval_cfg.batch_size // 2))
+    loss = eval_loss(model, tokenizer, val_rows, rt)
     acc = answer_and_score(model, tokenizer, test_records, rt, eval_cfg, pools, "test answers")
     out = {**loss, **acc, "eval_seconds": time.perf_counter() - t0}
     if retention_records:

@@ -207,7 +207,7 @@ def test_4bit_weights_dequantized_once_per_call_give_the_same_logits_bit_for_bit
     forwards of different widths, and the layers' own forward is back afterwards."""
     import torch
 
-    from nbatune.evaluation import _is_4bit, cached_weight_casts, eval_mode
+    from nbatune.evaluation import _is_4bit, cached_weight_casts, eval_mode, teacher_forced_exact_match
     from nbatune.modeling import load_model
     from nbatune.runtime import Runtime
     from tests.helpers import tiny_config as cfg_for
@@ -236,6 +236,9 @@ def test_4bit_weights_dequantized_once_per_call_give_the_same_logits_bit_for_bit
     assert all(torch.equal(a, b) for a, b in zip(once, own))
     assert "forward" not in vars(four_bit[0])
     if method == "qlora":  # DoRA dequantizes the weight again in its own forward, for its norm
+        assert len(calls) == len(four_bit)
+        calls.clear()  # teacher forcing over three batches: still once per call, not once per batch
+        teacher_forced_exact_match(model, cmp.tokenizer, cmp.val_rows[:6], rt, batch_size=2)
         assert len(calls) == len(four_bit)
 
 
