@@ -30,7 +30,9 @@ def cached_weight_casts(model):
     dequantizes it at every forward and then runs a bf16 matmul, the same two steps, so the answers are the
     same bit for bit (tested) at the cost of a bf16 copy of those weights while the call lasts."""
     frozen = [p for p in model.parameters() if p.dtype == torch.float32 and not p.requires_grad and p.is_leaf]
-    four_bit = [m for m in model.modules() if _is_4bit(m) and m.weight.device.type == "cpu"]
+    # a layer an enclosing call already serves keeps its dequantized copy, and that call restores it
+    four_bit = [m for m in model.modules()
+                if _is_4bit(m) and m.weight.device.type == "cpu" and "forward" not in vars(m)]
     for p in frozen:
         p.requires_grad_(True)
     for m in four_bit:
@@ -61,7 +63,8 @@ def _dequantized_once(module):
 
     def forward(x):
         qs = module.weight.quant_state
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or (module.bias is not None and module.bias.requires_grad))
+        bias_grad = module.bias is not None and module.bias.requires_grad
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or bias_grad)
         if (needs_grad or qs is None or getattr(qs, "packing_format_for_cpu", False) or not module.compute_type_is_set
                 or (qs.nested and qs.state2.blocksize != 256)):
             return cls_forward(x)
@@ -72,8 +75,8 @@ def _dequantized_once(module):
         if x.dtype not in cache:
             absmax = qs.absmax
             if qs.nested:
-                absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(qs.absmax, qs.state2.absmax, qs.state2.code,
-                                                                             256, torch.float32) + qs.offset
+                absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
+                    qs.absmax, qs.state2.absmax, qs.state2.code, 256, torch.float32) + qs.offset
             cache[x.dtype] = torch.ops.bitsandbytes.dequantize_4bit.default(
                 module.weight.view(-1, 1), absmax, qs.blocksize, qs.quant_type, qs.shape, x.dtype)
         return F.linear(x, cache[x.dtype], bias).to(inp_dtype)

@@ -196,7 +196,8 @@ def test_a_dora_adapter_on_a_4bit_base_is_evaluated_on_the_weights_it_reads(tiny
     qlora = eval_mode(load_model(cmp.model_path, "qlora", cmp.cfg.model, rt, cmp.cfg.lora, cmp.cfg.quant, 0))
     logits(qlora)
     assert all(m.training == _is_4bit(m) for m in qlora.modules())
-    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in qlora.modules() if _is_4bit(m))
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                   for m in qlora.modules() if _is_4bit(m))
 
 
 @pytest.mark.parametrize("method", ["qlora", "qdora"])
@@ -232,6 +233,9 @@ def test_4bit_weights_dequantized_once_per_call_give_the_same_logits_bit_for_bit
                         lambda *a, **k: calls.append(1) or dequantize(*a, **k))
     with cached_weight_casts(model):
         once = logits()
+        with cached_weight_casts(model):  # nested: the enclosing call's copy serves, and it restores the layers
+            assert torch.equal(logits()[0], once[0])
+        assert all("forward" in vars(m) for m in model.modules() if _is_4bit(m))
     four_bit = [m for m in model.modules() if _is_4bit(m)]
     assert all(torch.equal(a, b) for a, b in zip(once, own))
     assert "forward" not in vars(four_bit[0])
