@@ -93,8 +93,6 @@ def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, 
     160 rows here, the same row-for-row hits)."""
     was_training = model.training
     eval_mode(model)
-    if was_training:
-        keep_4bit_trainable(model)
     collate = PadCollator(tokenizer.pad_token_id)
     rows = sorted(rows, key=lambda r: r["length"])
     hits = 0
@@ -117,27 +115,19 @@ def teacher_forced_exact_match(model, tokenizer, rows: list[dict], rt: Runtime, 
 
 
 def eval_mode(model):
-    """``model.eval()``, except that bitsandbytes' 4-bit layers stay in training mode: on an AVX512-BF16 CPU
-    bitsandbytes 0.50 repacks a 4-bit weight in place into an inference-only layout on its first eval-mode
-    forward, and that layout broke training after a measurement (QLoRA), PEFT's reading of the weight (QDoRA
-    answered every question with an empty line), and rounds differently from the training-mode forward that
-    training and the learning curve run. In training mode every measurement of a 4-bit model runs one forward,
-    and ``cached_weight_casts`` makes it as fast as the inference layout was (BENCHMARKS.md)."""
+    """``model.eval()``, except that bitsandbytes' 4-bit layers stay in training mode (their ``training`` flag
+    changes nothing else in their forward): on an AVX512-BF16 CPU bitsandbytes 0.50 repacks a 4-bit weight in
+    place into an inference-only layout on its first eval-mode forward without gradients, and that layout broke
+    training after a mid-training measurement (QLoRA validation exact match 24% without the measurements, 1%
+    with them), PEFT's reading of the weight (QDoRA answered every question with an empty line), and rounds
+    differently from the training-mode forward that training runs. In training mode every measurement of a
+    4-bit model runs one forward, and ``cached_weight_casts`` makes it as fast as the inference layout was
+    (BENCHMARKS.md)."""
     model.eval()
-    keep_4bit_trainable(model)
-    return model
-
-
-def keep_4bit_trainable(model) -> None:
-    """Leave bitsandbytes' 4-bit layers in training mode while the rest of the model is in eval mode.
-
-    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight in place into an
-    inference-only layout on its first eval-mode forward without gradients, and training after that is
-    wrong (measured: QLoRA validation exact match 24% without mid-training measurements, 1% with them).
-    Their ``training`` flag changes nothing else in their forward."""
     for module in model.modules():
         if _is_4bit(module):
             module.train()
+    return model
 
 
 @torch.no_grad()
