@@ -25,7 +25,7 @@ TRAINER_ARGS_OWNED = {"output_dir": "the run folder", "max_steps": "train.max_st
                       "bf16": "train.precision", "fp16": "train.precision", "use_cpu": "train.device",
                       "report_to": "train.report_to", "save_steps": "train.save_steps",
                       "gradient_checkpointing": "train.gradient_checkpointing"}
-PER_METHOD_FIELDS = ("learning_rate", "optimizer", "gradient_checkpointing")  # TrainConfig tables keyed by method
+PER_METHOD_FIELDS = ("learning_rate", "optimizer", "gradient_checkpointing", "compile")  # TrainConfig tables keyed by method
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -126,6 +126,11 @@ class TrainConfig:
                                                             "(+9% full fine-tuning speed on CPU).")
     gradient_checkpointing: dict[str, bool] = _per_technique("gradient_checkpointing", "Recompute activations in "
                                                              "backward: less memory, ~30% slower.")
+    compile: dict[str, bool] = _per_technique("compile", "torch.compile each decoder layer for training (inductor; "
+                                              "needs a C++ compiler on CPU): fuses the casts, norms and activations "
+                                              "around the matmuls. Compiling costs 6-30 s per technique before the "
+                                              "first step (less with inductor's cache warm); BENCHMARKS.md has the "
+                                              "measured trade.")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = _f("cosine", "LR schedule.")
     warmup_ratio: float = _f(0.05, "Fraction of steps spent warming up the learning rate.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")

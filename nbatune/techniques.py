@@ -25,6 +25,7 @@ class Technique:
     learning_rate: float = 2e-4
     optimizer: str = "adamw_torch_fused"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile each decoder layer for training (train.compile)
     # PEFT config from the run's LoraSettings (adapters only); None: the run's LoRA settings as they are
     peft_config: Callable | None = None
     # PEFT's input cast of each adapter undone by autocast anyway: skip it (an unquantized bf16 base only)

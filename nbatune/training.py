@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,7 +161,8 @@ class LearningCurve(TrainerCallback):
         if state.global_step % self.every and state.global_step != state.max_steps:
             return
         start = time.perf_counter()
-        value = self.measure(model)
+        with torch.compiler.set_stance("force_eager"):  # a measurement must not compile a second, no-grad graph
+            value = self.measure(model)
         self.points.append({"step": state.global_step, "tokens": self.trainer_ref[0].real_tokens,
                             "seconds": round(start - self.t0 - self.spent, 2), "exact_match": value})
         self.spent += time.perf_counter() - start
@@ -169,6 +171,29 @@ class LearningCurve(TrainerCallback):
             log.info("early stop at step %d: no improvement in %d measurements", state.global_step, self.patience)
             self.points[-1]["early_stop"] = True
             control.should_training_stop = True
+
+
+@contextmanager
+def compiled_layers(model, on: bool):
+    """Every decoder layer compiled (``torch.compile``, dynamic shapes: one graph serves the 30 layers and every
+    packed width) while the block lasts; the layers' own forward after it, so evaluation and generation run as
+    they would without it."""
+    if not on:
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"train.compile: {type(model).__name__} has no decoder layers transformers marks as such "
+                         f"(GradientCheckpointingLayer); set train.compile to false for this model")
+    for layer in layers:
+        layer.compile(dynamic=True)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None  # what nn.Module.compile sets; None is the uncompiled call
 
 
 @dataclass
@@ -270,7 +295,8 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     for stale in Path(out_dir).glob(f"{STAGING_PREFIX}*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        with attention_kernel(model, training_attention(cfg.attention, rt.device)):
+        with attention_kernel(model, training_attention(cfg.attention, rt.device)), \
+                compiled_layers(model, cfg.compile.get(method, False)):
             result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except KeyboardInterrupt:
         if trainer.state.global_step > 0:

@@ -127,6 +127,38 @@ def test_training_runs_with_the_configured_attention_and_gives_the_model_its_own
     assert model.config._attn_implementation == "sdpa"  # evaluation decodes as before
 
 
+def test_compiled_layers_train_to_the_eager_losses_measure_uncompiled_and_hand_the_layers_back(tiny_model_dir,
+                                                                                                tmp_path):
+    import dataclasses
+
+    import torch
+    from torch._dynamo.utils import counters
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from nbatune import evaluation, training
+    from nbatune.compare import Comparison
+    from nbatune.modeling import load_model
+
+    cmp = Comparison(tiny_config(tiny_model_dir, tmp_path, evaluate_base=False, methods=["lora"],
+                                 **{"eval.retention": False, "train.curve_steps": 2})).setup()
+    losses, graphs = {}, {}
+    for on in (False, True):
+        cfg = dataclasses.replace(cmp.cfg.train, compile={**cmp.cfg.train.compile, "lora": on})
+        model = load_model(cmp.model_path, "lora", cmp.cfg.model, cmp.rt, cmp.cfg.lora, cmp.cfg.quant, 0)
+        torch._dynamo.reset()
+        counters.clear()
+        out = training.train(model, cmp.tokenizer, cmp.train_rows, "lora", cfg, cmp.rt, tmp_path / f"ckpt-{on}", 0,
+                             curve=lambda m: evaluation.teacher_forced_exact_match(m, cmp.tokenizer, cmp.curve_rows,
+                                                                                   cmp.rt))
+        losses[on], graphs[on] = [loss for _, loss in out.loss_curve], counters["stats"]["unique_graphs"]
+        assert len(out.learning_curve) == 2
+        assert all(m._compiled_call_impl is None for m in model.modules() if isinstance(m, GradientCheckpointingLayer))
+    # one graph for the first layer (its input needs no gradient: the embeddings are frozen), one for all the others,
+    # whatever the packed width; the curve's no-grad measurements did not compile more
+    assert graphs == {False: 0, True: 2}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)  # fp32 here: fusion alone moves the last bits
+
+
 def test_lean_eager_attention_refuses_soft_capped_models_and_names_the_fix():
     import torch
 
