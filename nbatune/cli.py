@@ -13,6 +13,16 @@ from . import techniques
 
 ALPHA_HELP = ("where on the learning-forgetting curve, 0 (base) to 1 (trained); default: the run's chosen operating point")
 
+def entry() -> int:
+    """The ``nbatune`` console command: a long run (``run``, ``train``) goes on tcmalloc where it is installed
+    (``nbatune.allocator``), then ``main``."""
+    if sys.argv[1:2] in (["run"], ["train"]):
+        from . import allocator
+
+        allocator.relaunch(sys.argv[1:])
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nbatune", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import (baselines, decisions, evaluation, interpolation, model_card, provenance, replay, report, rundir, scoring,
+from . import (allocator, baselines, decisions, evaluation, interpolation, model_card, provenance, replay, report, rundir, scoring,
                techniques)
 from .config import RunConfig, load_config
 from .data import retention
@@ -157,6 +157,8 @@ class Comparison:
         bad = [m for m in methods if m not in techniques.names()]
         if bad:
             raise ValueError(f"methods: {bad} are not techniques (allowed: {', '.join(techniques.names())})")
+        if self.rt.device == "cpu" and allocator.advice():
+            log.warning("%s", allocator.advice())
         with reuse_freed_memory():
             return self._execute(methods, resume)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from . import allocator
+
 
 class PeakMemory:
     """Peak memory while the block runs, in bytes above the level when it started.
@@ -89,6 +91,7 @@ def free_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     _malloc_trim()
+    allocator.release_free_memory()
 
 
 def _malloc_trim() -> None:
@@ -126,7 +129,7 @@ def reuse_freed_memory():
     before each method, so a method's baseline holds none of the previous one's memory. glibc's defaults
     are set back afterwards (its adaptive thresholds stay off); without glibc this does nothing."""
     libc = _glibc()
-    if libc is None:
+    if libc is None or allocator.active() != "glibc":  # tcmalloc keeps freed pages itself
         yield
         return
     libc.mallopt(M_MMAP_MAX, 0)

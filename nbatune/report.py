@@ -55,7 +55,9 @@ def machine_line(results: dict) -> str:
     m = (results.get("environment") or {}).get("matmul")
     if not m:
         return ""
-    return (f"Machine: {m['kind']} ({m['threads']} threads), matmul peak measured in this run: bf16 "
+    alloc = (results.get("environment") or {}).get("allocator")
+    return (f"Machine: {m['kind']} ({m['threads']} threads{', ' + alloc + ' malloc' if alloc else ''}), matmul peak "
+            f"measured in this run: bf16 "
             f"{m['bf16_flops'] / 1e9:,.0f} GFLOP/s, fp32 {m['fp32_flops'] / 1e9:,.0f} GFLOP/s; MFU = training "
             "FLOP/s over that peak.")
 

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from . import allocator
+
 # 2: baselines, retention, repeats, learning curves, provenance. 3: seen/unseen formats, retention split into
 # validation and test, the learning-forgetting curve and the chosen operating point (README: results.json)
 SCHEMA_VERSION = 3
@@ -111,7 +113,7 @@ def environment(rt_description: str) -> dict:
         except md.PackageNotFoundError:
             versions[pkg] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "device": rt_description,
-            "cpu_count": os.cpu_count(), "versions": versions}
+            "cpu_count": os.cpu_count(), "allocator": allocator.active(), "versions": versions}
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
