@@ -56,7 +56,7 @@ def machine_line(results: dict) -> str:
     if not m:
         return ""
     alloc = (results.get("environment") or {}).get("allocator")
-    return (f"Machine: {m['kind']} ({m['threads']} threads{', ' + alloc + ' malloc' if alloc else ''}), matmul peak "
+    return (f"Machine: {m['kind']} ({m['threads']} threads{', malloc: ' + alloc if alloc else ''}), matmul peak "
             f"measured in this run: bf16 "
             f"{m['bf16_flops'] / 1e9:,.0f} GFLOP/s, fp32 {m['fp32_flops'] / 1e9:,.0f} GFLOP/s; MFU = training "
             "FLOP/s over that peak.")
