@@ -70,18 +70,22 @@ def trivial_predictions(rules: dict[str, dict], test: list[dict]) -> list[str]:
 
 def few_shot_records(test: list[dict], train: list[dict], k: int, seed: int) -> list[dict]:
     """Each test record with ``k`` solved training examples of its category put before the question as
-    earlier user/assistant turns (the same system prompt first). Examples are drawn per question with a
-    fixed seed, so every run asks the same prompts."""
+    earlier user/assistant turns (the same system prompt first). The examples are drawn once per category with
+    a fixed seed, as MMLU fixes its five per subject: every question of a category gets the same ones, every run
+    the same prompts, and the examples are read once per category (``shared_turns``: the messages before the
+    question)."""
     by_cat: dict[str, list[dict]] = defaultdict(list)
     for r in train:
         by_cat[r["category"]].append(r)
+    chosen: dict[str, list[dict]] = {}
     out = []
-    for i, rec in enumerate(test):
-        rng = random.Random(f"{seed}:{i}")
-        pool = by_cat.get(rec["category"]) or train
-        shots = rng.sample(pool, min(k, len(pool)))
+    for rec in test:
+        cat = rec["category"]
+        if cat not in chosen:
+            pool = by_cat.get(cat) or train
+            chosen[cat] = random.Random(f"{seed}:{cat}").sample(pool, min(k, len(pool)))
         msgs = rec["messages"]
         system = [msgs[0]] if msgs[0]["role"] == "system" else []
-        turns = [t for s in shots for t in s["messages"][-2:]]
-        out.append({**rec, "messages": system + turns + msgs[-2:]})
+        turns = [t for s in chosen[cat] for t in s["messages"][-2:]]
+        out.append({**rec, "messages": system + turns + msgs[-2:], "shared_turns": len(system) + len(turns)})
     return out

@@ -174,13 +174,31 @@ _NEWLINES: dict = {}
 def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new_tokens: int | list[int] = 64,
                      batch_size: int = 64, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
     """Greedy answers for each record's prompt (its messages up to the answer, in the chat template), in
-    order: ``generate_from_prompts`` on the rendered prompts."""
+    order: ``generate_from_prompts`` on the rendered prompts. A record with ``shared_turns`` (few-shot prompts:
+    ``baselines.few_shot_records``) marks its first messages as a prefix other records repeat: read once."""
     prompts = [render_prompt(tokenizer, r["messages"]) for r in records]
-    return generate_from_prompts(model, tokenizer, prompts, rt, max_new_tokens, batch_size, desc, stop_at_newline)
+    shared = None
+    if any(r.get("shared_turns") for r in records):
+        shared = [shared_prefix_tokens(tokenizer, r["messages"][:r["shared_turns"]], p) if r.get("shared_turns")
+                  else 0 for r, p in zip(records, prompts)]
+    return generate_from_prompts(model, tokenizer, prompts, rt, max_new_tokens, batch_size, desc, stop_at_newline,
+                                 shared)
+
+
+def shared_prefix_tokens(tokenizer, messages: list[dict], prompt: str) -> int:
+    """How many of ``prompt``'s tokens are ``messages`` rendered alone (0 where the two tokenize differently at
+    the seam, so nothing is shared that would change a token)."""
+    prefix = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not prompt.startswith(prefix):
+        return 0
+    a = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    b = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return len(a) if b[:len(a)] == a and len(a) < len(b) else 0
 
 
 def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max_new_tokens: int | list[int] = 64,
-                          batch_size: int = 64, desc: str = "answers", stop_at_newline: bool = False) -> list[str]:
+                          batch_size: int = 64, desc: str = "answers", stop_at_newline: bool = False,
+                          shared: list[int] | None = None) -> list[str]:
     """Greedy continuations of already rendered prompts, in order, ``batch_size`` answers decoded at a time
     (``greedy_decode``: a finished answer's place goes to the next prompt at once). Prompts are taken in length
     order, so the prompts read together need little padding (few-shot prompts run 94-595 tokens). Each answer is
@@ -189,6 +207,7 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max
 
     Args:
         max_new_tokens: one budget for all, or one per prompt (``answer_budgets``).
+        shared: per prompt, its first tokens that other prompts repeat (``greedy_decode``).
     """
     eval_mode(model)
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
@@ -199,7 +218,8 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], rt: Runtime, max
     with attention_kernel(model, ROW_SDPA), rt.autocast(), cached_weight_casts(model), \
             tqdm(total=len(prompts), desc=desc, leave=False) as bar:
         gen = greedy_decode(model, [ids[i] for i in order], [budgets[i] for i in order], stop,
-                            tokenizer.pad_token_id, batch_size, on_done=lambda _: bar.update())
+                            tokenizer.pad_token_id, batch_size, on_done=lambda _: bar.update(),
+                            shared=[shared[i] for i in order] if shared else None)
     for j, i in enumerate(order):
         out[i] = tokenizer.decode(gen[j], skip_special_tokens=True).strip()
     return out
@@ -212,7 +232,7 @@ MIN_ROWS = 2
 
 @torch.no_grad()
 def greedy_decode(model, prompts: list[list[int]], budgets: list[int], stop: list[int], pad_id: int | None,
-                  batch_size: int = 64, on_done=None) -> list[list[int]]:
+                  batch_size: int = 64, on_done=None, shared: list[int] | None = None) -> list[list[int]]:
     """Greedy tokens for each prompt (token ids), up to its own budget or its first stop token (kept).
 
     Up to ``batch_size`` answers are decoded together; an answer that ends leaves the batch and its KV cache
@@ -224,8 +244,13 @@ def greedy_decode(model, prompts: list[list[int]], budgets: list[int], stop: lis
     No forward pass runs with fewer than ``MIN_ROWS`` rows: a bf16 matmul with one row takes another kernel (a
     matrix-vector product) that rounds differently from the same row among others (measured here: the 1536 ->
     576 projection), so a question answered alone, or the last row of a batch, would get other answers. A lone
-    row runs beside a ghost (a copy, or a finished row kept on) whose tokens are dropped."""
+    row runs beside a ghost (a copy, or a finished row kept on) whose tokens are dropped.
+
+    ``shared``: per prompt, how many of its first tokens are a prefix that other prompts repeat exactly (a
+    few-shot prompt's solved examples): each such prefix is read once (``_prefill_shared``). Its answers are then
+    those of prompts read in another order of matmuls, the same within rounding, not bit for bit."""
     device = next(model.parameters()).device
+    known: dict = {}  # a shared prefix's tokens -> its KV cache
     out: list[list[int]] = [[] for _ in prompts]
     stop_ids = torch.tensor(stop, device=device)
     queue = list(range(len(prompts)))[::-1]  # popped from the end: in the caller's order
@@ -233,7 +258,7 @@ def greedy_decode(model, prompts: list[list[int]], budgets: list[int], stop: lis
     while True:
         live = 0 if state is None else int((state[0] >= 0).sum())
         if queue and (state is None or batch_size - live >= max(1, batch_size // 4)):
-            state = _admit(model, prompts, queue, batch_size - live, budgets, pad_id, device, state)
+            state = _admit(model, prompts, queue, batch_size - live, budgets, pad_id, device, state, shared, known)
         if state is None:
             return out
         rows, left, mask, cache, logits = state
@@ -266,29 +291,87 @@ def greedy_decode(model, prompts: list[list[int]], budgets: list[int], stop: lis
         state = (rows, left, mask, step.cache, step.logits[:, -1])
 
 
-def _admit(model, prompts, queue: list[int], free: int, budgets, pad_id: int | None, device, state):
-    """Read up to ``free`` prompts from the end of ``queue`` and add them to the batch ``state``."""
+def _admit(model, prompts, queue: list[int], free: int, budgets, pad_id: int | None, device, state, shared=None,
+           known=None):
+    """Read up to ``free`` prompts from the end of ``queue`` and add them to the batch ``state`` (``shared``:
+    ``_prefill_shared``)."""
     parts = [] if state is None else [state]
     while free > 0 and queue:
         width = len(prompts[queue[-1]])
         take = [queue.pop() for _ in range(min(free, len(queue), max(1, PREFILL_TOKENS // width)))]
         take.sort(key=lambda i: -len(prompts[i]))  # in order of key count, as the batch keeps its rows
         free -= len(take)
-        width = max(len(prompts[i]) for i in take)
-        ids = torch.full((len(take), width), pad_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(take), width), dtype=torch.long)
-        for j, i in enumerate(take):
-            ids[j, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[j, width - len(prompts[i]):] = 1
         rows = torch.tensor(take)
         if len(take) < MIN_ROWS:  # read beside a ghost copy
-            ids, mask = ids.repeat(MIN_ROWS, 1), mask.repeat(MIN_ROWS, 1)
+            take = take * MIN_ROWS
             rows = torch.cat([rows, rows.new_full((MIN_ROWS - 1,), -1)])
-        ids, mask, rows = ids.to(device), mask.to(device), rows.to(device)
-        logits, cache = prefill(model, ids, mask)
+        rows = rows.to(device)
+        if shared is not None and any(shared[i] for i in take):
+            logits, cache, mask = _prefill_shared(model, [prompts[i] for i in take], [shared[i] for i in take],
+                                                  known, device)
+        else:
+            logits, cache, mask = _prefill_padded(model, [prompts[i] for i in take], pad_id, device)
         parts.append((rows, torch.tensor([budgets[max(i, 0)] for i in rows.tolist()], device=device), mask, cache,
                       logits))
     return parts[0] if len(parts) == 1 else _merge(parts)
+
+
+def _prefill_padded(model, prompts: list[list[int]], pad_id: int | None, device):
+    """``prefill`` of token lists, left-padded to the longest: (logits, cache, mask)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for j, p in enumerate(prompts):
+        ids[j, width - len(p):] = torch.tensor(p)
+        mask[j, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return (*prefill(model, ids, mask), mask)
+
+
+def _prefill_shared(model, prompts: list[list[int]], shared: list[int], known: dict, device):
+    """Read prompts whose first ``shared[i]`` tokens other prompts repeat (a few-shot prompt's solved examples):
+    each distinct prefix is read once (``known`` keeps its KV cache for the call), and the rest of each prompt
+    attends over it. Returns (next-token logits, KV cache, mask) as ``prefill`` with its mask.
+
+    The rows are left-padded to the widest as ever; the pass reads the last ``S`` columns (``S``: the longest
+    unshared part), so a row whose unshared part is shorter reads the end of its prefix again there. The columns
+    before the window hold each row's first prefix tokens, copied from its prefix's cache."""
+    from transformers import DynamicCache
+
+    lengths = [len(p) for p in prompts]
+    window = max(n - s for n, s in zip(lengths, shared))
+    width = max(lengths)
+    past = width - window
+    if past == 0:  # the widest row shares nothing: nothing to reuse
+        return _prefill_padded(model, prompts, None, device)
+    pasts = [max(0, n - window) for n in lengths]  # tokens of each row before the window: all from its prefix
+    for p, s in zip(prompts, shared):
+        key = tuple(p[:s])
+        if s and key not in known:
+            ids = torch.tensor([p[:s]] * MIN_ROWS, device=device)
+            known[key] = prefill(model, ids, torch.ones_like(ids))[1]
+    ids = torch.zeros((len(prompts), window), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for j, (p, n) in enumerate(zip(prompts, pasts)):
+        ids[j, window - (len(p) - n):] = torch.tensor(p[n:])
+        mask[j, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    layers = []
+    for n_layer in range(len(next(iter(known.values())).layers)):
+        kv = []
+        for name in ("keys", "values"):
+            ref = getattr(next(iter(known.values())).layers[n_layer], name)
+            t = ref.new_zeros(len(prompts), ref.shape[1], past, ref.shape[3])
+            for j, (p, s, n) in enumerate(zip(prompts, shared, pasts)):
+                if n:
+                    t[j, :, past - n:] = getattr(known[tuple(p[:s])].layers[n_layer], name)[0, :, :n]
+            kv.append(t)
+        layers.append(tuple(kv))
+    cache = DynamicCache(ddp_cache_data=layers, config=model.config)
+    last = torch.tensor([window - 1], device=device)
+    step = model(input_ids=ids, attention_mask=mask, position_ids=((mask.cumsum(-1) - 1).clamp(min=0))[:, past:],
+                 cache=cache, use_cache=True, logits_to_keep=last)
+    return step.logits[:, -1], step.cache, mask
 
 
 def _merge(parts):

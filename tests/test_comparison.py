@@ -64,6 +64,10 @@ def test_few_shot_prompts_hold_k_solved_examples_of_the_same_category():
     assert shots[-2]["content"] == "a q99"
     assert baselines.few_shot_records([rec("a", 99)], train, 3, seed=0) == baselines.few_shot_records(
         [rec("a", 99)], train, 3, seed=0)
+    # one draw per category: every question of a category gets the same examples, marked as the shared turns
+    many = baselines.few_shot_records([rec("a", 98), rec("b", 97), rec("a", 99)], train, 3, seed=0)
+    assert many[0]["messages"][:-2] == many[2]["messages"][:-2] != many[1]["messages"][:-2]
+    assert [r["shared_turns"] for r in many] == [7, 7, 7]
 
 
 def test_every_technique_sees_the_same_examples_in_the_same_order(tiny_model_dir, tmp_path, monkeypatch):
@@ -287,6 +291,42 @@ def test_batched_decoding_drops_finished_rows_and_matches_generate_one_by_one(ti
             got = evaluation.greedy_decode(model, ids, budgets, stop, tok.pad_token_id, batch_size)
         assert got == want
     assert len({len(g) for g in got}) >= 3
+
+
+def test_prompts_that_share_their_examples_read_them_once_and_answer_as_if_read_whole(tiny_model_dir, tmp_path):
+    """Few-shot prompts: each category's examples are read once and the questions attend over that cache; in fp32
+    the answers are those of every prompt read whole, whatever the batch (a prompt alone, rows of several
+    categories together, rows whose own part is shorter than others' and reads the end of its prefix again)."""
+    import torch
+
+    from nbatune import baselines, evaluation
+    from nbatune.attention import ROW_SDPA, attention_kernel
+    from tests.helpers import tiny_config as cfg_for
+
+    cmp = Comparison(cfg_for(tiny_model_dir, tmp_path, evaluate_base=False)).setup()
+    tok, model = cmp.tokenizer, _talkative_tiny_model(len(cmp.tokenizer))
+    records = baselines.few_shot_records(cmp.test_records[:8], cmp.records["train"], 2, seed=0)
+    prompts = [evaluation.render_prompt(tok, r["messages"]) for r in records]
+    shared = [evaluation.shared_prefix_tokens(tok, r["messages"][:r["shared_turns"]], p)
+              for r, p in zip(records, prompts)]
+    ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    assert all(0 < s < len(i) for s, i in zip(shared, ids)) and len({tuple(i[:s]) for i, s in zip(ids, shared)}) > 1
+    budgets = [6] * len(ids)
+    calls, real = [], evaluation.prefill
+    with attention_kernel(model, ROW_SDPA), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluation, "prefill", lambda *a: calls.append(a[1].shape) or real(*a))
+        whole = evaluation.greedy_decode(model, ids, budgets, [], tok.pad_token_id, 8)
+        read_whole = sum(r * w for r, w in calls)
+        prefixes = {len(i[:s]) for i, s in zip(ids, shared)}
+        for batch_size in (8, 3, 1):
+            calls.clear()
+            assert evaluation.greedy_decode(model, ids, budgets, [], tok.pad_token_id, batch_size,
+                                            shared=shared) == whole
+            if batch_size == 8:  # each prefix read once, and fewer tokens read in all
+                assert sorted(w for r, w in calls if w in prefixes) == sorted(prefixes)
+                assert sum(r * w for r, w in calls) < read_whole
+    # the seam: a prefix that does not tokenize as the prompt's start is not shared
+    assert evaluation.shared_prefix_tokens(tok, records[0]["messages"][:1], "something else") == 0
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
