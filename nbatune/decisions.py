@@ -97,9 +97,18 @@ def comparison(results: dict) -> dict:
         rec.append(f"Its lead over {', '.join(techniques.label(m) for m in tied)} is not established ({why}).")
         # a cheaper stand-in must answer as well on these questions (the paired test does not tell them apart)
         # and have learned something: one seed leaves every lead unestablished, not every technique as good
+        # and keep as much of the general questions (paired on the same questions): a cheaper model that forgets
+        # more is not the same model for less
+        forgets = {m: _retention_gap(trained[m], trained[best_q]) for m in tied}
         stand_ins = [m for m in tied if not _paired_apart(_pair(out, best_q, m))
-                     and out["learned"].get(m, {}).get("learned", True)]
+                     and out["learned"].get(m, {}).get("learned", True) and not forgets[m]]
         cheapest = min([best_q] + stand_ins, key=lambda m: (trained[m]["peak_memory_bytes"], trained[m]["saved_bytes"]))
+        cheaper = [m for m in tied if forgets[m] and trained[m]["peak_memory_bytes"] < trained[cheapest]["peak_memory_bytes"]]
+        if cheaper:
+            rec.append("Not preferred although cheaper, for forgetting more of the general questions than "
+                       f"{techniques.label(best_q)}: " + "; ".join(
+                           f"{techniques.label(m)} ({forgets[m]['diff']:+.1%}, 95% CI {forgets[m]['ci95'][0]:+.1%} to "
+                           f"{forgets[m]['ci95'][1]:+.1%})" for m in cheaper) + ".")
         if cheapest != best_q:
             rec.append(f"With quality not told apart, prefer {techniques.label(cheapest)}: less peak memory "
                        f"({size_text(trained[cheapest]['peak_memory_bytes'])} vs {size_text(trained[best_q]['peak_memory_bytes'])})"
@@ -117,6 +126,16 @@ def comparison(results: dict) -> dict:
             for m, f in out["forgot"].items()) + ".")
     out["recommendation"] = " ".join(rec + not_compared)
     return out
+
+
+def _retention_gap(r: dict, best: dict) -> dict | None:
+    """``r``'s general retention minus ``best``'s on the same questions, when ``r`` keeps significantly less
+    (the paired interval below 0); else None."""
+    a, b = ((x.get("retention") or {}).get("correct") for x in (r, best))
+    if not (a and b):
+        return None
+    d = paired_difference(a, b)
+    return d if d["ci95"][1] < 0 else None
 
 
 def _not_compared(results: dict) -> list[str]:
