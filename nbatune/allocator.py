@@ -10,6 +10,7 @@ itself. ``NBATUNE_ALLOCATOR=system`` keeps the system's allocator.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -35,11 +36,19 @@ def find_tcmalloc(dirs=LIBRARY_DIRS) -> str | None:
 def active(maps: str | None = None) -> str:
     """The allocator this process runs on: ``tcmalloc``, ``jemalloc`` or ``glibc`` (from the libraries it has
     mapped; ``unknown`` where that cannot be read)."""
-    if maps is None:
-        try:
-            maps = Path("/proc/self/maps").read_text()
-        except OSError:
-            return "unknown"
+    return _this_process() if maps is None else _named_in(maps)
+
+
+@functools.cache
+def _this_process() -> str:
+    """Read once: a preloaded allocator is there from the start and never changes (``free_memory`` asks often)."""
+    try:
+        return _named_in(Path("/proc/self/maps").read_text())
+    except OSError:
+        return "unknown"
+
+
+def _named_in(maps: str) -> str:
     for name in ("tcmalloc", "jemalloc"):
         if f"lib{name}" in maps:
             return name

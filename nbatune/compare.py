@@ -14,8 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
-from . import (allocator, baselines, decisions, evaluation, interpolation, model_card, provenance, replay, report, rundir, scoring,
-               techniques)
+from . import (allocator, baselines, decisions, evaluation, interpolation, model_card, provenance, replay, report,
+               rundir, scoring, techniques)
 from .config import RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
@@ -157,8 +157,8 @@ class Comparison:
         bad = [m for m in methods if m not in techniques.names()]
         if bad:
             raise ValueError(f"methods: {bad} are not techniques (allowed: {', '.join(techniques.names())})")
-        if self.rt.device == "cpu" and allocator.advice():
-            log.warning("%s", allocator.advice())
+        if self.rt.device == "cpu" and (tip := allocator.advice()):
+            log.warning("%s", tip)
         with reuse_freed_memory():
             return self._execute(methods, resume)
 

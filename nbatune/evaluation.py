@@ -179,19 +179,24 @@ def generate_answers(model, tokenizer, records: list[dict], rt: Runtime, max_new
     prompts = [render_prompt(tokenizer, r["messages"]) for r in records]
     shared = None
     if any(r.get("shared_turns") for r in records):
-        shared = [shared_prefix_tokens(tokenizer, r["messages"][:r["shared_turns"]], p) if r.get("shared_turns")
-                  else 0 for r, p in zip(records, prompts)]
+        prefix_ids: dict[str, list[int]] = {}  # each distinct prefix tokenized once
+        shared = [shared_prefix_tokens(tokenizer, r["messages"][:r["shared_turns"]], p, prefix_ids)
+                  if r.get("shared_turns") else 0 for r, p in zip(records, prompts)]
     return generate_from_prompts(model, tokenizer, prompts, rt, max_new_tokens, batch_size, desc, stop_at_newline,
                                  shared)
 
 
-def shared_prefix_tokens(tokenizer, messages: list[dict], prompt: str) -> int:
+def shared_prefix_tokens(tokenizer, messages: list[dict], prompt: str, prefix_ids: dict | None = None) -> int:
     """How many of ``prompt``'s tokens are ``messages`` rendered alone (0 where the two tokenize differently at
-    the seam, so nothing is shared that would change a token)."""
+    the seam, so nothing is shared that would change a token). ``prefix_ids``: the token ids of prefixes already
+    tokenized (text -> ids), filled as it goes."""
     prefix = tokenizer.apply_chat_template(messages, tokenize=False)
     if not prompt.startswith(prefix):
         return 0
-    a = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    ids_of = {} if prefix_ids is None else prefix_ids
+    if prefix not in ids_of:
+        ids_of[prefix] = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    a = ids_of[prefix]
     b = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return len(a) if b[:len(a)] == a and len(a) < len(b) else 0
 
@@ -356,15 +361,17 @@ def _prefill_shared(model, prompts: list[list[int]], shared: list[int], known: d
         ids[j, window - (len(p) - n):] = torch.tensor(p[n:])
         mask[j, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
+    caches = [known.get(tuple(p[:s])) if n else None for p, s, n in zip(prompts, shared, pasts)]
+    ref_cache = next(c for c in caches if c is not None)  # past > 0: the widest row reads part of its prefix first
     layers = []
-    for n_layer in range(len(next(iter(known.values())).layers)):
+    for n_layer, ref_layer in enumerate(ref_cache.layers):
         kv = []
         for name in ("keys", "values"):
-            ref = getattr(next(iter(known.values())).layers[n_layer], name)
+            ref = getattr(ref_layer, name)
             t = ref.new_zeros(len(prompts), ref.shape[1], past, ref.shape[3])
-            for j, (p, s, n) in enumerate(zip(prompts, shared, pasts)):
+            for j, (c, n) in enumerate(zip(caches, pasts)):
                 if n:
-                    t[j, :, past - n:] = getattr(known[tuple(p[:s])].layers[n_layer], name)[0, :, :n]
+                    t[j, :, past - n:] = getattr(c.layers[n_layer], name)[0, :, :n]
             kv.append(t)
         layers.append(tuple(kv))
     cache = DynamicCache(ddp_cache_data=layers, config=model.config)

@@ -297,8 +297,6 @@ def test_prompts_that_share_their_examples_read_them_once_and_answer_as_if_read_
     """Few-shot prompts: each category's examples are read once and the questions attend over that cache; in fp32
     the answers are those of every prompt read whole, whatever the batch (a prompt alone, rows of several
     categories together, rows whose own part is shorter than others' and reads the end of its prefix again)."""
-    import torch
-
     from nbatune import baselines, evaluation
     from nbatune.attention import ROW_SDPA, attention_kernel
     from tests.helpers import tiny_config as cfg_for
