@@ -4,6 +4,7 @@ builders live in tests/helpers.py, which test modules import)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,22 @@ from tests.helpers import answering_model, tiny_llama, tiny_tokenizer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _session_cache() -> None:
+    """Point NBATUNE_CACHE (here and in the tests' child processes) at a fresh folder for the session, so that
+    no test reads base results (nbatune.basecache) that another session or a user's run left; the converted
+    embedded model and the replay answers are linked in from the real cache (their keys hold all they depend on)."""
+    from nbatune.modeling import default_cache_dir
+
+    real, fresh = default_cache_dir(), Path(tempfile.mkdtemp(prefix="nbatune-test-cache-"))
+    for name in ("smollm2-135m-instruct", "replay"):
+        if (real / name).is_dir():
+            (fresh / name).symlink_to(real / name)
+    os.environ["NBATUNE_CACHE"] = str(fresh)
+
+
+_session_cache()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
-from . import (allocator, baselines, decisions, evaluation, interpolation, model_card, provenance, replay, report,
-               rundir, scoring, techniques)
+from . import (allocator, basecache, baselines, decisions, evaluation, interpolation, model_card, provenance, replay,
+               report, rundir, scoring, techniques)
 from .config import RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
@@ -31,6 +31,8 @@ from .training import latest_checkpoint, train
 
 log = logging.getLogger(__name__)
 # what a technique's result keeps of alpha = 1 when its operating point is elsewhere
+# evaluation settings the base phase does not read: a change to them keeps its cached evaluation (basecache)
+BASE_IGNORES = ("reuse_base", "keep_general", "fallback_margin", "curve_alphas", "curve_examples", "num_samples")
 TRAINED_KEYS = ("accuracy", "accuracy_ci95", "per_category", "formats", "retention", "predictions", "correct",
                 "eval_loss", "perplexity")
 
@@ -183,11 +185,16 @@ class Comparison:
                 self.results[m] = previous[m]
                 continue
             t_m = time.perf_counter()
+            if m == "base" and self._reuse_base(t_m):
+                self._add_base_baselines()
+                self._write()
+                continue
             res = self._run_repeats(m, resume)
             self.results[m] = res.to_dict()
             self.results.setdefault("phases", {})[m] = self._phases(res, time.perf_counter() - t_m)
             if m == "base":
-                self._add_base_baselines(res)
+                self._add_base_baselines()
+                self._store_base(res)
             self._write()
             if res.status == Status.INTERRUPTED:
                 raise KeyboardInterrupt(f"interrupted during {m}; resume with execute(resume=True) and "
@@ -236,14 +243,60 @@ class Comparison:
         return {**scoring.score(self.test_records, preds, self.pools), "predictions": preds, "rules": rules,
                 "validation_accuracy": val_acc}
 
-    def _add_base_baselines(self, base: MethodResult) -> None:
-        if base.status != Status.OK:
+    def _add_base_baselines(self) -> None:
+        base = self.results["base"]
+        if base["status"] != Status.OK.value:
             return
         b = self.results["baselines"]
-        b["zero_shot"] = {k: getattr(base, k) for k in ("accuracy", "accuracy_ci95", "per_category", "correct",
-                                                                  "formats")}
-        if base.few_shot:
-            b["few_shot"] = base.few_shot
+        b["zero_shot"] = {k: base[k] for k in ("accuracy", "accuracy_ci95", "per_category", "correct", "formats")}
+        if base.get("few_shot"):
+            b["few_shot"] = base["few_shot"]
+
+    def _base_key(self) -> str:
+        """``basecache``'s key for this run's base phase: everything that phase reads, and what computes it."""
+        cfg = self.cfg.to_dict()
+        # what only the techniques read (their curves, the policy, the report), or this cache itself
+        cfg["eval"] = {k: v for k, v in cfg["eval"].items() if k not in BASE_IGNORES}
+        env = self.results["environment"]
+        inputs = {"config": {k: cfg[k] for k in ("model", "eval", "quant", "data")},
+                  "nf4_error": techniques.any_quantized(self.cfg.methods), "curve": self._curve_on(),
+                  "records": [self.test_records, self.val_rows, self.retention_records, self.retention_pools,
+                              self.pools, self.general_val, self.select_rows, self.records["train"]]}
+        machine = {"device": env["device"], "versions": env["versions"],
+                   "matmul": {k: env["matmul"].get(k) for k in ("kind", "features", "threads")}}
+        return basecache.key(self.model_path, inputs, machine)
+
+    def _reuse_base(self, t0: float) -> bool:
+        """Take the base's results from ``basecache`` when ``eval.reuse_base`` allows and an earlier run with the
+        same key stored them; True when taken."""
+        if not self.cfg.eval.reuse_base:
+            return False
+        k = self._base_key()
+        entry = basecache.load(k)
+        if entry is None:
+            log.info("base: no earlier evaluation with this code, model, data, settings and machine; measuring it")
+            return False
+        log.info("=== base: reused from %s (%s; eval.reuse_base=false measures it again) ===",
+                 entry["run_dir"], entry["written"])
+        self.results["base"] = {**entry["base"], "reused_from": {"run_dir": entry["run_dir"],
+                                                                 "written": entry["written"], "key": k}}
+        if entry.get("nf4_error") is not None:
+            self.results["provenance"]["nf4_error"] = entry["nf4_error"]
+        self.results.setdefault("phases", {})["base"] = {"wall_s": time.perf_counter() - t0,
+                                                         "reused_s": entry["phases"]["wall_s"]}
+        return True
+
+    def _store_base(self, res: MethodResult) -> None:
+        """Keep a finished base evaluation for later runs (a failure to write costs a warning, nothing else)."""
+        if res.status != Status.OK or not self.is_main:
+            return
+        try:
+            path = basecache.store(self._base_key(), self.results["base"],
+                                   self.results["provenance"].get("nf4_error"), self.results["phases"]["base"],
+                                   str(self.run_dir))
+            log.info("base: evaluation kept for later runs in %s", path)
+        except OSError as e:
+            log.warning("base: could not keep its evaluation for later runs: %s", e)
 
     def _run_repeats(self, method: str, resume: bool) -> MethodResult:
         """``train.repeats`` trainings of one technique with seeds seed, seed+1, ...; the first is kept

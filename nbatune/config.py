@@ -201,6 +201,10 @@ class EvalConfig:
                                   "keep at least this share of the base's general validation score.")
     fallback_margin: float = _f(0.25, "When no point keeps keep_general: the point that keeps the most while still "
                                       "this much above the strongest validation baseline.")
+    reuse_base: bool = _f(True, "Read the base model's evaluation (test and retention answers, the curve's origin, "
+                                "the few-shot baseline) from an earlier run whose code, model files, evaluation "
+                                "settings, data, software and CPU were the same (nbatune.basecache; results say "
+                                "base.reused_from); false: measure it again.")
 
 
 @dataclass

@@ -7,6 +7,7 @@ dtype, or in 4 bits through a ``BitsAndBytesConfig`` when the technique is quant
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -41,6 +42,22 @@ class ModelLoadError(RuntimeError):
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("NBATUNE_CACHE", Path.home() / ".cache" / "nbatune"))
+
+
+def files_digest(model_path: str, h=None) -> str:
+    """SHA-256 of a local checkpoint's weights, config and tokenizer files (names and bytes); "" for a hub id.
+    ``h``: a hashlib object to feed instead of a new one (its digest is returned)."""
+    root = Path(model_path)
+    if not root.is_dir():
+        return ""
+    h = h or hashlib.sha256()
+    for p in sorted(root.iterdir()):
+        if p.is_file() and p.suffix in (".safetensors", ".json", ".jinja", ".txt", ".model"):
+            h.update(p.name.encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+    return h.hexdigest()
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:

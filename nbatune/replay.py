@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from .data import replay as prompts_module
-from .modeling import default_cache_dir, load_model
+from .modeling import default_cache_dir, files_digest, load_model
 
 log = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 48  # a base's one-sentence answer fits
@@ -24,15 +24,9 @@ GENERATION = 3
 def fingerprint(model_path: str, system_prompt: str, precision: str) -> str:
     """What the answers depend on: the model's weights (their bytes), config and tokenizer files, the
     prompts, the system prompt, the generation budget and method, and the precision."""
-    root = Path(model_path)
     h = hashlib.sha256()
-    for p in sorted(root.iterdir()) if root.is_dir() else []:
-        if p.is_file() and (p.suffix in (".safetensors", ".json", ".jinja", ".txt", ".model")):
-            h.update(p.name.encode())
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    h.update(block)
-    h.update(json.dumps([model_path if not root.is_dir() else "", prompts_module.prompts(), system_prompt,
+    files_digest(model_path, h)
+    h.update(json.dumps([model_path if not Path(model_path).is_dir() else "", prompts_module.prompts(), system_prompt,
                          MAX_NEW_TOKENS, precision, GENERATION]).encode())
     return h.hexdigest()[:16]
 

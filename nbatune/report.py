@@ -74,6 +74,8 @@ def phases_line(results: dict, with_report: bool = True) -> str:
         if m == "report":
             continue
         inner = ", ".join(f"{names[k]} {v:.0f}" for k, v in p.items() if k in names and v >= 0.5)
+        if "reused_s" in p:
+            inner = f"reused: an earlier run measured it in {p['reused_s']:.0f} s"
         parts.append(f"{techniques.label(m)} {p['wall_s']:.0f} s ({inner})")
     if "report" in ph and with_report:
         parts.append(f"report {ph['report']['wall_s']:.0f} s")

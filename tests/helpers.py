@@ -92,7 +92,8 @@ def tiny_config(model_dir, tmp_path, **over) -> dict:
         "data": {"train_size": 96, "val_size": 16, "test_size": 24, "seed": 0},
         "train": {"max_steps": 4, "batch_size": 8, "precision": "fp32", "logging_steps": 1, "replay_share": 0.0,
                   "learning_rate": {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}},
-        "eval": {"max_new_tokens": 8, "batch_size": 16, "curve_examples": 8},
+        # every test measures its own base (a monkeypatched evaluation must not read another test's)
+        "eval": {"max_new_tokens": 8, "batch_size": 16, "curve_examples": 8, "reuse_base": False},
     }
     for k, v in over.items():
         node = cfg
