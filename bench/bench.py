@@ -139,7 +139,10 @@ def child(kind: str, method: str, steps: int, batch: int, model: str, overrides:
         res = run_peer(method, steps, batch, model, tuned=kind == "tuned")
     else:  # "base": ours with the config defaults, to measure what the --set levers change
         res = run_ours(method, steps, batch, model)
-    print("BENCH " + json.dumps({"kind": kind, "method": method, **res}), flush=True)
+    from nbatune.allocator import active
+
+    # each side's malloc: both inherit the parent's LD_PRELOAD, so a tcmalloc A-B is tcmalloc on both sides
+    print("BENCH " + json.dumps({"kind": kind, "method": method, "allocator": active(), **res}), flush=True)
 
 
 def _one(a, kind: str, method: str) -> dict:
@@ -192,8 +195,11 @@ def main() -> None:
                 for kind in (peer, "ours", "ours", peer) if a.schedule == "abba" else (peer, "ours"):
                     runs.append(_one(a, kind, method))
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": device, "model": a.model, "steps": a.steps, "batch": a.batch,
-                                            "peaks": peaks, "runs": runs}, indent=2))
+        from nbatune.measure import cpu_matmul_features
+
+        Path(a.json).write_text(json.dumps({"device": device, "cpu_features": cpu_matmul_features(), "model": a.model,
+                                            "steps": a.steps, "batch": a.batch, "peaks": peaks, "runs": runs},
+                                           indent=2))
     print()
     names = {"peer": "TRL defaults", "tuned": "TRL tuned", "base": "our defaults"}
     print("| technique | vs | their tok/s | ours tok/s | speed-up | their peak MiB | ours peak MiB | memory ratio | "

@@ -75,7 +75,8 @@ def phases_line(results: dict, with_report: bool = True) -> str:
             continue
         inner = ", ".join(f"{names[k]} {v:.0f}" for k, v in p.items() if k in names and v >= 0.5)
         if "reused_s" in p:
-            inner = f"reused: an earlier run measured it in {p['reused_s']:.0f} s"
+            src = Path((results.get(m) or {}).get("reused_from", {}).get("run_dir", "an earlier run")).name
+            inner = f"reused: {src} measured it in {p['reused_s']:.0f} s"
         parts.append(f"{techniques.label(m)} {p['wall_s']:.0f} s ({inner})")
     if "report" in ph and with_report:
         parts.append(f"report {ph['report']['wall_s']:.0f} s")

@@ -47,7 +47,7 @@ def test_a_second_run_reads_the_bases_evaluation_and_says_where_it_came_from(tin
     # the technique's curve starts at the reused origin, and the run's time says the base was not measured
     assert again["lora"]["operating_point"]["base_general_validation"] == first["base"]["validation"]["general_validation"]
     assert again["phases"]["base"]["reused_s"] == pytest.approx(first["phases"]["base"]["wall_s"])
-    assert "reused: an earlier run measured it" in phases_line(again)
+    assert f"reused: {Path(first['run_dir']).name} measured it in" in phases_line(again)
 
 
 def test_what_the_base_reads_or_runs_on_changing_measures_it_again(tiny_model_dir, tmp_path, cache):

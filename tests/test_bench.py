@@ -34,8 +34,12 @@ def test_benchmark_runs_ours_and_the_trl_peer_on_a_random_checkpoint(tmp_path):
          "--steps", "2", "--batch", "4", "--methods", "lora", "--schedule", "ab", "--json", str(tmp_path / "r.json")],
         capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
+    written = json.loads((tmp_path / "r.json").read_text())
+    runs = written["runs"]
     assert {r["kind"] for r in runs} == {"peer", "ours"}
+    # which malloc each side ran on and the CPU's matmul features, so a figure names its machine
+    assert {r["allocator"] for r in runs} <= {"tcmalloc", "jemalloc", "glibc", "unknown"}
+    assert isinstance(written["cpu_features"], list)
     assert all(r["tokens"] > 0 and r["seconds"] > 0 and r["peak"] > 0 for r in runs)
     assert "| lora |" in out.stdout
 
