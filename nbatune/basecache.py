@@ -38,11 +38,14 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def key(model_path: str, inputs: dict, machine: dict) -> str:
+def key(model_path: str, inputs: dict, machine: dict) -> str | None:
     """The cache key of one base evaluation: ``inputs`` is everything the base phase reads (configs and
-    records, JSON-able), ``machine`` the software and hardware that do its arithmetic."""
+    records, JSON-able), ``machine`` the software and hardware that do its arithmetic. None for a model that is
+    not a local folder (a hub id): its weights cannot be read here, and a new revision would keep the id."""
+    if not Path(model_path).is_dir():
+        return None
     h = hashlib.sha256()
-    for part in (str(VERSION), source_digest(), files_digest(model_path) or model_path,
+    for part in (str(VERSION), source_digest(), files_digest(model_path),
                  json.dumps(inputs, sort_keys=True, default=str), json.dumps(machine, sort_keys=True, default=str)):
         h.update(part.encode())
         h.update(b"\0")

@@ -252,7 +252,7 @@ class Comparison:
         if base.get("few_shot"):
             b["few_shot"] = base["few_shot"]
 
-    def _base_key(self) -> str:
+    def _base_key(self) -> str | None:
         """``basecache``'s key for this run's base phase: everything that phase reads, and what computes it."""
         cfg = self.cfg.to_dict()
         # what only the techniques read (their curves, the policy, the report), or this cache itself
@@ -272,6 +272,9 @@ class Comparison:
         if not self.cfg.eval.reuse_base:
             return False
         k = self._base_key()
+        if k is None:
+            log.info("base: %s is not a local folder, so its evaluation is not kept between runs", self.model_path)
+            return False
         entry = basecache.load(k)
         if entry is None:
             log.info("base: no earlier evaluation with this code, model, data, settings and machine; measuring it")
@@ -288,10 +291,11 @@ class Comparison:
 
     def _store_base(self, res: MethodResult) -> None:
         """Keep a finished base evaluation for later runs (a failure to write costs a warning, nothing else)."""
-        if res.status != Status.OK or not self.is_main:
+        k = self._base_key() if res.status == Status.OK and self.is_main else None
+        if k is None:
             return
         try:
-            path = basecache.store(self._base_key(), self.results["base"],
+            path = basecache.store(k, self.results["base"],
                                    self.results["provenance"].get("nf4_error"), self.results["phases"]["base"],
                                    str(self.run_dir))
             log.info("base: evaluation kept for later runs in %s", path)

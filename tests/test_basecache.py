@@ -90,3 +90,8 @@ def test_an_unreadable_entry_or_reuse_base_false_measures_the_base_again(tiny_mo
     res = Comparison(_cfg(tiny_model_dir, tmp_path, "third", **{"eval.reuse_base": False})).execute()
     assert "reused_from" not in res["base"]
     assert basecache.load(entry.stem)["run_dir"] == res["run_dir"]
+
+
+def test_a_model_that_is_not_a_local_folder_is_never_cached():
+    # a hub id names no bytes this machine can hash, and a new revision would keep the id
+    assert basecache.key("HuggingFaceTB/SmolLM2-135M-Instruct", {}, {}) is None
