@@ -3,7 +3,9 @@ builders live in tests/helpers.py, which test modules import)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,6 +29,7 @@ def _session_cache() -> None:
         if (real / name).is_dir():
             (fresh / name).symlink_to(real / name)
     os.environ["NBATUNE_CACHE"] = str(fresh)
+    atexit.register(shutil.rmtree, fresh, ignore_errors=True)  # the links go, what they point at stays
 
 
 _session_cache()
