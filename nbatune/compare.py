@@ -30,9 +30,9 @@ from .runtime import resolve
 from .training import latest_checkpoint, train
 
 log = logging.getLogger(__name__)
-# what a technique's result keeps of alpha = 1 when its operating point is elsewhere
 # evaluation settings the base phase does not read: a change to them keeps its cached evaluation (basecache)
 BASE_IGNORES = ("reuse_base", "keep_general", "fallback_margin", "curve_alphas", "curve_examples", "num_samples")
+# what a technique's result keeps of alpha = 1 when its operating point is elsewhere
 TRAINED_KEYS = ("accuracy", "accuracy_ci95", "per_category", "formats", "retention", "predictions", "correct",
                 "eval_loss", "perplexity")
 
@@ -185,7 +185,8 @@ class Comparison:
                 self.results[m] = previous[m]
                 continue
             t_m = time.perf_counter()
-            if m == "base" and self._reuse_base(t_m):
+            base_key = self._base_key() if m == "base" else None  # hashes the model's files: once per run
+            if m == "base" and self._reuse_base(base_key, t_m):
                 self._add_base_baselines()
                 self._write()
                 continue
@@ -194,7 +195,7 @@ class Comparison:
             self.results.setdefault("phases", {})[m] = self._phases(res, time.perf_counter() - t_m)
             if m == "base":
                 self._add_base_baselines()
-                self._store_base(res)
+                self._store_base(res, base_key)
             self._write()
             if res.status == Status.INTERRUPTED:
                 raise KeyboardInterrupt(f"interrupted during {m}; resume with execute(resume=True) and "
@@ -266,12 +267,11 @@ class Comparison:
                    "matmul": {k: env["matmul"].get(k) for k in ("kind", "features", "threads")}}
         return basecache.key(self.model_path, inputs, machine)
 
-    def _reuse_base(self, t0: float) -> bool:
-        """Take the base's results from ``basecache`` when ``eval.reuse_base`` allows and an earlier run with the
-        same key stored them; True when taken."""
+    def _reuse_base(self, k: str | None, t0: float) -> bool:
+        """Take the base's results from ``basecache`` (key ``k``) when ``eval.reuse_base`` allows and an earlier run
+        with the same key stored them; True when taken."""
         if not self.cfg.eval.reuse_base:
             return False
-        k = self._base_key()
         if k is None:
             log.info("base: %s is not a local folder, so its evaluation is not kept between runs", self.model_path)
             return False
@@ -289,10 +289,10 @@ class Comparison:
                                                          "reused_s": entry["phases"]["wall_s"]}
         return True
 
-    def _store_base(self, res: MethodResult) -> None:
-        """Keep a finished base evaluation for later runs (a failure to write costs a warning, nothing else)."""
-        k = self._base_key() if res.status == Status.OK and self.is_main else None
-        if k is None:
+    def _store_base(self, res: MethodResult, k: str | None) -> None:
+        """Keep a finished base evaluation for later runs under key ``k`` (a failure to write costs a warning,
+        nothing else)."""
+        if k is None or res.status != Status.OK or not self.is_main:
             return
         try:
             path = basecache.store(k, self.results["base"],

@@ -54,7 +54,6 @@ def test_what_the_base_reads_or_runs_on_changing_measures_it_again(tiny_model_di
     first = Comparison(_cfg(tiny_model_dir, tmp_path, "first"))
     first.execute()
     env = first.results["environment"]
-
     names = iter(range(100))
 
     def key(model_dir=tiny_model_dir, environment=env, **over):
