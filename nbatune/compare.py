@@ -22,7 +22,8 @@ from .data.prepare import prepare_training_data
 from .data.tokenize import tokenize_records
 from .measure import (PeakMemory, dir_size, free_memory, machine_peak, reuse_freed_memory, train_flops_per_token,
                       weights_bytes)
-from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
+from .memory import (GiB, MemoryBudgetError, check_fits, estimate_eval_memory, estimate_for_run, memory_budget,
+                     model_shape)
 from .modeling import (check_bitsandbytes, count_parameters, load_model, reload_adapter, save_converted_adapter,
                        save_initial_adapter)
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
@@ -104,6 +105,7 @@ class Comparison:
             "train_tokens_per_epoch": sum(r["length"] for r in self.train_rows),
         }
         self.memory_estimates = self._check_memory()
+        self.eval_memory_estimates = self._estimate_eval_memory()
         self.run_dir = rundir.create(cfg, self.world_size, resume)
         if self.is_main:
             rundir.write_config(self.run_dir, cfg)
@@ -137,6 +139,25 @@ class Comparison:
         if problems:
             raise MemoryBudgetError("the run will not fit in memory:\n  - " + "\n  - ".join(problems))
         return estimates
+
+    def _estimate_eval_memory(self) -> dict:
+        """What each model's evaluation will add to its loaded weights (``memory.estimate_eval_memory``), the KV
+        cache sized by replaying the answering schedule over this run's test and retention questions."""
+        e = self.cfg.eval
+        calls = [(self.test_records, e.max_new_tokens), (self.retention_records, evaluation.RETENTION_MAX_NEW_TOKENS)]
+        calls = [(r, cap) for r, cap in calls if r]
+        if not calls:
+            return {}
+        cells = max(evaluation.answering_cells(self.tokenizer, r, cap, e.batch_size) for r, cap in calls)
+        rows = max(min(e.batch_size, len(r)) for r, _ in calls)
+        try:
+            shape = model_shape(self.model_path)
+        except ValueError:  # an architecture the estimator does not know (logged by the training check)
+            return {}
+        return {m: estimate_eval_memory(shape, m, cache_cells=cells, answer_rows=rows,
+                                        loss_chunk_tokens=self.cfg.train.loss_chunk_tokens, precision=self.rt.precision,
+                                        device=self.rt.device, lora_r=self.cfg.lora.r)
+                for m in [techniques.BASE, *self.cfg.methods] if m == techniques.BASE or m in techniques.names()}
 
     # ---- execute ----------------------------------------------------------------------------
     def execute(self, methods: list[str] | None = None, resume: bool = False) -> dict:
@@ -404,6 +425,8 @@ class Comparison:
             with PeakMemory(self.rt.device) as eval_mem:
                 res.record_evaluation(self._evaluate(model))
             res.eval_peak_memory_bytes = eval_mem.peak_bytes
+            if method in self.eval_memory_estimates:
+                res.estimated_eval_peak_bytes = self.eval_memory_estimates[method].total
             if method == "base":
                 self._base_extras(model, res)
             elif self._curve_on():

@@ -7,6 +7,7 @@ allowed, before any model is loaded.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import typing
@@ -262,6 +263,7 @@ def load_config(config: None | str | Path | dict | RunConfig = None, overrides: 
         data = _preset_dict("production")
     else:
         raise ConfigError(f"config must be None, a YAML path, a dict or a RunConfig, not {type(config).__name__}")
+    data = copy.deepcopy(data)  # the overrides below must not write into the caller's dict (sections merge by reference)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")

@@ -432,6 +432,54 @@ def answer_budgets(tokenizer, records: list[dict], cap: int) -> list[int]:
     return [min(cap, n + ANSWER_SLACK) for n in lengths]
 
 
+def cache_cells(prompt_lens: list[int], answer_lens: list[int], batch_size: int) -> int:
+    """The most KV-cache cells (rows x key positions, padding included) that ``greedy_decode`` holds at once for
+    prompts of these lengths (in the order it reads them) whose answers run ``answer_lens`` tokens: its schedule
+    replayed without a model, ghost rows included. A merge of newly read prompts into the batch holds the new
+    prompts' caches beside the merged cache, which is built layer by layer over the batch's old one."""
+    queue = list(zip(prompt_lens, answer_lens))[::-1]
+    rows: list[list] = []  # the batch in its order: [keys held, tokens still to come, ghost]
+    peak = 0
+    while queue or rows:
+        live = sum(not r[2] for r in rows)
+        if queue and batch_size - live >= max(1, batch_size // 4):
+            free, parts = batch_size - live, []
+            while free > 0 and queue:
+                take = [queue.pop() for _ in range(min(free, len(queue), max(1, PREFILL_TOKENS // queue[-1][0])))]
+                free -= len(take)
+                part = [[p, n, False] for p, n in sorted(take, key=lambda t: -t[0])]
+                parts.append(part + [[part[0][0], 1, True]] * (MIN_ROWS - len(part)))  # a lone prompt's ghost
+            new = [len(r) * max(k for k, _, _ in r) for r in parts]
+            extra = new if rows else new[1:]  # alive beside the merged cache: all but what it is built over
+            rows = sorted(rows + [r for part in parts for r in part], key=lambda r: -r[0])
+            peak = max(peak, len(rows) * rows[0][0] + sum(extra))
+        for r in rows:  # a token from the last logits; a row whose answer is done leaves before the next pass
+            r[1] -= 1
+        going = [r for r in rows if not r[2] and r[1] > 0]
+        if not going:
+            rows = []
+            continue
+        if len(going) < MIN_ROWS:  # a lone row goes on beside a finished row kept as a ghost, or its copy
+            spare = [r for r in rows if r[2] or r[1] <= 0] or [list(going[0])]
+            going += [[k, n, True] for k, n, _ in spare[:MIN_ROWS - len(going)]]
+        rows = going
+        for r in rows:
+            r[0] += 1
+        peak = max(peak, len(rows) * max(r[0] for r in rows))
+    return peak
+
+
+def answering_cells(tokenizer, records: list[dict], cap: int, batch_size: int) -> int:
+    """``cache_cells`` for answering ``records`` as ``answer_and_score`` does, each answer as long as its budget
+    (the reference answer plus ``ANSWER_SLACK``, at most ``cap``): an upper bound for answers that stop sooner."""
+    if not records:
+        return 0
+    ids = tokenizer([render_prompt(tokenizer, r["messages"]) for r in records], add_special_tokens=False)["input_ids"]
+    budgets = answer_budgets(tokenizer, records, cap)
+    order = sorted(range(len(records)), key=lambda i: (len(ids[i]), budgets[i]))
+    return cache_cells([len(ids[i]) for i in order], [budgets[i] for i in order], batch_size)
+
+
 def answer_and_score(model, tokenizer, records, rt: Runtime, eval_cfg, pools=None, desc="answers",
                      max_new_tokens: int | None = None) -> dict:
     """Generate an answer to every record and score them: accuracy, intervals, per category, flags."""

@@ -312,6 +312,76 @@ def estimate_for_run(cfg, model_path: str, train_rows: list[dict], pad_id: int, 
             for m in cfg.methods}
 
 
+# Evaluation (no gradients): what a call adds above the loaded model (``estimate_eval_memory``).
+EVAL_LOGIT_BYTES = 10  # the eval loss's chunk of logits: compute-dtype logits, their fp32 copy, its log-softmax
+# Fitted on two CPU peaks (full and LoRA, the default run's models, 64 answers at a time, each in a fresh process
+# on tcmalloc; bench/eval_memory.py) and checked on six more (BENCHMARKS.md): the process holds about 1.9x the
+# bytes counted live, because the KV cache's tensors grow by one key a step, and each step frees every layer's and
+# allocates it a little larger, which the heap's free spans rarely fit. CUDA: not measured, the live bytes only.
+EVAL_SLACK = {"cpu": 1.9, "cuda": 1.0}
+EVAL_OVERHEAD = {"cpu": 250 * MiB, "cuda": 0}
+
+
+@dataclass
+class EvalMemoryEstimate:
+    """Peak memory of one model's evaluation above the loaded model: the weight copies a call keeps (autocast's
+    casts of fp32 weights, 4-bit weights dequantized once per call) plus the larger of answering (the KV cache
+    and the next-token logits) and the eval loss (one chunk of logits), times the heap's slack, plus a fixed
+    part."""
+
+    method: str
+    device: str
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        p = self.parts
+        live = p["weight_copies"] + max(p["answering"], p["eval_loss"])
+        return int(EVAL_SLACK[self.device] * live) + p["overhead"]
+
+    def describe(self) -> str:
+        body = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items() if v)
+        return f"{self.method} evaluation: {self.total / GiB:.2f} GiB ({body} GiB)"
+
+
+def estimate_eval_memory(config, method: str, *, cache_cells: int, answer_rows: int, loss_chunk_tokens: int = 512,
+                         precision: str = "bf16", device: str = "cpu", lora_r: int = 16) -> EvalMemoryEstimate:
+    """Predict what evaluating one model adds to its loaded weights (``evaluation.evaluate_model``).
+
+    Args:
+        method: ``base`` or a registered technique.
+        cache_cells: the most KV-cache cells (rows x key positions) answering holds at once
+            (``evaluation.answering_cells``).
+        answer_rows: answers decoded together (``eval.batch_size``, or fewer questions).
+        loss_chunk_tokens: answer positions whose logits the eval loss holds at once.
+    """
+    if method != techniques.BASE and method not in techniques.names():
+        raise ValueError(f"method must be base or a registered technique ({', '.join(techniques.names())}), "
+                         f"not {method!r}")
+    kind = "whole" if method == techniques.BASE else techniques.get(method).memory_kind
+    s = model_shape(config)
+    half = precision in ("bf16", "fp16")
+    head = s.vocab * s.hidden
+    lora = s.lora_params(lora_r)
+    if not half:  # fp32 weights are read as they are; only 4-bit ones are dequantized
+        copies = 4 * s.linear_params if kind == "adapter_4bit" else 0
+    elif kind == "whole":  # every fp32 matmul weight cast once per call, the tied head included
+        copies = 2 * (s.linear_params + head)
+    elif kind == "adapter":  # a base already in the compute dtype: only the fp32 adapters are cast
+        copies = 2 * lora
+    else:  # the 4-bit weights dequantized, the fp32 head and the adapters cast
+        copies = 2 * (s.linear_params + head + lora)
+    # Keys are rotated in the residual stream's dtype (fp32 where the embeddings are fp32: whole models, and
+    # 4-bit bases whose embeddings PEFT upcasts), values come out of the projection in the compute dtype.
+    key_bytes = 4 if kind != "adapter" or not half else 2
+    value_bytes = 2 if half else 4
+    cell = s.layers * s.kv_heads * s.head_dim * (key_bytes + value_bytes)
+    answering = cache_cells * cell + answer_rows * s.vocab * ((2 if half else 4) + 4)
+    loss = loss_chunk_tokens * s.vocab * EVAL_LOGIT_BYTES
+    return EvalMemoryEstimate(method, device, {"weight_copies": int(copies), "answering": int(answering),
+                                               "eval_loss": int(loss), "overhead": EVAL_OVERHEAD[device]})
+
+
 def memory_budget(train_cfg, device: str) -> int:
     """Bytes a training process may use: ``train.memory_budget_gib``, else what ``device`` has free."""
     return int(train_cfg.memory_budget_gib * GiB) if train_cfg.memory_budget_gib else available_bytes(device)

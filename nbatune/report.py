@@ -12,8 +12,9 @@ from .decisions import BASELINE_LABEL, baseline_accuracies, comparison, finished
 
 
 def _est(r: dict) -> str:
-    est, ev = r.get("estimated_peak_bytes"), r.get("eval_peak_memory_bytes")
-    return (f" (est. {est / 2**20:,.0f})" if est else "") + (f"; eval +{ev / 2**20:,.0f}" if ev else "")
+    est, ev, ev_est = r.get("estimated_peak_bytes"), r.get("eval_peak_memory_bytes"), r.get("estimated_eval_peak_bytes")
+    return ((f" (est. {est / 2**20:,.0f})" if est else "") + (f"; eval +{ev / 2**20:,.0f}" if ev else "")
+            + (f" (est. {ev_est / 2**20:,.0f})" if ev and ev_est else ""))
 
 
 def table(results: dict) -> str:

@@ -36,6 +36,7 @@ class MethodResult:
     peak_memory_bytes: int = 0  # loading and training, the learning-curve measurements left out
     estimated_peak_bytes: int = 0  # nbatune.memory's prediction, made before training
     eval_peak_memory_bytes: int = 0  # answering the test and retention questions, above the loaded model
+    estimated_eval_peak_bytes: int = 0  # nbatune.memory's prediction of eval_peak_memory_bytes, made before training
     load_seconds: float = 0.0  # loading (and quantizing) the model; a reloaded adapter's load too
     save_seconds: float = 0.0
     train_seconds: float = 0.0  # optimizer steps alone (tokens_per_second's time)

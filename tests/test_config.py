@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -200,3 +201,13 @@ def test_each_launch_file_loads_in_accelerate_and_the_run_sees_what_its_techniqu
         return
     args = build()
     assert (args.learning_rate, args.optim) == (cfg.train.learning_rate[technique], cfg.train.optimizer[technique])
+
+
+def test_overrides_leave_the_callers_config_dict_as_it_was():
+    """A dict config and overrides (the facade, ``Comparison(results["config"], [...])`` in the benchmarks): the
+    override lands in the built config, never in the caller's dict, which a second run may read again."""
+    given = {"methods": ["lora"], "eval": {"batch_size": 64}, "train": {"learning_rate": {"lora": 1e-3}}}
+    before = copy.deepcopy(given)
+    cfg = load_config(given, ["eval.batch_size=32", "train.learning_rate.lora=2e-3"])
+    assert (cfg.eval.batch_size, cfg.train.learning_rate["lora"]) == (32, 2e-3)
+    assert given == before

@@ -227,3 +227,63 @@ def test_evaluation_memory_is_measured_apart_from_training(tiny_model_dir, tmp_p
     res = cmp.execute()
     for name in ("base", "lora"):
         assert res[name]["eval_peak_memory_bytes"] > 250 * 2**20, (name, res[name]["eval_peak_memory_bytes"])
+        # the estimate beside it, made before anything ran
+        assert res[name]["estimated_eval_peak_bytes"] == cmp.eval_memory_estimates[name].total > 0
+
+
+@pytest.mark.parametrize("batch_size,prefill_tokens", [(16, 2048), (12, 90), (8, 60), (5, 40), (3, 2048), (2, 2048), (1, 2048)])
+def test_the_answering_schedule_replayed_without_a_model_holds_the_cache_greedy_decode_holds(
+        batch_size, prefill_tokens, monkeypatch):
+    """``evaluation.cache_cells`` (what the evaluation estimate sizes the KV cache by) replays greedy_decode's
+    schedule: prompts read in passes, merged into the batch as places free up, rows leaving at their budgets,
+    lone rows beside ghosts. Its peak equals the cells the real decoding holds, merges' transient copies
+    included, counted on the cache tensors themselves."""
+    from nbatune import evaluation
+    from nbatune.attention import ROW_SDPA, attention_kernel
+    from tests.helpers import tiny_llama
+
+    monkeypatch.setattr(evaluation, "PREFILL_TOKENS", prefill_tokens)
+    model = tiny_llama(64, seed=1).eval()
+    gen = torch.Generator().manual_seed(batch_size + prefill_tokens)
+    lens = sorted(int(n) for n in torch.randint(3, 30, (40,), generator=gen))
+    budgets = [int(n) for n in torch.randint(1, 12, (40,), generator=gen)]
+    prompts = [torch.randint(1, 64, (n,), generator=gen).tolist() for n in lens]
+    held: list[int] = []
+
+    def cells(cache) -> int:
+        keys = cache.layers[0].keys
+        return keys.shape[0] * keys.shape[2]
+
+    real_merge = evaluation._merge
+
+    def merge(parts):  # the merged cache beside the new prompts' (it is built over the first part's)
+        before = [cells(p[3]) for p in parts]
+        out = real_merge(parts)
+        held.append(max(before[0], cells(out[3])) + sum(before[1:]))
+        return out
+
+    monkeypatch.setattr(evaluation, "_merge", merge)
+    hook = model.register_forward_hook(lambda m, a, out: held.append(cells(out.past_key_values)))
+    with attention_kernel(model, ROW_SDPA):
+        got = evaluation.greedy_decode(model, prompts, budgets, [], 0, batch_size)
+    hook.remove()
+    assert [len(g) for g in got] == budgets  # no stop tokens: every answer runs its budget, as the replay assumes
+    assert evaluation.cache_cells(lens, budgets, batch_size) == max(held)
+
+
+def test_evaluation_estimate_counts_weight_copies_and_the_cache_in_the_dtypes_each_technique_holds():
+    """Whole models and 4-bit bases hold fp32 keys (rotated in their fp32 residual stream) and cast copies of their
+    weights; LoRA on a bf16 base holds bf16 keys and casts only its adapters. More cache cells cost more."""
+    from nbatune.memory import estimate_eval_memory
+
+    shape = model_shape({"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                         "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152})
+    est = {m: estimate_eval_memory(shape, m, cache_cells=10_000, answer_rows=64) for m in ("base", "full", "lora", "qlora")}
+    assert est["base"].parts == est["full"].parts
+    assert est["lora"].parts["weight_copies"] < 0.05 * est["full"].parts["weight_copies"]
+    assert est["qlora"].parts["weight_copies"] > est["full"].parts["weight_copies"]  # the adapters besides
+    assert est["lora"].parts["answering"] < est["full"].parts["answering"] == est["qlora"].parts["answering"]
+    more = estimate_eval_memory(shape, "lora", cache_cells=20_000, answer_rows=64)
+    assert more.total > est["lora"].total
+    with pytest.raises(ValueError, match="registered technique"):
+        estimate_eval_memory(shape, "nope", cache_cells=1, answer_rows=1)
