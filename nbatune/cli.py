@@ -186,6 +186,22 @@ def _memory(args) -> int:
               f" | {est.total / GiB:.2f} | {fits} |")
     if budget is not None:
         print(f"budget: {budget / GiB:.1f} GiB ({'train.memory_budget_gib' if t.memory_budget_gib else 'free now'})")
+    if not args.seq_len:  # evaluation's, sized by the questions this config answers
+        from .data import retention
+        from .evaluation import memory_estimates
+
+        ret = retention.records(cfg.model.system_prompt, "test") if cfg.eval.retention else []
+        evals = list(memory_estimates(cfg, data.model_path, data.tokenizer, data.records.get("test", []), ret, device,
+                                      precision).values())
+        if evals:
+            parts = list(evals[0].parts)
+            print(f"\nevaluation, above the loaded model, GiB (a fresh process; {cfg.eval.batch_size} answers at a "
+                  "time; parts before the heap's slack)")
+            print("| model | " + " | ".join(parts) + " | total |")
+            print("|---|" + "---:|" * (len(parts) + 1))
+            for est in evals:
+                print(f"| {est.method} | " + " | ".join(f"{est.parts[k] / GiB:.2f}" for k in parts) +
+                      f" | {est.total / GiB:.2f} |")
     return 1 if worst else 0
 
 

@@ -22,8 +22,7 @@ from .data.prepare import prepare_training_data
 from .data.tokenize import tokenize_records
 from .measure import (PeakMemory, dir_size, free_memory, machine_peak, reuse_freed_memory, train_flops_per_token,
                       weights_bytes)
-from .memory import (GiB, MemoryBudgetError, check_fits, estimate_eval_memory, estimate_for_run, memory_budget,
-                     model_shape)
+from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
 from .modeling import (check_bitsandbytes, count_parameters, load_model, reload_adapter, save_converted_adapter,
                        save_initial_adapter)
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
@@ -141,23 +140,9 @@ class Comparison:
         return estimates
 
     def _estimate_eval_memory(self) -> dict:
-        """What each model's evaluation will add to its loaded weights (``memory.estimate_eval_memory``), the KV
-        cache sized by replaying the answering schedule over this run's test and retention questions."""
-        e = self.cfg.eval
-        calls = [(self.test_records, e.max_new_tokens), (self.retention_records, evaluation.RETENTION_MAX_NEW_TOKENS)]
-        calls = [(r, cap) for r, cap in calls if r]
-        if not calls:
-            return {}
-        cells = max(evaluation.answering_cells(self.tokenizer, r, cap, e.batch_size) for r, cap in calls)
-        rows = max(min(e.batch_size, len(r)) for r, _ in calls)
-        try:
-            shape = model_shape(self.model_path)
-        except ValueError:  # an architecture the estimator does not know (logged by the training check)
-            return {}
-        return {m: estimate_eval_memory(shape, m, cache_cells=cells, answer_rows=rows,
-                                        loss_chunk_tokens=self.cfg.train.loss_chunk_tokens, precision=self.rt.precision,
-                                        device=self.rt.device, lora_r=self.cfg.lora.r)
-                for m in [techniques.BASE, *self.cfg.methods] if m == techniques.BASE or m in techniques.names()}
+        """What each model's evaluation will add to its loaded weights (``evaluation.memory_estimates``)."""
+        return evaluation.memory_estimates(self.cfg, self.model_path, self.tokenizer, self.test_records,
+                                           self.retention_records, self.rt.device, self.rt.precision)
 
     # ---- execute ----------------------------------------------------------------------------
     def execute(self, methods: list[str] | None = None, resume: bool = False) -> dict:

@@ -480,6 +480,30 @@ def answering_cells(tokenizer, records: list[dict], cap: int, batch_size: int) -
     return cache_cells([len(ids[i]) for i in order], [budgets[i] for i in order], batch_size)
 
 
+def memory_estimates(cfg, model_path: str, tokenizer, test_records: list[dict], retention_records: list[dict],
+                     device: str, precision: str) -> dict:
+    """``memory.estimate_eval_memory`` for the base and each technique of a run, the KV cache sized by replaying the
+    answering schedule over the questions it will answer (test and retention). Empty for a model whose shape the
+    estimator cannot read."""
+    from .memory import estimate_eval_memory, model_shape
+
+    e = cfg.eval
+    calls = [(r, cap) for r, cap in ((test_records[: e.max_test_examples], e.max_new_tokens),
+                                     (retention_records, RETENTION_MAX_NEW_TOKENS)) if r]
+    try:
+        shape = model_shape(model_path)
+    except ValueError:
+        return {}
+    if not calls:
+        return {}
+    cells = max(answering_cells(tokenizer, r, cap, e.batch_size) for r, cap in calls)
+    rows = max(min(e.batch_size, len(r)) for r, _ in calls)
+    return {m: estimate_eval_memory(shape, m, cache_cells=cells, answer_rows=rows,
+                                    loss_chunk_tokens=cfg.train.loss_chunk_tokens, precision=precision, device=device,
+                                    lora_r=cfg.lora.r)
+            for m in ["base", *cfg.methods]}
+
+
 def answer_and_score(model, tokenizer, records, rt: Runtime, eval_cfg, pools=None, desc="answers",
                      max_new_tokens: int | None = None) -> dict:
     """Generate an answer to every record and score them: accuracy, intervals, per category, flags."""

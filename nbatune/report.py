@@ -63,6 +63,11 @@ def machine_line(results: dict) -> str:
             "FLOP/s over that peak.")
 
 
+MEMORY_NOTE = ("Peak memory: training (loading and the steps) beside its estimate; eval: what evaluation added above "
+               "the loaded model, measured in this process after training, beside the estimate for a fresh process "
+               "(what training left in the heap adds to the measurement; BENCHMARKS.md).")
+
+
 def phases_line(results: dict, with_report: bool = True) -> str:
     """Where the wall time went, per model and phase, so a slow machine shows where it is slow (the report
     itself quotes every phase but its own writing)."""
@@ -397,7 +402,7 @@ def markdown(results: dict) -> str:
         f"Run `{results.get('run_dir')}` on {env.get('device')}; base model `{results.get('model_path')}`; "
         f"{results.get('dataset', {}).get('test_evaluated')} test questions; total "
         f"{results.get('total_seconds', 0):.0f} s.", "",
-        table(results), "", phases_line(results, with_report=False), "", machine_line(results), "",
+        table(results), "", phases_line(results, with_report=False), "", machine_line(results), "", MEMORY_NOTE, "",
         "![accuracy against cost](pareto.png)", "",
         "## Where to use each model: seen and unseen formats, forgetting", "",
         "Each technique's operating point is chosen on validation alone (NBA validation, general-knowledge "

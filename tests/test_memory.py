@@ -148,7 +148,9 @@ def test_memory_command_prints_each_technique_and_fails_when_one_does_not_fit(ti
     path.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, tmp_path)))
     assert main(["memory", "--config", str(path), "--set", "train.memory_budget_gib=64"]) == 0
     out = capsys.readouterr().out
-    assert all(f"| {m} |" in out for m in ("full", "lora", "qlora")) and "yes" in out
+    training, evaluation = out.split("evaluation, above the loaded model")
+    assert all(f"| {m} |" in training for m in ("full", "lora", "qlora")) and "yes" in training
+    assert all(f"| {m} |" in evaluation for m in ("base", "full", "lora", "qlora"))  # the base is evaluated too
     assert main(["memory", "--config", str(path), "--set", "train.memory_budget_gib=0.01"]) == 1
     assert "| NO |" in capsys.readouterr().out
 
