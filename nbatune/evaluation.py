@@ -447,7 +447,7 @@ def cache_cells(prompt_lens: list[int], answer_lens: list[int], batch_size: int)
             while free > 0 and queue:
                 take = [queue.pop() for _ in range(min(free, len(queue), max(1, PREFILL_TOKENS // queue[-1][0])))]
                 free -= len(take)
-                part = [[p, n, False] for p, n in sorted(take, key=lambda t: -t[0])]
+                part = [[p, n, False] for p, n in take]
                 parts.append(part + [[part[0][0], 1, True]] * (MIN_ROWS - len(part)))  # a lone prompt's ghost
             new = [len(r) * max(k for k, _, _ in r) for r in parts]
             extra = new if rows else new[1:]  # alive beside the merged cache: all but what it is built over
