@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .attention import ROW_SDPA, attention_kernel
 from .data.tokenize import IGNORE, PadCollator, render_prompt
 from .loss import answer_columns, answer_only_loss, shifted_targets
+from .memory import estimate_eval_memory, model_shape
 from .runtime import Runtime
 from .scoring import candidate_pools, score
 
@@ -485,16 +486,14 @@ def memory_estimates(cfg, model_path: str, tokenizer, test_records: list[dict], 
     """``memory.estimate_eval_memory`` for the base and each technique of a run, the KV cache sized by replaying the
     answering schedule over the questions it will answer (test and retention). Empty for a model whose shape the
     estimator cannot read."""
-    from .memory import estimate_eval_memory, model_shape
-
     e = cfg.eval
     calls = [(r, cap) for r, cap in ((test_records[: e.max_test_examples], e.max_new_tokens),
                                      (retention_records, RETENTION_MAX_NEW_TOKENS)) if r]
+    if not calls:
+        return {}
     try:
         shape = model_shape(model_path)
     except ValueError:
-        return {}
-    if not calls:
         return {}
     cells = max(answering_cells(tokenizer, r, cap, e.batch_size) for r, cap in calls)
     rows = max(min(e.batch_size, len(r)) for r, _ in calls)
