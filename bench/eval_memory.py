@@ -35,7 +35,6 @@ def child(run: str, method: str, batch: int) -> dict:
     from nbatune.compare import Comparison
     from nbatune.inference import load_from_run
     from nbatune.measure import PeakMemory, free_memory
-    from nbatune.memory import estimate_eval_memory, model_shape
     from nbatune.modeling import load_model
 
     results = json.loads((Path(run) / "results.json").read_text())
@@ -53,16 +52,14 @@ def child(run: str, method: str, batch: int) -> dict:
     with PeakMemory("cpu") as cv:
         evaluation.teacher_forced_exact_match(model, c.tokenizer, c.select_rows, c.rt)
         evaluation.general_accuracy(model, c.tokenizer, c.general_val, c.rt, c.cfg.eval, c.retention_pools)
-    calls = [(c.test_records, c.cfg.eval.max_new_tokens), (c.retention_records, evaluation.RETENTION_MAX_NEW_TOKENS)]
-    cells = max(evaluation.answering_cells(c.tokenizer, r, cap, batch) for r, cap in calls)
-    est = estimate_eval_memory(model_shape(c.model_path), method, cache_cells=cells,
-                               answer_rows=max(min(batch, len(r)) for r, _ in calls),
-                               loss_chunk_tokens=c.cfg.train.loss_chunk_tokens, precision=c.rt.precision,
-                               lora_r=c.cfg.lora.r)
+    est = c.eval_memory_estimates[method]  # the run's own estimate, made in setup
+    cells = max(evaluation.answering_cells(c.tokenizer, r, cap, batch) for r, cap in (
+        (c.test_records, c.cfg.eval.max_new_tokens), (c.retention_records, evaluation.RETENTION_MAX_NEW_TOKENS)))
     in_run = (results.get(method) or {}).get("eval_peak_memory_bytes")
     return {"method": method, "batch_size": batch, "allocator": allocator.active(),
             "eval_peak_mib": ev.peak_bytes / 2**20, "curve_point_mib": cv.peak_bytes / 2**20,
-            "estimate_mib": est.total / 2**20, "cache_cells": cells, "estimate_parts_mib": {k: v / 2**20 for k, v in est.parts.items()},
+            "estimate_mib": est.total / 2**20, "cache_cells": cells,
+            "estimate_parts_mib": {k: v / 2**20 for k, v in est.parts.items()},
             "in_run_eval_peak_mib": in_run / 2**20 if in_run and batch == results["config"]["eval"]["batch_size"]
             else None, "seconds": time.perf_counter() - t0}
 

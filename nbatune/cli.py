@@ -173,17 +173,10 @@ def _memory(args) -> int:
                                      precision)
     # the free memory of this machine says nothing about another device
     budget = memory_budget(t, device) if t.memory_budget_gib or device == resolve().device else None
-    estimates = list(by_method.values())
-    parts = list(estimates[0].parts)
+    fits = {m: "?" if budget is None else ("yes" if e.total <= budget else "NO") for m, e in by_method.items()}
     print(f"peak training memory, GiB ({device}, {precision}, batch {t.batch_size})")
-    print("| technique | " + " | ".join(parts) + " | total | fits |")
-    print("|---|" + "---:|" * (len(parts) + 2))
-    worst = False
-    for est in estimates:
-        fits = "?" if budget is None else ("yes" if est.total <= budget else "NO")
-        worst |= fits == "NO"
-        print(f"| {est.method} | " + " | ".join(f"{est.parts[k] / GiB:.2f}" for k in parts) +
-              f" | {est.total / GiB:.2f} | {fits} |")
+    _print_estimates(list(by_method.values()), "technique", fits)
+    worst = "NO" in fits.values()
     if budget is not None:
         print(f"budget: {budget / GiB:.1f} GiB ({'train.memory_budget_gib' if t.memory_budget_gib else 'free now'})")
     if not args.seq_len:  # evaluation's, sized by the questions this config answers
@@ -191,18 +184,25 @@ def _memory(args) -> int:
         from .evaluation import memory_estimates
 
         ret = retention.records(cfg.model.system_prompt, "test") if cfg.eval.retention else []
-        evals = list(memory_estimates(cfg, data.model_path, data.tokenizer, data.records.get("test", []), ret, device,
-                                      precision).values())
+        evals = memory_estimates(cfg, data.model_path, data.tokenizer, data.records.get("test", []), ret, device,
+                                 precision)
         if evals:
-            parts = list(evals[0].parts)
             print(f"\nevaluation, above the loaded model, GiB (a fresh process; {cfg.eval.batch_size} answers at a "
                   "time; parts before the heap's slack)")
-            print("| model | " + " | ".join(parts) + " | total |")
-            print("|---|" + "---:|" * (len(parts) + 1))
-            for est in evals:
-                print(f"| {est.method} | " + " | ".join(f"{est.parts[k] / GiB:.2f}" for k in parts) +
-                      f" | {est.total / GiB:.2f} |")
+            _print_estimates(list(evals.values()), "model")
     return 1 if worst else 0
+
+
+def _print_estimates(estimates: list, first: str, fits: dict | None = None) -> None:
+    """A markdown table of memory estimates: one row each, its parts and total in GiB (and whether it fits)."""
+    from .memory import GiB
+
+    parts = list(estimates[0].parts)
+    print(f"| {first} | " + " | ".join(parts) + " | total |" + (" fits |" if fits else ""))
+    print("|---|" + "---:|" * (len(parts) + 1 + bool(fits)))
+    for est in estimates:
+        print(f"| {est.method} | " + " | ".join(f"{est.parts[k] / GiB:.2f}" for k in parts) +
+              f" | {est.total / GiB:.2f} |" + (f" {fits[est.method]} |" if fits else ""))
 
 
 def _report(args) -> int:

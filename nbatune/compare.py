@@ -104,7 +104,10 @@ class Comparison:
             "train_tokens_per_epoch": sum(r["length"] for r in self.train_rows),
         }
         self.memory_estimates = self._check_memory()
-        self.eval_memory_estimates = self._estimate_eval_memory()
+        # what each model's evaluation will add to its loaded weights
+        self.eval_memory_estimates = evaluation.memory_estimates(cfg, self.model_path, self.tokenizer,
+                                                                 self.test_records, self.retention_records,
+                                                                 self.rt.device, self.rt.precision)
         self.run_dir = rundir.create(cfg, self.world_size, resume)
         if self.is_main:
             rundir.write_config(self.run_dir, cfg)
@@ -138,11 +141,6 @@ class Comparison:
         if problems:
             raise MemoryBudgetError("the run will not fit in memory:\n  - " + "\n  - ".join(problems))
         return estimates
-
-    def _estimate_eval_memory(self) -> dict:
-        """What each model's evaluation will add to its loaded weights (``evaluation.memory_estimates``)."""
-        return evaluation.memory_estimates(self.cfg, self.model_path, self.tokenizer, self.test_records,
-                                           self.retention_records, self.rt.device, self.rt.precision)
 
     # ---- execute ----------------------------------------------------------------------------
     def execute(self, methods: list[str] | None = None, resume: bool = False) -> dict:

@@ -322,26 +322,17 @@ EVAL_SLACK = {"cpu": 1.9, "cuda": 1.0}
 EVAL_OVERHEAD = {"cpu": 250 * MiB, "cuda": 0}
 
 
-@dataclass
-class EvalMemoryEstimate:
+class EvalMemoryEstimate(MemoryEstimate):
     """Peak memory of one model's evaluation above the loaded model: the weight copies a call keeps (autocast's
     casts of fp32 weights, 4-bit weights dequantized once per call) plus the larger of answering (the KV cache
     and the next-token logits) and the eval loss (one chunk of logits), times the heap's slack, plus a fixed
     part."""
-
-    method: str
-    device: str
-    parts: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         p = self.parts
         live = p["weight_copies"] + max(p["answering"], p["eval_loss"])
         return int(EVAL_SLACK[self.device] * live) + p["overhead"]
-
-    def describe(self) -> str:
-        body = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items() if v)
-        return f"{self.method} evaluation: {self.total / GiB:.2f} GiB ({body} GiB)"
 
 
 def estimate_eval_memory(config, method: str, *, cache_cells: int, answer_rows: int, loss_chunk_tokens: int = 512,
