@@ -222,12 +222,13 @@ class Comparison:
     @staticmethod
     def _phases(res: MethodResult, wall: float) -> dict:
         """Where one model's wall time went (seconds): loading, training (its optimizer steps, the learning
-        curve's measurements, the trainer's setup), saving, test + retention evaluation (and the operating
-        point's second one), the curve (the base: its validation point, every curve's origin), the few-shot
-        baseline; ``other`` is what is left (freeing memory, parameter counts, copies for the curve, repeats)."""
+        curve's measurements, the trainer's setup), saving, the eval loss and test answers (and the operating
+        point's second ones), the retention test's answers (both of them too), the curve (the base: its validation point,
+        every curve's origin), the few-shot baseline; ``other`` is what is left (freeing memory, parameter counts,
+        copies for the curve, repeats)."""
         out = {"wall_s": wall, "load_s": res.load_seconds, "train_s": res.train_seconds,
                "learning_curve_s": res.learning_curve_seconds, "train_setup_s": res.train_setup_seconds,
-               "save_s": res.save_seconds, "eval_s": res.eval_seconds}
+               "save_s": res.save_seconds, "eval_s": res.eval_seconds, "retention_s": res.retention_seconds}
         if res.operating_point:
             out["curve_s"] = res.operating_point.get("seconds", 0.0)
         elif res.validation:
@@ -463,9 +464,10 @@ class Comparison:
         if res.operating_point["alpha"] != 1.0:
             res.trained = {k: v for k, v in res.to_dict().items() if k in TRAINED_KEYS}
             path.set(res.operating_point["alpha"])
-            eval_s = res.eval_seconds
+            eval_s, retention_s = res.eval_seconds, res.retention_seconds
             res.record_evaluation(self._evaluate(model))
             res.eval_seconds += eval_s
+            res.retention_seconds += retention_s
 
     def _base_extras(self, model, res: MethodResult) -> None:
         """The few-shot baseline, the NF4 error measured on the untouched base, and its validation scores

@@ -73,8 +73,8 @@ def phases_line(results: dict, with_report: bool = True) -> str:
     itself quotes every phase but its own writing)."""
     ph = results.get("phases") or {}
     names = {"load_s": "load", "train_s": "train", "learning_curve_s": "learning curve",
-             "train_setup_s": "trainer setup", "save_s": "save", "eval_s": "eval", "curve_s": "curve",
-             "few_shot_s": "few-shot", "other_s": "other"}
+             "train_setup_s": "trainer setup", "save_s": "save", "eval_s": "eval", "retention_s": "retention",
+             "curve_s": "curve", "few_shot_s": "few-shot", "other_s": "other"}
     parts = []
     for m, p in ph.items():
         if m == "report":

@@ -42,7 +42,8 @@ class MethodResult:
     train_seconds: float = 0.0  # optimizer steps alone (tokens_per_second's time)
     learning_curve_seconds: float = 0.0  # the learning curve's measurements during training
     train_setup_seconds: float = 0.0  # the rest of training: the trainer, its dataset, callbacks
-    eval_seconds: float = 0.0
+    eval_seconds: float = 0.0  # eval loss and the test answers (the operating point's second evaluation added)
+    retention_seconds: float = 0.0  # the retention test's answers (the operating point's second evaluation added)
     train_tokens: int = 0
     tokens_per_second: float = 0.0
     train_flops_per_token: float = 0.0  # measure.train_flops_per_token
@@ -91,6 +92,7 @@ class MethodResult:
         self.accuracy, self.accuracy_ci95 = ev["accuracy"], list(ev["accuracy_ci95"])
         self.per_category, self.predictions, self.correct = ev["per_category"], ev["predictions"], ev["correct"]
         self.eval_seconds, self.retention = ev["eval_seconds"], ev.get("retention", {})
+        self.retention_seconds = self.retention.get("seconds", 0.0)
         self.formats = ev.get("formats", {})
 
     def summary(self) -> dict:

@@ -215,16 +215,21 @@ def test_results_keep_each_phases_wall_time(run):
     for m in METHODS:
         p = ph[m]
         assert p["train_s"] == res[m]["train_seconds"] and p["eval_s"] == res[m]["eval_seconds"]
+        # the retention test's answers have their own phase, both evaluations' where the point is not alpha 1
+        assert p["retention_s"] == res[m]["retention_seconds"] >= res[m]["retention"]["seconds"] > 0
+        assert (p["retention_s"] > res[m]["retention"]["seconds"]) == bool(res[m]["trained"])
         assert p["curve_s"] > 0 and p["other_s"] >= 0
         assert p["load_s"] == res[m]["load_seconds"] > 0 and p["save_s"] == res[m]["save_seconds"] > 0
         assert p["learning_curve_s"] == res[m]["learning_curve_seconds"] > 0  # measured at the last step
         assert p["train_setup_s"] == res[m]["train_setup_seconds"] > 0
         assert p["wall_s"] == pytest.approx(sum(v for k, v in p.items() if k != "wall_s"))
-    assert ph["base"]["few_shot_s"] > 0 and ph["base"]["load_s"] > 0
+    assert ph["base"]["few_shot_s"] > 0 and ph["base"]["load_s"] > 0 and ph["base"]["retention_s"] > 0
     assert ph["base"]["curve_s"] == res["base"]["validation"]["seconds"] > 0  # the curves' shared origin
     assert sum(p["wall_s"] for k, p in ph.items() if k != "report") <= res["total_seconds"]
     line = phases_line(res)
     assert line.startswith("Wall time: base (untouched)") and "report" in line and "total" in line
+    longer = {**res, "phases": {**ph, "full": {**ph["full"], "retention_s": 7.0}}}  # the tiny run's are under 0.5 s
+    assert "retention 7" in phases_line(longer)
 
 
 def test_replay_with_a_base_that_answers_nothing_trains_without_it(tiny_model_dir, tmp_path, monkeypatch, caplog):
