@@ -34,45 +34,6 @@ def dev_records(cfg, size: int) -> list[dict]:
     return load_splits(data, cfg.model)["test"]
 
 
-def multi_question_records(records: list[dict], k: int, seed: int, system_prompt: str) -> list[dict]:
-    """The training records with their computed questions regrouped: as many answers, but asked ``k`` at a time
-    about one stat line (a conversation: the line with the first question, then the others one turn each), so
-    the model reads each line for several formulas (a prototype; the built-in dataset asks one per line).
-    Groups draw distinct tasks of one line kind (player, team; win% alone), seen formats and training phrasings
-    only."""
-    import random
-
-    from nbatune.data import analytics, builtin, statlines
-
-    rng = random.Random(seed)
-    tasks = builtin.COMPUTE_TASKS
-    computed = {t.category for t in tasks}
-    kinds = [[t for t in tasks if t.available == builtin.PLAYER_AVAILABLE],
-             [t for t in tasks if t.available == builtin.TEAM_AVAILABLE],
-             [t for t in tasks if t.available not in (builtin.PLAYER_AVAILABLE, builtin.TEAM_AVAILABLE)]]
-    make = [builtin._line_with_turnovers, analytics.random_team_game, analytics.random_partial_record]
-    formats = [f for f in statlines.FORMATS if f != builtin.UNSEEN_FORMAT]
-    out = [r for r in records if r["category"] not in computed]
-    left = sum(r["category"] in computed for r in records)
-    while left > 0:
-        g = rng.choices(range(3), weights=[len(k_) for k_ in kinds])[0]
-        group = rng.sample(kinds[g], min(k, len(kinds[g]), left))
-        line = make[g](rng)
-        need = tuple(dict.fromkeys(f for t in group for f in t.fields))
-        fields = statlines.choose_fields(need, group[0].available, rng)
-        shown = statlines.render(line, fields, rng.choice(formats), rng, "team" if g == 1 else "player")
-        msgs = [{"role": "system", "content": system_prompt}]
-        for j, t in enumerate(group):
-            q = rng.choice(builtin._split_phrasings(t.all_phrasings, builtin.COMPUTE_HELDOUT_PHRASINGS)[0])
-            msgs += [{"role": "user", "content": q + (f"\n{shown}" if j == 0 else "")},
-                     {"role": "assistant", "content": f"{t.label} = {t.expr(line)}"}]
-        out.append({"id": f"train-mq-{len(out)}", "category": group[0].category, "messages": msgs,
-                    "answer": msgs[-1]["content"], "answer_type": "number", "tolerance": group[-1].tolerance})
-        left -= len(group)
-    random.Random(seed + 1).shuffle(out)
-    return out
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="lora")
@@ -82,8 +43,6 @@ def main() -> int:
     p.add_argument("--no-general", action="store_true", help="skip the general-knowledge validation")
     p.add_argument("--drop-categories", default="",
                    help="comma-separated training categories left out (which data drives forgetting)")
-    p.add_argument("--questions-per-line", type=int, default=1,
-                   help="ask the computed training questions this many at a time about one stat line")
     p.add_argument("--json", default=None)
     a = p.parse_args()
 
@@ -110,10 +69,6 @@ def main() -> int:
             p.error(f"--drop-categories: no training rows of {sorted(unknown)}")
         kept = [r for r in data.records["train"] if r["category"] not in dropped]
         rows, _ = tokenize_records(kept, data.tokenizer, cfg.model.max_length, cfg.data.overlong, "train")
-    if a.questions_per_line > 1:
-        multi = multi_question_records(data.records["train"], a.questions_per_line, cfg.data.seed,
-                                       cfg.model.system_prompt)
-        rows, _ = tokenize_records(multi, data.tokenizer, cfg.model.max_length, cfg.data.overlong, "train", True)
     if cfg.train.replay_share:
         rows, _ = replay.add_to(rows, data.model_path, data.tokenizer, cfg, rt)
     dev = dev_records(cfg, a.dev_size)
@@ -132,8 +87,7 @@ def main() -> int:
         res = answer_and_score(model, data.tokenizer, dev, rt, cfg.eval, pools, "dev answers")
         gen = None if a.no_general else general_accuracy(model, data.tokenizer, general, rt, cfg.eval, gpools)
         eval_s = time.perf_counter() - t2
-    summary = {"method": a.method, "overrides": a.overrides, "dropped_categories": sorted(dropped),
-               "questions_per_line": a.questions_per_line, "steps": out.steps, "train_s": round(train_s, 1),
+    summary = {"method": a.method, "overrides": a.overrides, "dropped_categories": sorted(dropped), "steps": out.steps, "train_s": round(train_s, 1),
                "eval_s": round(eval_s, 1), "setup_s": round(setup_s, 1), "train_tokens": out.real_tokens, "tokens_per_s": round(out.tokens_per_second),
                "final_loss": out.final_loss, "dev_accuracy": res["accuracy"], "formats": res["formats"],
                "per_category": {c: v["accuracy"] for c, v in res["per_category"].items()},
