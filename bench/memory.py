@@ -70,9 +70,7 @@ def child(model: str, method: str, batch: int, gc: bool, steps: int, models_dir:
 
     def recording_loss(model, inputs, num_items=None, chunk_tokens=0):  # (positions, logit positions, width)
         labels = inputs["labels"]
-        rows = inputs["packed_rows"][1].shape if "packed_rows" in inputs else labels.shape
-        # a flattened batch attends within its packed rows: sized as those rows, as the estimator plans it
-        batches.append((rows[0] * rows[-1], logit_positions(labels, chunk_tokens > 0), rows[-1]))
+        batches.append((labels.numel(), logit_positions(labels, chunk_tokens > 0), labels.shape[-1]))
         return loss(model, inputs, num_items, chunk_tokens)
 
     training.answer_only_loss = recording_loss

@@ -35,16 +35,9 @@ def lean_eager_attention(module, query, key, value, attention_mask, scaling: flo
     if kwargs.get("softcap") or getattr(module, "sinks", None) is not None:
         raise ValueError("train.attention: the lean eager kernel has no logit soft-capping or attention sinks, "
                          "which this model uses; set train.attention: eager (or sdpa)")
-    rows = kwargs.get("packed_rows")
-    if rows is not None:  # one flattened row of packed examples: attention runs in the packed rows
-        index, allowed = rows
-        query, key, value = (_to_rows(t, index, allowed.shape[0], allowed.shape[-1]) for t in (query, key, value))
-        attention_mask = None
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if rows is not None:
-        scores = scores.masked_fill(~rows[1], float("-inf"))
     if attention_mask is not None:
         # the mask has the residual stream's dtype (fp32 for full and QLoRA): added as is, it would
         # promote the scores, and the saved probabilities, to fp32
@@ -53,18 +46,8 @@ def lean_eager_attention(module, query, key, value, attention_mask, scaling: flo
         probs = torch.softmax(scores, dim=-1)
     if dropout and module.training:
         probs = torch.nn.functional.dropout(probs, p=dropout)
-    out = torch.matmul(probs, value).transpose(1, 2)
-    if rows is not None:
-        out = out.reshape(-1, *out.shape[2:]).index_select(0, rows[0])[None]
-    return out.contiguous(), None
-
-
-def _to_rows(t: torch.Tensor, index: torch.Tensor, n_rows: int, width: int) -> torch.Tensor:
-    """(1, heads, tokens, dim) of a flattened batch -> (rows, heads, width, dim) of its packed rows, zeros where
-    a row is padded (``data.tokenize._flatten``)."""
-    flat = t[0].transpose(0, 1)
-    return flat.new_zeros(n_rows * width, *flat.shape[1:]).index_copy(0, index, flat).view(
-        n_rows, width, *flat.shape[1:]).transpose(1, 2)
+    out = torch.matmul(probs, value)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def row_sdpa_attention(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):

@@ -41,9 +41,8 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
     soft = None
     if "soft_ids" in inputs:  # replay rows trained toward the base's distribution (collators' soft targets)
         soft = tuple(F.pad(inputs[k][:, 1:], (0, 0, 0, 1))[:, keep] for k in ("soft_ids", "soft_probs"))
-    # padded batches carry an attention mask; packed ones carry position_ids (and must not carry a mask), and
-    # flattened ones the rows the attention kernel reads them in
-    extra = {k: inputs[k] for k in ("attention_mask", "position_ids", "packed_rows") if k in inputs}
+    # padded batches carry an attention mask; packed ones carry position_ids (and must not carry a mask)
+    extra = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
     head = _plain_head(model) if chunk_tokens else None
     if head is None:
         logits = model(input_ids=inputs["input_ids"], logits_to_keep=keep, **extra).logits.float()

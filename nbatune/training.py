@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .attention import LEAN_EAGER, attention_kernel, training_attention
+from .attention import attention_kernel, training_attention
 from .config import TrainConfig
 from .data.tokenize import make_collator
 from .loss import answer_only_loss
@@ -278,8 +278,7 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     t_call = time.perf_counter()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(method, cfg, rt, out_dir, seed, total_steps(cfg, len(train_rows), world))
-    kernel = training_attention(cfg.attention, rt.device)
-    collator = make_collator(cfg, tokenizer.pad_token_id, rt.device, flat=kernel == LEAN_EAGER)
+    collator = make_collator(cfg, tokenizer.pad_token_id, rt.device)
     trainer = AnswerOnlyTrainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows), data_collator=collator,
         loss_chunk_tokens=cfg.loss_chunk_tokens,
@@ -296,7 +295,7 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     for stale in Path(out_dir).glob(f"{STAGING_PREFIX}*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        with attention_kernel(model, kernel), \
+        with attention_kernel(model, training_attention(cfg.attention, rt.device)), \
                 compiled_layers(model, cfg.compile.get(method, False)):
             result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except KeyboardInterrupt:

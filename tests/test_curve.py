@@ -262,14 +262,14 @@ def test_teacher_forced_exact_match_batches_rows_by_length_and_scores_each_as_al
     assert widths == [(len(by_length[s:s + 4]), max(by_length[s:s + 4])) for s in range(0, len(rows), 4)]
 
 
-@pytest.mark.parametrize("packed", ["flat", True, False])
+@pytest.mark.parametrize("packed", [True, False])
 def test_collators_put_each_replay_distribution_on_its_answer_tokens(packed):
     from nbatune.data.tokenize import IGNORE, PackedCollator, PadCollator
 
     nba = {"input_ids": [5, 6, 7, 8, 9], "labels": [IGNORE, IGNORE, 7, 8, 9], "soft_ids": [], "soft_probs": []}
     rep = {"input_ids": [1, 2, 3, 4], "labels": [IGNORE, IGNORE, 3, 4],
            "soft_ids": [[3, 11], [4, 12]], "soft_probs": [[0.75, 0.25], [0.5, 0.5]]}
-    collate = PackedCollator(0, 16, flat=packed == "flat") if packed else PadCollator(0)
+    collate = PackedCollator(0, 16) if packed else PadCollator(0)
     plain = collate([{k: v for k, v in nba.items() if not k.startswith("soft")}] * 2)
     assert "soft_ids" not in plain and "soft_ids" not in collate([nba, nba])  # without replay: today's batch
     out = collate([nba, rep])

@@ -75,44 +75,6 @@ def test_eager_attention_keeps_packed_examples_apart():
             at += len(e)
 
 
-def test_flattened_packed_batches_give_the_packed_rows_loss_and_gradients_without_their_padding():
-    """``PackedCollator(flat=True)`` hands the linear layers the packed rows' real tokens as one row and the lean
-    eager kernel attends within the rows as before: the same loss and gradients as the padded rows, in fp32 and
-    under bf16 autocast (the weight gradients sum over the tokens in another shape, so their last bits move:
-    measured 2e-9 at most), with no padding token left."""
-    import torch
-
-    from nbatune.attention import LEAN_EAGER, register
-    from nbatune.data.tokenize import IGNORE, PackedCollator
-    from nbatune.loss import answer_only_loss
-    from tests.helpers import tiny_llama
-
-    register()
-    gen = torch.Generator().manual_seed(3)
-    examples = []
-    for n in torch.randint(5, 30, (9,), generator=gen).tolist():
-        ids = torch.randint(3, 64, (n,), generator=gen).tolist()
-        examples.append({"input_ids": ids, "labels": [IGNORE] * (n // 2) + ids[n // 2:], "length": n})
-    padded, flat = (PackedCollator(0, 32, flat=f)(examples) for f in (False, True))
-    real = int(flat.pop("real_tokens"))
-    padded.pop("real_tokens")
-    assert padded["input_ids"].shape[0] > 1 and padded["input_ids"].numel() > real  # several rows, some padding
-    assert flat["input_ids"].shape == (1, real) and (flat["labels"] != IGNORE).sum() == (padded["labels"] != IGNORE).sum()
-    for dtype in (torch.float32, torch.bfloat16):
-        runs = []
-        for batch in (padded, flat):
-            model = tiny_llama(64)
-            model.config.use_cache = False
-            model.set_attn_implementation(LEAN_EAGER)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                loss, n = answer_only_loss(model, batch, chunk_tokens=16)
-            loss.backward()
-            runs.append((loss.detach(), n, [p.grad for p in model.parameters()]))
-        (la, na, ga), (lb, nb, gb) = runs
-        assert na == nb and torch.allclose(la, lb, atol=1e-6, rtol=0)
-        assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(ga, gb))
-
-
 def test_auto_attention_is_lean_eager_on_cpu_and_sdpa_elsewhere():
     from nbatune.attention import LEAN_EAGER, training_attention
 
@@ -155,15 +117,13 @@ def test_training_runs_with_the_configured_attention_and_gives_the_model_its_own
 
     eager_calls = []
     real = attention.lean_eager_attention
-    monkeypatch.setattr(attention, "lean_eager_attention",
-                        lambda *a, **k: eager_calls.append("packed_rows" in k) or real(*a, **k))
+    monkeypatch.setattr(attention, "lean_eager_attention", lambda *a, **k: eager_calls.append(1) or real(*a, **k))
     cmp = Comparison(tiny_config(tiny_model_dir, tmp_path, evaluate_base=False, methods=["lora"],
                                  **{"eval.retention": False, "train.attention": setting})).setup()
     model = load_model(cmp.model_path, "lora", cmp.cfg.model, cmp.rt, cmp.cfg.lora, cmp.cfg.quant, 0)
     assert model.config._attn_implementation == "sdpa"
     training.train(model, cmp.tokenizer, cmp.train_rows, "lora", cmp.cfg.train, cmp.rt, tmp_path / "ckpt", 0)
     assert bool(eager_calls) == (setting == "auto")  # tests run on CPU, where auto means lean eager
-    assert all(eager_calls)  # with the packed rows flattened: the linear layers saw no padding
     assert model.config._attn_implementation == "sdpa"  # evaluation decodes as before
 
 

@@ -80,12 +80,11 @@ def tokenize_records(records: list[dict], tok, max_length: int, overlong: str, s
     return rows, stats
 
 
-def make_collator(train_cfg, pad_id: int, device: str, flat: bool = False):
+def make_collator(train_cfg, pad_id: int, device: str):
     """The trainer's collator for ``train.batching``: the training loop and the memory estimator both
-    build their batches with it. ``flat``: packed rows flattened into one (``PackedCollator``), for an
-    attention kernel that reads ``packed_rows``; the estimator sizes the packed rows themselves."""
+    build their batches with it."""
     if train_cfg.batching == "packed":
-        return PackedCollator(pad_id, train_cfg.pack_row_tokens, flat)
+        return PackedCollator(pad_id, train_cfg.pack_row_tokens)
     return PadCollator(pad_id, 8 if device == "cuda" else None)
 
 
@@ -141,21 +140,17 @@ def soft_targets(placed: list[tuple[int, int, dict]], labels) -> dict:
 
 
 class PackedCollator:
-    """Packed batches: the examples of a batch are packed, first-fit by decreasing length, into
+    """Padding-free batches: the examples of a batch are packed, first-fit by decreasing length, into
     rows of at most ``row_tokens`` tokens; ``position_ids`` restart at 0 for every example. With no
     attention mask, transformers builds a block-diagonal causal mask from the restarts, so examples
     never attend to each other. Batches can then be drawn at random (mixed tasks, good for
-    optimisation) with little padding (a sixth of the rows' tokens here, at 128). Attention costs
-    ``total_tokens x row_tokens`` instead of ``total_tokens^2`` for a single packed row.
-
-    ``flat``: the rows' real tokens handed over as one row, padding-free, and the rows themselves as
-    ``packed_rows`` for the attention kernel (``_flatten``): the linear layers skip the padding.
+    optimisation) without paying for padding. Attention costs ``total_tokens x row_tokens`` instead
+    of ``total_tokens^2`` for a single packed row.
     """
 
-    def __init__(self, pad_id: int, row_tokens: int = 256, flat: bool = False):
+    def __init__(self, pad_id: int, row_tokens: int = 256):
         self.pad_id = pad_id
         self.row_tokens = row_tokens
-        self.flat = flat
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
@@ -185,24 +180,5 @@ class PackedCollator:
                 at += n
             pos[r, at:] = torch.arange(width - at)  # the tail is its own (unlabelled) sequence
         real = sum(len(b["input_ids"]) for b in batch)
-        out = {"input_ids": ids, "labels": labels, "position_ids": pos, "real_tokens": torch.tensor(real),
-               **soft_targets(placed, labels)}
-        return _flatten(out, placed, width) if self.flat else out
-
-
-def _flatten(batch: dict, placed: list[tuple[int, int, dict]], width: int) -> dict:
-    """The packed rows' real tokens as one row (the linear layers then skip the padding, a sixth of the packed
-    tokens here), with ``packed_rows`` for the attention kernel (``attention.lean_eager_attention``): where each
-    token sits in the padded rows, and which keys each position of a row may attend to (its own example's,
-    causally; a row's padded tail is its own sequence, as its restarting ``position_ids`` say)."""
-    import torch
-
-    index = torch.cat([torch.arange(r * width + at, r * width + at + len(x["input_ids"])) for r, at, x in placed])
-    seg = torch.full(batch["input_ids"].shape, -1, dtype=torch.long)
-    for k, (r, at, x) in enumerate(placed):
-        seg[r, at:at + len(x["input_ids"])] = k
-    seg = torch.where(seg < 0, -1 - torch.arange(seg.shape[0])[:, None], seg)  # each row's tail its own
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    allowed = (seg[:, :, None] == seg[:, None, :]) & causal
-    out = {k: (v.reshape(-1, *v.shape[2:])[index][None] if k != "real_tokens" else v) for k, v in batch.items()}
-    return {**out, "packed_rows": (index, allowed[:, None])}
+        return {"input_ids": ids, "labels": labels, "position_ids": pos, "real_tokens": torch.tensor(real),
+                **soft_targets(placed, labels)}
