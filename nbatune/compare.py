@@ -31,7 +31,8 @@ from .training import latest_checkpoint, train
 
 log = logging.getLogger(__name__)
 # evaluation settings the base phase does not read: a change to them keeps its cached evaluation (basecache)
-BASE_IGNORES = ("reuse_base", "keep_general", "fallback_margin", "curve_alphas", "curve_examples", "num_samples")
+BASE_IGNORES = ("reuse_base", "keep_general", "fallback_margin", "curve_alphas", "curve_every_point", "curve_examples",
+                "num_samples")
 # what a technique's result keeps of alpha = 1 when its operating point is elsewhere
 TRAINED_KEYS = ("accuracy", "accuracy_ci95", "per_category", "formats", "retention", "predictions", "correct",
                 "eval_loss", "perplexity")
@@ -451,19 +452,23 @@ class Comparison:
         if "general_validation" not in base:  # the base was not evaluated: alpha = 0 is the base exactly
             path.set(0.0)
             base = self._validation_point(model, 0.0)
-        for a in sorted(set(e.curve_alphas) | {1.0}):
+
+        def score(a):
             path.set(a)
-            res.curve.append(self._validation_point(model, a))
+            return self._validation_point(model, a)
+
+        res.curve, skipped = decisions.score_curve(e.curve_alphas, score, base["general_validation"], e.keep_general,
+                                                   e.curve_every_point)
         trivial = (self.results.get("baselines") or {}).get("trivial", {}).get("validation_accuracy", 0.0)
         strongest = max(trivial, base.get("nba_validation", 0.0))
         res.operating_point = {**decisions.operating_point(res.curve, base["general_validation"], strongest,
                                                            e.keep_general, e.fallback_margin),
                                "base_general_validation": base["general_validation"],
-                               "strongest_validation_baseline": strongest,
+                               "strongest_validation_baseline": strongest, "not_scored": skipped,
                                "seconds": time.perf_counter() - t0}  # the curve; a second evaluation is eval time
+        path.set(res.operating_point["alpha"])  # the curve ends at its lowest scored point
         if res.operating_point["alpha"] != 1.0:
             res.trained = {k: v for k, v in res.to_dict().items() if k in TRAINED_KEYS}
-            path.set(res.operating_point["alpha"])
             eval_s, retention_s = res.eval_seconds, res.retention_seconds
             res.record_evaluation(self._evaluate(model))
             res.eval_seconds += eval_s

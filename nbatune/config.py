@@ -198,6 +198,11 @@ class EvalConfig:
                                    "operating point. 0.25 is not in the default: it scored 0-0.6% NBA validation in "
                                    "every default-run technique, so the policy could only pick it as a model that "
                                    "learned nothing; its time pays for the larger general validation split.")
+    curve_every_point: bool = _f(False, "Score every curve alpha. Default: alpha 1 and the largest alpha below it "
+                                        "always; a lower alpha only while no scored point keeps eval.keep_general "
+                                        "(decisions.score_curve: it could be chosen only by beating a larger alpha "
+                                        "on NBA validation, which no measured curve did; about 16 s a point on 2 "
+                                        "cores).")
     keep_general: float = _f(0.9, "Operating-point policy: the highest NBA validation score among the points that "
                                   "keep at least this share of the base's general validation score.")
     fallback_margin: float = _f(0.25, "When no point keeps keep_general: the point that keeps the most while still "

@@ -198,6 +198,25 @@ POLICY = ("the highest NBA validation score among the points that keep at least 
           "strongest validation baseline")
 
 
+def score_curve(alphas, score, base_general: float, keep: float = 0.9, every: bool = False) -> tuple[list[dict], list]:
+    """The curve's points, scored from alpha 1 down by ``score(alpha) -> point``. Alpha 1 and the largest alpha
+    below it are always scored (the figure's curve); a lower one only while no scored point keeps ``keep`` of the
+    base's general score (or with ``every``). A skipped point could have been chosen only by scoring higher on
+    NBA validation than a larger alpha that keeps the floor: in every default-run curve measured NBA validation
+    fell with alpha. Returns the points in alpha order and the alphas not scored."""
+    points, skipped = [], []
+    for i, a in enumerate(sorted(set(alphas) | {1.0}, reverse=True)):
+        if i >= 2 and not every and any(_kept(p, base_general) >= keep for p in points):
+            skipped.append(a)
+            continue
+        points.append(score(a))
+    return sorted(points, key=lambda p: p["alpha"]), sorted(skipped)
+
+
+def _kept(point: dict, base_general: float) -> float:
+    return point["general_validation"] / base_general if base_general else 1.0
+
+
 def operating_point(curve: list[dict], base_general: float, strongest_validation: float, keep: float = 0.9,
                     margin: float = 0.25, tie=lambda p: p["alpha"]) -> dict:
     """Where to use a technique, from validation alone: ``curve`` is ``[{alpha, nba_validation,
@@ -207,7 +226,7 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
     policy = POLICY.format(keep=keep, margin=margin)
 
     def kept(p):
-        return p["general_validation"] / base_general if base_general else 1.0
+        return _kept(p, base_general)
 
     def pick(points, key, reason):
         best = max(points, key=key)

@@ -153,6 +153,11 @@ def operating_table(results: dict) -> str:
     policy = next((r["operating_point"]["policy"] for r in ok.values() if r.get("operating_point")), None)
     if policy:
         rows += ["", f"Policy: {policy}. " + "; ".join(f"{k}: {v}" for k, v in reasons.items()) + "."]
+    skipped = {techniques.label(m): r["operating_point"]["not_scored"] for m, r in ok.items()
+               if (r.get("operating_point") or {}).get("not_scored")}
+    if skipped:
+        rows += ["", "Not scored, since a larger alpha already kept the floor (`eval.curve_every_point`): "
+                 + "; ".join(f"{k}: alpha {', '.join(f'{a:g}' for a in v)}" for k, v in skipped.items()) + "."]
     return "\n".join(rows)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import ANSWERING, tiny_config
 from nbatune import decisions, evaluation
@@ -88,6 +90,46 @@ def test_the_operating_point_policy():
     assert op["alpha"] == 1.0 and "best NBA validation score" in op["reason"]
     # ties go to the larger alpha
     assert decisions.operating_point([pt(0.5, 0.4, 0.6), pt(1.0, 0.4, 0.6)], 0.6, 0.0)["alpha"] == 1.0
+
+
+def _scorer(points: dict[float, tuple[float, float]]):
+    scored = []
+
+    def score(a):
+        scored.append(a)
+        return {"alpha": a, "nba_validation": points[a][0], "general_validation": points[a][1]}
+    return score, scored
+
+
+def test_lower_curve_points_are_scored_only_while_no_scored_point_keeps_the_floor():
+    alphas = [0.25, 0.5, 0.75]
+    # alpha 1 keeps 90% of the base's 0.6: 0.75 is scored for the figure, nothing below it
+    score, scored = _scorer({1.0: (0.3, 0.55), 0.75: (0.2, 0.57), 0.5: (0.1, 0.6), 0.25: (0.0, 0.6)})
+    points, skipped = decisions.score_curve(alphas, score, base_general=0.6, keep=0.9)
+    assert scored == [1.0, 0.75] and skipped == [0.25, 0.5] and [p["alpha"] for p in points] == [0.75, 1.0]
+    # nothing keeps until 0.5: scored down to it, 0.25 left out
+    score, scored = _scorer({1.0: (0.3, 0.40), 0.75: (0.2, 0.50), 0.5: (0.1, 0.55), 0.25: (0.0, 0.6)})
+    assert decisions.score_curve(alphas, score, 0.6, 0.9)[1] == [0.25] and scored == [1.0, 0.75, 0.5]
+    # nothing keeps at all: every point, as the fallbacks need them
+    score, scored = _scorer({1.0: (0.3, 0.40), 0.75: (0.2, 0.40), 0.5: (0.1, 0.40), 0.25: (0.0, 0.40)})
+    assert decisions.score_curve(alphas, score, 0.6, 0.9)[1] == [] and sorted(scored) == [0.25, 0.5, 0.75, 1.0]
+    # every=True scores them all even where alpha 1 keeps the floor
+    score, scored = _scorer({1.0: (0.3, 0.6), 0.75: (0.2, 0.6), 0.5: (0.1, 0.6), 0.25: (0.0, 0.6)})
+    assert decisions.score_curve(alphas, score, 0.6, 0.9, every=True)[1] == [] and len(scored) == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)), min_size=4, max_size=4),
+       st.floats(0.05, 0.5), st.sampled_from([0.8, 0.9, 1.0]))
+def test_leaving_lower_points_out_chooses_what_the_whole_curve_would_when_learning_rises_with_alpha(
+        pairs, strongest, keep):
+    alphas = [0.25, 0.5, 0.75, 1.0]
+    nba = sorted(p[0] / 100 for p in pairs)  # NBA validation rising with alpha, as every measured curve did
+    points = {a: (n, g / 100) for a, n, (_, g) in zip(alphas, nba, pairs)}
+    full = [{"alpha": a, "nba_validation": n, "general_validation": g} for a, (n, g) in points.items()]
+    lazy, _ = decisions.score_curve(alphas[:3], _scorer(points)[0], 0.6, keep)
+    assert (decisions.operating_point(lazy, 0.6, strongest, keep)["alpha"]
+            == decisions.operating_point(full, 0.6, strongest, keep)["alpha"])
 
 
 def test_retention_has_disjoint_validation_and_test_splits_covering_every_category():
@@ -204,6 +246,15 @@ def test_the_report_shows_the_operating_points_and_the_tradeoff_figure(run):
     assert "| model | alpha (chosen on validation) | seen formats | unseen format |" in report
     assert (Path(res["run_dir"]) / "tradeoff.png").stat().st_size > 10_000
     assert "Operating points (chosen on validation)" in res["comparison"]["recommendation"]
+    assert "Not scored" not in report  # one alpha below 1: nothing left out
+    # a technique whose lower points were left out says which, and why
+    import copy
+
+    from nbatune.report import operating_table
+    lazy = copy.deepcopy(res)
+    lazy["lora"]["operating_point"]["not_scored"] = [0.25, 0.5]
+    assert "a larger alpha already kept the floor (`eval.curve_every_point`): LoRA: alpha 0.25, 0.5." in (
+        operating_table(lazy))
 
 
 def test_results_keep_each_phases_wall_time(run):
