@@ -457,10 +457,10 @@ class Comparison:
             path.set(a)
             return self._validation_point(model, a)
 
-        res.curve, skipped = decisions.score_curve(e.curve_alphas, score, base["general_validation"], e.keep_general,
-                                                   e.curve_every_point)
         trivial = (self.results.get("baselines") or {}).get("trivial", {}).get("validation_accuracy", 0.0)
         strongest = max(trivial, base.get("nba_validation", 0.0))
+        res.curve, skipped = decisions.score_curve(e.curve_alphas, score, base["general_validation"], strongest,
+                                                   e.keep_general, e.curve_every_point)
         res.operating_point = {**decisions.operating_point(res.curve, base["general_validation"], strongest,
                                                            e.keep_general, e.fallback_margin),
                                "base_general_validation": base["general_validation"],

@@ -204,7 +204,9 @@ class EvalConfig:
                                         "on NBA validation, which no measured curve did; about 16 s a point on 2 "
                                         "cores).")
     keep_general: float = _f(0.9, "Operating-point policy: the highest NBA validation score among the points that "
-                                  "keep at least this share of the base's general validation score.")
+                                  "keep at least this share of the base's general validation score and score above "
+                                  "the strongest validation baseline (a point no better than a baseline learned "
+                                  "nothing: the base again).")
     fallback_margin: float = _f(0.25, "When no point keeps keep_general: the point that keeps the most while still "
                                       "this much above the strongest validation baseline.")
     reuse_base: bool = _f(True, "Read the base model's evaluation (test and retention answers, the curve's origin, "

@@ -193,20 +193,22 @@ def size_text(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB" if b >= 2**20 else f"{b / 2**10:,.0f} KiB"
 
 
-POLICY = ("the highest NBA validation score among the points that keep at least {keep:.0%} of the base's general "
-          "validation score; when none does, the one that keeps the most while still {margin:.0%} above the "
-          "strongest validation baseline")
+POLICY = ("the highest NBA validation score among the points above the strongest validation baseline that keep at "
+          "least {keep:.0%} of the base's general validation score; when none does, the one that keeps the most while "
+          "still {margin:.0%} above the strongest validation baseline")
 
 
-def score_curve(alphas, score, base_general: float, keep: float = 0.9, every: bool = False) -> tuple[list[dict], list]:
+def score_curve(alphas, score, base_general: float, strongest: float, keep: float = 0.9,
+                every: bool = False) -> tuple[list[dict], list]:
     """The curve's points, scored from alpha 1 down by ``score(alpha) -> point``. Alpha 1 and the largest alpha
-    below it are always scored (the figure's curve); a lower one only while no scored point keeps ``keep`` of the
-    base's general score (or with ``every``). A skipped point could have been chosen only by scoring higher on
-    NBA validation than a larger alpha that keeps the floor: in every default-run curve measured NBA validation
-    fell with alpha. Returns the points in alpha order and the alphas not scored."""
+    below it are always scored (the figure's curve); a lower one only while no scored point is one the policy's
+    first rule takes (above ``strongest`` on NBA validation, keeping ``keep`` of the base's general score), or
+    with ``every``. A skipped point could have been chosen only by scoring higher on NBA validation than a larger
+    alpha the first rule takes: in every default-run curve measured NBA validation fell with alpha. Returns the
+    points in alpha order and the alphas not scored."""
     points, skipped = [], []
     for i, a in enumerate(sorted(set(alphas) | {1.0}, reverse=True)):
-        if i >= 2 and not every and any(_kept(p, base_general) >= keep for p in points):
+        if i >= 2 and not every and any(_chosen_first(p, base_general, strongest, keep) for p in points):
             skipped.append(a)
             continue
         points.append(score(a))
@@ -215,6 +217,12 @@ def score_curve(alphas, score, base_general: float, keep: float = 0.9, every: bo
 
 def _kept(point: dict, base_general: float) -> float:
     return point["general_validation"] / base_general if base_general else 1.0
+
+
+def _chosen_first(point: dict, base_general: float, strongest: float, keep: float) -> bool:
+    """A point the policy's first rule considers: it learned (above the strongest validation baseline, which a
+    model that learned nothing scores) and keeps the floor."""
+    return point["nba_validation"] > strongest and _kept(point, base_general) >= keep
 
 
 def operating_point(curve: list[dict], base_general: float, strongest_validation: float, keep: float = 0.9,
@@ -232,15 +240,17 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
         best = max(points, key=key)
         return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": kept(best), "keep": keep}
 
-    keeping = [p for p in curve if kept(p) >= keep]
+    keeping = [p for p in curve if _chosen_first(p, base_general, strongest_validation, keep)]
     if keeping:
         return pick(keeping, lambda p: (p["nba_validation"], tie(p)),
-                    f"keeps {keep:.0%} of the base's general validation score")
+                    f"above the strongest validation baseline, keeps {keep:.0%} of the base's general validation score")
+    # a point that keeps the floor but scores no better than a baseline is the base again: never the answer
     above = [p for p in curve if p["nba_validation"] >= strongest_validation + margin]
     if above:
         return pick(above, lambda p: (p["general_validation"], p["nba_validation"], tie(p)),
-                    f"no point keeps {keep:.0%} of the base's general score: the one that keeps the most while "
+                    f"no point above the baseline keeps {keep:.0%} of the base's general score: the one that keeps the "
+                    f"most while "
                     f"{margin:.0%} above the strongest validation baseline")
     return pick(curve, lambda p: (p["nba_validation"], tie(p)),
-                f"no point keeps {keep:.0%} of the base's general score or clears the baseline by {margin:.0%}: "
+                f"no point above the baseline keeps {keep:.0%} of the base's general score or clears it by {margin:.0%}: "
                 "the best NBA validation score")

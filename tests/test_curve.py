@@ -88,6 +88,11 @@ def test_the_operating_point_policy():
     # nothing clears the margin either: the best NBA score, and the reason says so
     op = decisions.operating_point(low, 0.60, 0.50)
     assert op["alpha"] == 1.0 and "best NBA validation score" in op["reason"]
+    # a point that keeps the floor but scores no better than the strongest baseline learned nothing: not chosen
+    flat = [pt(0.5, 0.05, 0.58), pt(0.75, 0.20, 0.50), pt(1.0, 0.40, 0.40)]
+    op = decisions.operating_point(flat, 0.60, 0.05)
+    assert op["alpha"] == 1.0 and "no point above the baseline keeps 90%" in op["reason"]
+    assert decisions.operating_point(flat, 0.60, 0.04)["alpha"] == 0.5  # one point above it, and it is taken
     # ties go to the larger alpha
     assert decisions.operating_point([pt(0.5, 0.4, 0.6), pt(1.0, 0.4, 0.6)], 0.6, 0.0)["alpha"] == 1.0
 
@@ -105,17 +110,20 @@ def test_lower_curve_points_are_scored_only_while_no_scored_point_keeps_the_floo
     alphas = [0.25, 0.5, 0.75]
     # alpha 1 keeps 90% of the base's 0.6: 0.75 is scored for the figure, nothing below it
     score, scored = _scorer({1.0: (0.3, 0.55), 0.75: (0.2, 0.57), 0.5: (0.1, 0.6), 0.25: (0.0, 0.6)})
-    points, skipped = decisions.score_curve(alphas, score, base_general=0.6, keep=0.9)
+    points, skipped = decisions.score_curve(alphas, score, base_general=0.6, strongest=0.05, keep=0.9)
     assert scored == [1.0, 0.75] and skipped == [0.25, 0.5] and [p["alpha"] for p in points] == [0.75, 1.0]
     # nothing keeps until 0.5: scored down to it, 0.25 left out
     score, scored = _scorer({1.0: (0.3, 0.40), 0.75: (0.2, 0.50), 0.5: (0.1, 0.55), 0.25: (0.0, 0.6)})
-    assert decisions.score_curve(alphas, score, 0.6, 0.9)[1] == [0.25] and scored == [1.0, 0.75, 0.5]
+    assert decisions.score_curve(alphas, score, 0.6, 0.05, 0.9)[1] == [0.25] and scored == [1.0, 0.75, 0.5]
     # nothing keeps at all: every point, as the fallbacks need them
     score, scored = _scorer({1.0: (0.3, 0.40), 0.75: (0.2, 0.40), 0.5: (0.1, 0.40), 0.25: (0.0, 0.40)})
-    assert decisions.score_curve(alphas, score, 0.6, 0.9)[1] == [] and sorted(scored) == [0.25, 0.5, 0.75, 1.0]
+    assert decisions.score_curve(alphas, score, 0.6, 0.05, 0.9)[1] == [] and sorted(scored) == [0.25, 0.5, 0.75, 1.0]
+    # a point that keeps the floor but learned nothing does not stop the descent: the policy cannot take it
+    score, scored = _scorer({1.0: (0.3, 0.40), 0.75: (0.05, 0.57), 0.5: (0.1, 0.55), 0.25: (0.0, 0.6)})
+    assert decisions.score_curve(alphas, score, 0.6, 0.05, 0.9)[1] == [0.25] and scored == [1.0, 0.75, 0.5]
     # every=True scores them all even where alpha 1 keeps the floor
     score, scored = _scorer({1.0: (0.3, 0.6), 0.75: (0.2, 0.6), 0.5: (0.1, 0.6), 0.25: (0.0, 0.6)})
-    assert decisions.score_curve(alphas, score, 0.6, 0.9, every=True)[1] == [] and len(scored) == 4
+    assert decisions.score_curve(alphas, score, 0.6, 0.05, 0.9, every=True)[1] == [] and len(scored) == 4
 
 
 @settings(max_examples=200, deadline=None)
@@ -127,7 +135,7 @@ def test_leaving_lower_points_out_chooses_what_the_whole_curve_would_when_learni
     nba = sorted(p[0] / 100 for p in pairs)  # NBA validation rising with alpha, as every measured curve did
     points = {a: (n, g / 100) for a, n, (_, g) in zip(alphas, nba, pairs)}
     full = [{"alpha": a, "nba_validation": n, "general_validation": g} for a, (n, g) in points.items()]
-    lazy, _ = decisions.score_curve(alphas[:3], _scorer(points)[0], 0.6, keep)
+    lazy, _ = decisions.score_curve(alphas[:3], _scorer(points)[0], 0.6, strongest, keep)
     assert (decisions.operating_point(lazy, 0.6, strongest, keep)["alpha"]
             == decisions.operating_point(full, 0.6, strongest, keep)["alpha"])
 
