@@ -104,6 +104,11 @@ class QuantSettings:
     bnb_4bit_quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = _f(
         "auto", "The dtype 4-bit weights are packed in. auto: uint8, or the compute dtype when accelerate launches "
                 "the run with FSDP or DeepSpeed (both need it; configs/accelerate/*-qlora.yaml).")
+    upcast_frozen: bool = _f(False, "Under bf16: cast the 4-bit model's other frozen weights (embeddings, norms, the "
+                                    "tied head) to fp32, as PEFT's prepare_model_for_kbit_training does, which makes "
+                                    "the residual stream fp32. false: they stay in bf16 like LoRA's frozen base "
+                                    "(torchtune's QLoRA is its LoRA recipe on a 4-bit base). fp16 always upcasts: "
+                                    "fp16 norms can overflow. BENCHMARKS.md has the A-B.")
 
 
 @dataclass

@@ -4,8 +4,8 @@ The estimate is the sum of what our training path keeps alive at its peak, per t
 
 - weights: ``full`` fp32 master weights (+ the bf16 copies autocast caches for the linear layers);
   ``lora`` the frozen base in the compute dtype + fp32 adapters; ``qlora`` linear weights as NF4
-  (0.5 byte/param + quantization constants) + the other weights in fp32 (PEFT's
-  ``prepare_model_for_kbit_training`` upcasts them) + fp32 adapters;
+  (0.5 byte/param + quantization constants) + the other weights in the compute dtype (in fp32 with
+  ``quant.upcast_frozen``, as PEFT's ``prepare_model_for_kbit_training`` leaves them) + fp32 adapters;
 - gradients (fp32) and optimizer states (AdamW: 8 bytes per trainable parameter, 8-bit: 2);
 - activations saved for backward, per token and layer. The coefficients below were counted on the
   autograd graph of transformers' Llama under bf16 autocast (saved-tensor hooks, four shapes);
@@ -45,11 +45,12 @@ log = logging.getLogger(__name__)
 MiB, GiB = 2**20, 2**30
 
 # Bytes saved for backward per token per decoder layer, bf16 autocast: (per hidden unit, per MLP unit,
-# per key/value unit). The residual stream is fp32 for full (fp32 master weights) and QLoRA (fp32
-# embeddings), bf16 for LoRA; QLoRA's 4-bit matmuls also keep fp32 copies of the MLP activations. LoRA's
-# adapters read the base layer's own bf16 input (``skip_adapter_input_casts``), so they save no copy of it.
-# keyed by the estimator's kinds (a technique's ``memory_kind``): the whole model trains; an adapter on a
-# 16-bit base; an adapter on a 4-bit base
+# per key/value unit). The residual stream is fp32 for full (fp32 master weights), bf16 for LoRA and for QLoRA
+# (its other weights kept in bf16), where it saves what LoRA's does; a 4-bit base whose other weights PEFT upcasts
+# (``quant.upcast_frozen``) has an fp32 stream, and its 4-bit matmuls keep fp32 copies of the MLP activations
+# ("adapter_4bit"). LoRA's adapters read the base layer's own bf16 input (``skip_adapter_input_casts``), so they
+# save no copy of it. Keyed by the estimator's kinds (a technique's ``memory_kind``): the whole model trains; an
+# adapter on a 16-bit base; an adapter on a 4-bit base
 ACT_COEF = {"whole": (36.5, 8.25, 1.75), "adapter": (20.5, 8.25, 2.25), "adapter_4bit": (28.5, 14.25, 2.25)}
 # Bytes per (query, key) pair, head and layer that an eager attention kernel keeps for backward (its
 # probabilities, masked pairs included), in (bf16/fp16, fp32); counted on the graph. Fused kernels
@@ -168,7 +169,7 @@ class MemoryEstimate:
 def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | None = None, loss_chunk_tokens: int = 0,
                     precision: str = "bf16", device: str = "cpu", optimizer: str = "adamw_torch_fused",
                     gradient_checkpointing: bool = False, lora_r: int = 16, double_quant: bool = True,
-                    attention: str = "sdpa", row_width: int = 0) -> MemoryEstimate:
+                    attention: str = "sdpa", row_width: int = 0, upcast_frozen: bool = False) -> MemoryEstimate:
     """Predict the peak memory of one training process.
 
     Args:
@@ -184,6 +185,7 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
         attention: the attention implementation training runs with; an eager one keeps
             ``heads x row_width`` probabilities per position (``ATTN_PAIR_BYTES``).
         row_width: positions per row of the micro-batch.
+        upcast_frozen: a 4-bit model's other weights in fp32 (``quant.upcast_frozen``): an fp32 residual stream.
     """
     if method not in techniques.names():
         raise ValueError(f"method must be a registered technique ({', '.join(techniques.names())}), not {method!r}")
@@ -200,8 +202,12 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
         trainable = lora
     else:
         nf4 = NF4_BYTES if double_quant else NF4_BYTES_SINGLE
-        weights = int(nf4 * shape.linear_params) + 4 * shape.other_params + 4 * lora
+        upcast_frozen = upcast_frozen or precision == "fp16"
+        other = 4 if upcast_frozen else compute
+        weights = int(nf4 * shape.linear_params) + other * shape.other_params + 4 * lora
         trainable = lora
+        if not (upcast_frozen and half):  # a bf16 stream saves what LoRA's does (counted on the graph)
+            kind = "adapter"
     a_h, a_i, a_kv = ACT_COEF[kind]
     per_layer = a_h * s.hidden + a_i * s.intermediate + a_kv * s.kv_heads * s.head_dim
     if not half:
@@ -294,7 +300,8 @@ def estimate_for_config(cfg, method: str, model, tokens: int, logit_tokens: int 
                            loss_chunk_tokens=t.loss_chunk_tokens, precision=precision, device=device,
                            optimizer=t.optimizer[method], gradient_checkpointing=t.gradient_checkpointing[method],
                            lora_r=cfg.lora.r, double_quant=cfg.quant.bnb_4bit_use_double_quant,
-                           attention=training_attention(t.attention, device), row_width=width)
+                           attention=training_attention(t.attention, device), row_width=width,
+                           upcast_frozen=cfg.quant.upcast_frozen)
 
 
 def estimate_for_run(cfg, model_path: str, train_rows: list[dict], pad_id: int, device: str,

@@ -183,6 +183,8 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
         model.requires_grad_(False)
     elif adapter:
         model = add_adapter(model, tech, lora, seed, gradient_checkpointing)
+        if quantized and rt.precision == "bf16" and not quant.upcast_frozen:
+            frozen_to_compute_dtype(model, rt.dtype)
         if tech.skip_input_casts and rt.precision != "fp32":
             skip_adapter_input_casts(model)
     elif gradient_checkpointing:
@@ -289,6 +291,15 @@ def reload_adapter(path: str, method: str, cfg: ModelConfig, rt: Runtime, adapte
 
 def peft_config(tech: "techniques.Technique", lora: LoraSettings):
     return (tech.peft_config or techniques.lora_config)(lora)
+
+
+def frozen_to_compute_dtype(model, dtype) -> None:
+    """Undo PEFT's fp32 upcast of a 4-bit model's other frozen weights (``prepare_model_for_kbit_training``):
+    in bf16 the embeddings and norms give a bf16 residual stream, as LoRA's frozen base does, instead of an fp32
+    one that every 4-bit layer casts to bf16 and back (``quant.upcast_frozen``)."""
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32 and p.__class__.__name__ != "Params4bit":
+            p.data = p.data.to(dtype)
 
 
 def skip_adapter_input_casts(model) -> None:

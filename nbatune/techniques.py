@@ -153,7 +153,8 @@ register(Technique(
     oom_tip="qlora (a 4-bit base takes about a quarter of the weight memory)"))
 register(Technique(
     name="qlora", label="QLoRA (4-bit)", color="#d62728", adapter=True, quantized=True, learning_rate=4e-3, curve="scale",
-    precision="frozen base in 4-bit NF4 with bf16 compute, fp32 adapters", memory_kind="adapter_4bit"))
+    skip_input_casts=True, precision="frozen base in 4-bit NF4 with bf16 compute, its other weights in bf16 "
+    "(quant.upcast_frozen), fp32 adapters", memory_kind="adapter_4bit"))
 DEFAULT_METHODS = ("full", "lora", "qlora")  # the design card's three, in its order
 
 # More of PEFT's methods, and LLaMA-Factory's freeze. Their learning rates are LoRA's (or the method

@@ -43,7 +43,7 @@ def _saved_bytes(model, rows: int, width: int) -> int:
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager", "nbatune_lean_eager"])
-@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "qlora upcast"])
 def test_activation_coefficients_match_the_autograd_graph(tmp_path, method, attention):
     """What autograd really saves matches the estimator's activations: per token and layer, plus, with
     an eager attention kernel, each head's probabilities (quadratic in the row width). Counted at two widths so
@@ -54,7 +54,8 @@ def test_activation_coefficients_match_the_autograd_graph(tmp_path, method, atte
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
-    cfg = load_config({"mode": "test"})
+    method, _, upcast = method.partition(" ")  # "upcast": PEFT's fp32 other weights on a 4-bit base
+    cfg = load_config({"mode": "test", "quant": {"upcast_frozen": bool(upcast)}})
     model = load_model(str(tmp_path), method, cfg.model, Runtime("cpu", "bf16"), cfg.lora, cfg.quant, 0)
     model.train()
     register_lean_eager()
@@ -63,7 +64,8 @@ def test_activation_coefficients_match_the_autograd_graph(tmp_path, method, atte
     measured = _saved_bytes(model, rows, 240) - _saved_bytes(model, rows, 120)
 
     def activations(width):
-        est = estimate_memory(SMALL, method, tokens=rows * width, attention=attention, row_width=width)
+        est = estimate_memory(SMALL, method, tokens=rows * width, attention=attention, row_width=width,
+                              upcast_frozen=bool(upcast))
         return est.parts["activations"]
 
     predicted = activations(240) - activations(120)
