@@ -499,7 +499,7 @@ def memory_estimates(cfg, model_path: str, tokenizer, test_records: list[dict], 
     rows = max(min(e.batch_size, len(r)) for r, _ in calls)
     return {m: estimate_eval_memory(shape, m, cache_cells=cells, answer_rows=rows,
                                     loss_chunk_tokens=cfg.train.loss_chunk_tokens, precision=precision, device=device,
-                                    lora_r=cfg.lora.r)
+                                    lora_r=cfg.lora.r, upcast_frozen=cfg.quant.upcast_frozen)
             for m in ["base", *cfg.methods]}
 
 

@@ -343,7 +343,8 @@ class EvalMemoryEstimate(MemoryEstimate):
 
 
 def estimate_eval_memory(config, method: str, *, cache_cells: int, answer_rows: int, loss_chunk_tokens: int = 512,
-                         precision: str = "bf16", device: str = "cpu", lora_r: int = 16) -> EvalMemoryEstimate:
+                         precision: str = "bf16", device: str = "cpu", lora_r: int = 16,
+                         upcast_frozen: bool = False) -> EvalMemoryEstimate:
     """Predict what evaluating one model adds to its loaded weights (``evaluation.evaluate_model``).
 
     Args:
@@ -352,6 +353,7 @@ def estimate_eval_memory(config, method: str, *, cache_cells: int, answer_rows: 
             (``evaluation.answering_cells``).
         answer_rows: answers decoded together (``eval.batch_size``, or fewer questions).
         loss_chunk_tokens: answer positions whose logits the eval loss holds at once.
+        upcast_frozen: a 4-bit base's other weights in fp32 (``quant.upcast_frozen``; fp16 always).
     """
     if method != techniques.BASE and method not in techniques.names():
         raise ValueError(f"method must be base or a registered technique ({', '.join(techniques.names())}), "
@@ -367,11 +369,13 @@ def estimate_eval_memory(config, method: str, *, cache_cells: int, answer_rows: 
         copies = 2 * (s.linear_params + head)
     elif kind == "adapter":  # a base already in the compute dtype: only the fp32 adapters are cast
         copies = 2 * lora
-    else:  # the 4-bit weights dequantized, the fp32 head and the adapters cast
-        copies = 2 * (s.linear_params + head + lora)
+    else:  # the 4-bit weights dequantized and the adapters cast, and the head when PEFT's upcast left it fp32
+        upcast_frozen = upcast_frozen or precision == "fp16"
+        copies = 2 * (s.linear_params + lora + (head if upcast_frozen else 0))
     # Keys are rotated in the residual stream's dtype (fp32 where the embeddings are fp32: whole models, and
     # 4-bit bases whose embeddings PEFT upcasts), values come out of the projection in the compute dtype.
-    key_bytes = 4 if kind != "adapter" or not half else 2
+    fp32_stream = kind == "whole" or (kind == "adapter_4bit" and upcast_frozen)
+    key_bytes = 4 if fp32_stream or not half else 2
     value_bytes = 2 if half else 4
     cell = s.layers * s.kv_heads * s.head_dim * (key_bytes + value_bytes)
     answering = cache_cells * cell + answer_rows * s.vocab * ((2 if half else 4) + 4)

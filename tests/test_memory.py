@@ -277,8 +277,9 @@ def test_the_answering_schedule_replayed_without_a_model_holds_the_cache_greedy_
 
 
 def test_evaluation_estimate_counts_weight_copies_and_the_cache_in_the_dtypes_each_technique_holds():
-    """Whole models and 4-bit bases hold fp32 keys (rotated in their fp32 residual stream) and cast copies of their
-    weights; LoRA on a bf16 base holds bf16 keys and casts only its adapters. More cache cells cost more."""
+    """Whole models hold fp32 keys (rotated in their fp32 residual stream) and cast copies of their weights; LoRA on
+    a bf16 base holds bf16 keys and casts only its adapters; QLoRA holds bf16 keys and its dequantized weights, and
+    fp32 keys and a cast head as well when its other weights are upcast. More cache cells cost more."""
     from nbatune.memory import estimate_eval_memory
 
     shape = model_shape({"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -286,8 +287,11 @@ def test_evaluation_estimate_counts_weight_copies_and_the_cache_in_the_dtypes_ea
     est = {m: estimate_eval_memory(shape, m, cache_cells=10_000, answer_rows=64) for m in ("base", "full", "lora", "qlora")}
     assert est["base"].parts == est["full"].parts
     assert est["lora"].parts["weight_copies"] < 0.05 * est["full"].parts["weight_copies"]
-    assert est["qlora"].parts["weight_copies"] > est["full"].parts["weight_copies"]  # the adapters besides
-    assert est["lora"].parts["answering"] < est["full"].parts["answering"] == est["qlora"].parts["answering"]
+    assert est["lora"].parts["weight_copies"] < est["qlora"].parts["weight_copies"] < est["full"].parts["weight_copies"]
+    assert est["lora"].parts["answering"] == est["qlora"].parts["answering"] < est["full"].parts["answering"]
+    upcast = estimate_eval_memory(shape, "qlora", cache_cells=10_000, answer_rows=64, upcast_frozen=True)
+    assert upcast.parts["weight_copies"] > est["full"].parts["weight_copies"]  # the adapters besides
+    assert upcast.parts["answering"] == est["full"].parts["answering"]
     more = estimate_eval_memory(shape, "lora", cache_cells=20_000, answer_rows=64)
     assert more.total > est["lora"].total
     with pytest.raises(ValueError, match="registered technique"):

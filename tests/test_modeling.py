@@ -230,8 +230,10 @@ def test_qlora_keeps_its_other_weights_and_residual_stream_in_bf16_unless_told_t
     want = torch.float32 if upcast else torch.bfloat16
     assert all(p.dtype == want for p in other.values()), {n: p.dtype for n, p in other.items()}
     with rt.autocast():
-        hidden = model(input_ids=torch.tensor([[3, 4, 5]]), output_hidden_states=True).hidden_states
-    assert all(h.dtype == want for h in hidden[:-1])
+        out = model(input_ids=torch.tensor([[3, 4, 5]]), output_hidden_states=True, use_cache=True)
+    assert all(h.dtype == want for h in out.hidden_states[:-1])
+    # answering's keys are rotated in the stream's dtype: what the evaluation estimate counts per cache cell
+    assert out.past_key_values.layers[0].keys.dtype == want
 
 
 def test_qlora_in_bf16_trains_like_the_upcast_path_within_bf16_rounding(tiny_model_dir):
