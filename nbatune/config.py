@@ -111,6 +111,13 @@ class QuantSettings:
                                     "fp16 norms can overflow. BENCHMARKS.md has the A-B.")
 
 
+def frozen_in_fp32(upcast_frozen: bool, precision: str) -> bool:
+    """Whether a 4-bit model's other frozen weights (embeddings, norms) stay in fp32, as PEFT's
+    ``prepare_model_for_kbit_training`` leaves them: asked for (``quant.upcast_frozen``), or any precision but bf16
+    (fp16 norms can overflow; in fp32 they are fp32 anyway). Loading and both memory estimates follow it."""
+    return upcast_frozen or precision != "bf16"
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = _f(140, "Optimizer steps per method. Same for every method: same data, same token budget.")
@@ -204,7 +211,8 @@ class EvalConfig:
                                    "every default-run technique, so the policy could only pick it as a model that "
                                    "learned nothing; its time pays for the larger general validation split.")
     curve_every_point: bool = _f(False, "Score every curve alpha. Default: alpha 1 and the largest alpha below it "
-                                        "always; a lower alpha only while no scored point keeps eval.keep_general "
+                                        "always; a lower alpha only while no scored point is above the strongest "
+                                        "validation baseline and keeps eval.keep_general "
                                         "(decisions.score_curve: it could be chosen only by beating a larger alpha "
                                         "on NBA validation, which no measured curve did; about 16 s a point on 2 "
                                         "cores).")

@@ -233,12 +233,10 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
     model is not preferred for free). The learning-rate sweep passes its points with the rate as alpha."""
     policy = POLICY.format(keep=keep, margin=margin)
 
-    def kept(p):
-        return _kept(p, base_general)
-
     def pick(points, key, reason):
         best = max(points, key=key)
-        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": kept(best), "keep": keep}
+        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": _kept(best, base_general),
+                "keep": keep}
 
     keeping = [p for p in curve if _chosen_first(p, base_general, strongest_validation, keep)]
     if keeping:
@@ -249,8 +247,7 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
     if above:
         return pick(above, lambda p: (p["general_validation"], p["nba_validation"], tie(p)),
                     f"no point above the baseline keeps {keep:.0%} of the base's general score: the one that keeps the "
-                    f"most while "
-                    f"{margin:.0%} above the strongest validation baseline")
+                    f"most while {margin:.0%} above the strongest validation baseline")
     return pick(curve, lambda p: (p["nba_validation"], tie(p)),
                 f"no point above the baseline keeps {keep:.0%} of the base's general score or clears it by {margin:.0%}: "
                 "the best NBA validation score")

@@ -39,6 +39,7 @@ import logging
 from dataclasses import dataclass, field
 
 from . import techniques
+from .config import frozen_in_fp32
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +203,10 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
         trainable = lora
     else:
         nf4 = NF4_BYTES if double_quant else NF4_BYTES_SINGLE
-        upcast_frozen = upcast_frozen or precision == "fp16"
-        other = 4 if upcast_frozen else compute
-        weights = int(nf4 * shape.linear_params) + other * shape.other_params + 4 * lora
+        fp32_other = frozen_in_fp32(upcast_frozen, precision)
+        weights = int(nf4 * shape.linear_params) + (4 if fp32_other else compute) * shape.other_params + 4 * lora
         trainable = lora
-        if not (upcast_frozen and half):  # a bf16 stream saves what LoRA's does (counted on the graph)
+        if not fp32_other:  # a bf16 stream saves what LoRA's does (counted on the graph)
             kind = "adapter"
     a_h, a_i, a_kv = ACT_COEF[kind]
     per_layer = a_h * s.hidden + a_i * s.intermediate + a_kv * s.kv_heads * s.head_dim
@@ -370,11 +370,10 @@ def estimate_eval_memory(config, method: str, *, cache_cells: int, answer_rows: 
     elif kind == "adapter":  # a base already in the compute dtype: only the fp32 adapters are cast
         copies = 2 * lora
     else:  # the 4-bit weights dequantized and the adapters cast, and the head when PEFT's upcast left it fp32
-        upcast_frozen = upcast_frozen or precision == "fp16"
-        copies = 2 * (s.linear_params + lora + (head if upcast_frozen else 0))
+        copies = 2 * (s.linear_params + lora + (head if frozen_in_fp32(upcast_frozen, precision) else 0))
     # Keys are rotated in the residual stream's dtype (fp32 where the embeddings are fp32: whole models, and
     # 4-bit bases whose embeddings PEFT upcasts), values come out of the projection in the compute dtype.
-    fp32_stream = kind == "whole" or (kind == "adapter_4bit" and upcast_frozen)
+    fp32_stream = kind == "whole" or (kind == "adapter_4bit" and frozen_in_fp32(upcast_frozen, precision))
     key_bytes = 4 if fp32_stream or not half else 2
     value_bytes = 2 if half else 4
     cell = s.layers * s.kv_heads * s.head_dim * (key_bytes + value_bytes)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import techniques
-from .config import LoraSettings, ModelConfig, QuantSettings
+from .config import LoraSettings, ModelConfig, QuantSettings, frozen_in_fp32
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
         model.requires_grad_(False)
     elif adapter:
         model = add_adapter(model, tech, lora, seed, gradient_checkpointing)
-        if quantized and rt.precision == "bf16" and not quant.upcast_frozen:
+        if quantized and not frozen_in_fp32(quant.upcast_frozen, rt.precision):
             frozen_to_compute_dtype(model, rt.dtype)
         if tech.skip_input_casts and rt.precision != "fp32":
             skip_adapter_input_casts(model)
