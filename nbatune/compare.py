@@ -4,6 +4,7 @@ reason; the others still run, and ``results.json`` is rewritten atomically after
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -14,17 +15,46 @@ import time
 import traceback
 from pathlib import Path
 
-from . import (allocator, basecache, baselines, decisions, evaluation, interpolation, model_card, provenance, replay,
-               report, rundir, scoring, techniques)
+import torch
+
+from . import (
+    allocator,
+    basecache,
+    baselines,
+    decisions,
+    evaluation,
+    interpolation,
+    lanes,
+    model_card,
+    provenance,
+    replay,
+    report,
+    rundir,
+    scoring,
+    techniques,
+)
 from .config import RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
 from .data.tokenize import tokenize_records
-from .measure import (PeakMemory, dir_size, free_memory, machine_peak, reuse_freed_memory, train_flops_per_token,
-                      weights_bytes)
+from .measure import (
+    PeakMemory,
+    dir_size,
+    free_memory,
+    machine_peak,
+    reuse_freed_memory,
+    train_flops_per_token,
+    weights_bytes,
+)
 from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
-from .modeling import (check_bitsandbytes, count_parameters, load_model, reload_adapter, save_converted_adapter,
-                       save_initial_adapter)
+from .modeling import (
+    check_bitsandbytes,
+    count_parameters,
+    load_model,
+    reload_adapter,
+    save_converted_adapter,
+    save_initial_adapter,
+)
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
 from .runtime import resolve
 from .training import latest_checkpoint, train
@@ -59,6 +89,7 @@ class Comparison:
         self.results: dict = {}
         self._ready = False
         self.replay_info: dict = {}
+        self.base_validation: dict = {}  # every curve's origin, when measured before the lanes start
 
     # ---- setup ------------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> "Comparison":
@@ -184,27 +215,33 @@ class Comparison:
         if self.is_main:
             self.results["baselines"] = previous.get("baselines") or {"trivial": self._trivial_baseline()}
         order = (["base"] if self.cfg.evaluate_base and self.is_main else []) + methods
+        todo, base_key = [], None
         for m in order:
             if previous.get(m, {}).get("status") == Status.OK.value:
                 log.info("=== %s: finished in the interrupted run, kept ===", m)
                 self.results[m] = previous[m]
                 continue
-            t_m = time.perf_counter()
-            base_key = self._base_key() if m == "base" else None  # hashes the model's files: once per run
-            if m == "base" and self._reuse_base(base_key, t_m):
-                self._add_base_baselines()
-                self._write()
-                continue
-            res = self._run_repeats(m, resume)
-            self.results[m] = res.to_dict()
-            self.results.setdefault("phases", {})[m] = self._phases(res, time.perf_counter() - t_m)
             if m == "base":
-                self._add_base_baselines()
-                self._store_base(res, base_key)
-            self._write()
-            if res.status == Status.INTERRUPTED:
-                raise KeyboardInterrupt(f"interrupted during {m}; resume with execute(resume=True) and "
-                                        f"run_name={self.run_dir.name!r}")
+                base_key = self._base_key()  # hashes the model's files: once per run
+                if self._reuse_base(base_key, time.perf_counter()):
+                    self._add_base_baselines()
+                    self._write()
+                    continue
+            todo.append(m)
+        n = self._lanes(todo)
+        interrupted = None
+        for m, out in (self._in_lanes(todo, n, resume) if n > 1 else self._one_by_one(todo, resume)):
+            self._take(m, out, base_key)
+            if self.results[m].get("status") == Status.INTERRUPTED.value:
+                interrupted = m
+        for m in order:  # the config's order, not the order the lanes finished in
+            if m in self.results:
+                self.results[m] = self.results.pop(m)
+            if m in self.results.get("phases", {}):
+                self.results["phases"][m] = self.results["phases"].pop(m)
+        if interrupted:
+            raise KeyboardInterrupt(f"interrupted during {interrupted}; resume with execute(resume=True) and "
+                                    f"run_name={self.run_dir.name!r}")
         self.results["total_seconds"] = time.perf_counter() - t0
         if not self.is_main:
             return self.results
@@ -219,6 +256,83 @@ class Comparison:
         self.results.setdefault("phases", {})["report"] = {"wall_s": time.perf_counter() - t_r}
         self._write()
         return self.results
+
+    def _job(self, method: str, resume: bool = False) -> dict:
+        """One model's whole work (its repeats, evaluation and curve): its result, where its time went, and for
+        the base the NF4 error it measured. JSON-able, so that a lane's process can hand it back."""
+        t0 = time.perf_counter()
+        res = self._run_repeats(method, resume)
+        out = {"result": res.to_dict(), "phases": self._phases(res, time.perf_counter() - t0)}
+        if lanes.widened_at() is not None:
+            out["phases"]["all_cores_from_s"] = lanes.widened_at()
+        if method == "base":
+            out["nf4_error"] = self.results["provenance"].get("nf4_error")
+        return out
+
+    def _lane_job(self, method: str, resume: bool = False) -> dict:
+        with reuse_freed_memory():  # what execute() does for this process, in the lane's own
+            return self._job(method, resume)
+
+    def _one_by_one(self, todo: list[str], resume: bool):
+        for m in todo:
+            out = self._job(m, resume)
+            yield m, out
+            if out["result"].get("status") == Status.INTERRUPTED.value:
+                return  # the rest waits for the resumed run
+
+    def _lanes(self, todo: list[str]) -> int:
+        """``lanes`` for this run (``nbatune.lanes.auto_lanes``), and 1 where the two largest training estimates
+        together would not fit the memory budget."""
+        n = lanes.auto_lanes(self.cfg.lanes, self.rt.device, self.world_size, len(todo))
+        est = sorted((self.memory_estimates[m].total for m in todo if m in self.memory_estimates), reverse=True)
+        budget = memory_budget(self.cfg.train, self.rt.device)
+        if n > 1 and sum(est[:n]) > budget:
+            log.warning("one model at a time: %d models side by side would need %.1f GiB of the %.1f GiB budget",
+                        n, sum(est[:n]) / GiB, budget / GiB)
+            return 1
+        return n
+
+    def _in_lanes(self, todo: list[str], n: int, resume: bool):
+        """``todo`` in ``n`` lanes (``nbatune.lanes``). Every curve's origin, the base's validation point, is
+        measured here first, so that no technique's process waits on the base's; the matmul peak of one lane's
+        cores is measured too, the denominator of each technique's MFU."""
+        sets = lanes.core_sets(n)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(len(sets[0]))
+        try:
+            self.results["environment"]["lanes"] = {"lanes": n, "cores": sets,
+                                                    "matmul": machine_peak(self.rt.device)}
+        finally:
+            torch.set_num_threads(threads)
+        if "base" in todo and self._curve_on():
+            t0 = time.perf_counter()
+            model = load_model(self.model_path, "base", self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
+                               self.cfg.seed)
+            self.base_validation = {**self._validation_point(model, 0.0), "seconds": time.perf_counter() - t0}
+            del model
+            free_memory()
+        # longest first: the lanes end closer together
+        todo = sorted(todo, key=lambda m: -self.memory_estimates[m].total if m in self.memory_estimates else 0)
+        yield from lanes.run(todo, functools.partial(self._lane_job, resume=resume), n, self.run_dir / ".lanes")
+
+    def _take(self, method: str, out: dict, base_key: str | None) -> None:
+        """A finished model's results into the run's (and results.json)."""
+        if "lane_error" in out:
+            res = MethodResult(method=method, status=Status.FAILED, error=f"its lane failed: {out['lane_error']}")
+            log.error("%s failed: %s", method, res.error)
+            self.results[method] = res.to_dict()
+        else:
+            self.results[method] = out["result"]
+            self.results.setdefault("phases", {})[method] = out["phases"]
+            if out.get("nf4_error") is not None:
+                self.results["provenance"]["nf4_error"] = out["nf4_error"]
+        if method == "base":
+            if self.base_validation and method in self.results.get("phases", {}):  # its origin, measured before
+                for k in ("wall_s", "other_s"):
+                    self.results["phases"]["base"][k] += self.base_validation["seconds"]
+            self._add_base_baselines()
+            self._store_base(base_key)
+        self._write()
 
     @staticmethod
     def _phases(res: MethodResult, wall: float) -> dict:
@@ -269,8 +383,11 @@ class Comparison:
                   "nf4_error": techniques.any_quantized(self.cfg.methods), "curve": self._curve_on(),
                   "records": [self.test_records, self.val_rows, self.retention_records, self.retention_pools,
                               self.pools, self.general_val, self.select_rows, self.records["train"]]}
+        # the threads the base will answer with: a lane's cores, or all of them
+        n = lanes.auto_lanes(self.cfg.lanes, self.rt.device, self.world_size, 1 + len(self.cfg.methods))
         machine = {"device": env["device"], "versions": env["versions"],
-                   "matmul": {k: env["matmul"].get(k) for k in ("kind", "features", "threads")}}
+                   "matmul": {k: env["matmul"].get(k) for k in ("kind", "features", "threads")},
+                   **({"lane_cores": len(lanes.core_sets(n)[0])} if n > 1 else {})}
         return basecache.key(self.model_path, inputs, machine)
 
     def _reuse_base(self, k: str | None, t0: float) -> bool:
@@ -295,10 +412,10 @@ class Comparison:
                                                          "reused_s": entry["phases"]["wall_s"]}
         return True
 
-    def _store_base(self, res: MethodResult, k: str | None) -> None:
+    def _store_base(self, k: str | None) -> None:
         """Keep a finished base evaluation for later runs under key ``k`` (a failure to write costs a warning,
         nothing else)."""
-        if k is None or res.status != Status.OK or not self.is_main:
+        if k is None or self.results["base"].get("status") != Status.OK.value or not self.is_main:
             return
         try:
             path = basecache.store(k, self.results["base"],
@@ -380,7 +497,9 @@ class Comparison:
                                 seed, resume=resume and latest_checkpoint(ckpt_dir) is not None,
                                 curve=curve if self.is_main else None)
                     res.record_training(out)
-                    peak = (self.results.get("environment", {}).get("matmul") or {}).get(
+                    lanes.widen()
+                    env = self.results.get("environment", {})
+                    peak = ((env.get("lanes") or env).get("matmul") or {}).get(
                         "fp32_flops" if self.rt.precision == "fp32" else "bf16_flops")
                     res.mfu = res.tokens_per_second * res.train_flops_per_token / peak if peak else None
             res.trainable_pct = 100 * res.trainable_params / res.total_params if res.total_params else 0.0
@@ -428,6 +547,7 @@ class Comparison:
         return res
 
     def _evaluate(self, model) -> dict:
+        lanes.widen()
         return evaluation.evaluate_model(model, self.tokenizer, self.val_rows, self.test_records, self.rt,
                                          self.cfg.eval, self.pools, self.retention_records, self.retention_pools)
 
@@ -446,14 +566,16 @@ class Comparison:
         """Score the curve on validation, choose the point by the policy, and when it is not the trained model,
         evaluate the chosen point on test: the top-level figures are then the chosen point's (what ``ask``,
         ``export`` and ``load_from_run`` give), and ``trained`` keeps alpha = 1's."""
+        lanes.widen()
         e = self.cfg.eval
         t0 = time.perf_counter()
-        base = (self.results.get("base") or {}).get("validation") or {}
+        base = (self.results.get("base") or {}).get("validation") or self.base_validation
         if "general_validation" not in base:  # the base was not evaluated: alpha = 0 is the base exactly
             path.set(0.0)
             base = self._validation_point(model, 0.0)
 
         def score(a):
+            lanes.widen()
             path.set(a)
             return self._validation_point(model, a)
 
@@ -477,7 +599,10 @@ class Comparison:
     def _base_extras(self, model, res: MethodResult) -> None:
         """The few-shot baseline, the NF4 error measured on the untouched base, and its validation scores
         (the origin of every technique's curve)."""
-        if self._curve_on():
+        lanes.widen()
+        if self.base_validation:
+            res.validation = self.base_validation
+        elif self._curve_on():
             t0 = time.perf_counter()
             res.validation = {**self._validation_point(model, 0.0), "seconds": time.perf_counter() - t0}
         k = self.cfg.eval.few_shot

@@ -242,6 +242,11 @@ class RunConfig:
     methods: list[str] = _f(list(techniques.DEFAULT_METHODS), "Which techniques to run, in order: any registered "
                                                               "technique (nbatune.techniques).")
     evaluate_base: bool = _f(True, "Also evaluate the untouched base model.")
+    lanes: int = _f(0, "On a CPU, models (the base and each technique) run side by side in this many processes, the "
+                       "cores split between them (nbatune.lanes): on 2 cores two one-core processes did about 1.4x "
+                       "the work of one two-core process. 0: auto (2 on a CPU with 2+ cores when the two largest "
+                       "memory estimates fit together; 1 on a GPU or under torchrun). 1: one after another, each "
+                       "with every core (for timing one technique alone).")
     output_dir: str = _f("runs", "Each run writes to a new timestamped folder under this directory.")
     run_name: str | None = _f(None, "Folder name for this run (default: <mode>-<timestamp>). Must not exist yet.")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -413,6 +418,7 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
         need(why is not None or m in techniques.names(),
              f"methods: {m!r} is not a method (allowed: {', '.join(techniques.names())})")
     need(len(set(cfg.methods)) == len(cfg.methods), f"methods: {cfg.methods} lists a method twice")
+    need(cfg.lanes >= 0, f"lanes: {cfg.lanes} must be >= 0 (0: auto, 1: one model at a time)")
     t = cfg.train
     need(t.max_steps >= 1, f"train.max_steps: {t.max_steps} must be >= 1")
     need(t.repeats >= 1, f"train.repeats: {t.repeats} must be >= 1")

@@ -60,7 +60,17 @@ def machine_line(results: dict) -> str:
     return (f"Machine: {m['kind']} ({m['threads']} threads{', malloc: ' + alloc if alloc else ''}), matmul peak "
             f"measured in this run: bf16 "
             f"{m['bf16_flops'] / 1e9:,.0f} GFLOP/s, fp32 {m['fp32_flops'] / 1e9:,.0f} GFLOP/s; MFU = training "
-            "FLOP/s over that peak.")
+            "FLOP/s over that peak." + _lanes_note(results))
+
+
+def _lanes_note(results: dict) -> str:
+    lanes = (results.get("environment") or {}).get("lanes")
+    if not lanes:
+        return ""
+    m = lanes["matmul"]
+    return (f" The models ran side by side in {lanes['lanes']} processes of {m['threads']} core(s) each "
+            f"(`lanes`): tokens/s and MFU are one such process's, beside another model, against the peak of its "
+            f"cores ({m['bf16_flops'] / 1e9:,.0f} GFLOP/s bf16); `lanes: 1` times each technique alone on every core.")
 
 
 MEMORY_NOTE = ("Peak memory: training (loading and the steps) beside its estimate; eval: what evaluation added above "
@@ -80,6 +90,8 @@ def phases_line(results: dict, with_report: bool = True) -> str:
         if m == "report":
             continue
         inner = ", ".join(f"{names[k]} {v:.0f}" for k, v in p.items() if k in names and v >= 0.5)
+        if "all_cores_from_s" in p:  # nbatune.lanes.widen
+            inner += f"; every core from {p['all_cores_from_s']:.0f} s, the other lanes done"
         if "reused_s" in p:
             src = Path((results.get(m) or {}).get("reused_from", {}).get("run_dir", "an earlier run")).name
             inner = f"reused: {src} measured it in {p['reused_s']:.0f} s"

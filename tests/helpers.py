@@ -87,6 +87,7 @@ def tiny_config(model_dir, tmp_path, **over) -> dict:
     cfg = {
         "mode": "test",
         "seed": 0,
+        "lanes": 1,  # one process: tests monkeypatch it (the lanes have tests of their own)
         "output_dir": str(tmp_path / "runs"),
         "model": {"name_or_path": str(model_dir), "max_length": 160},
         "data": {"train_size": 96, "val_size": 16, "test_size": 24, "seed": 0},
