@@ -4,7 +4,6 @@ reason; the others still run, and ``results.json`` is rewritten atomically after
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -90,6 +89,7 @@ class Comparison:
         self._ready = False
         self.replay_info: dict = {}
         self.base_validation: dict = {}  # every curve's origin, when measured before the lanes start
+        self._lane_dir: Path | None = None
 
     # ---- setup ------------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> "Comparison":
@@ -140,9 +140,12 @@ class Comparison:
         self.eval_memory_estimates = evaluation.memory_estimates(cfg, self.model_path, self.tokenizer,
                                                                  self.test_records, self.retention_records,
                                                                  self.rt.device, self.rt.precision)
-        self.run_dir = rundir.create(cfg, self.world_size, resume)
-        if self.is_main:
-            rundir.write_config(self.run_dir, cfg)
+        if self._lane_dir:  # a lane's process works in its run's folder (lane_job)
+            self.run_dir = self._lane_dir
+        else:
+            self.run_dir = rundir.create(cfg, self.world_size, resume)
+            if self.is_main:
+                rundir.write_config(self.run_dir, cfg)
         self._ready = True
         return self
 
@@ -269,10 +272,6 @@ class Comparison:
             out["nf4_error"] = self.results["provenance"].get("nf4_error")
         return out
 
-    def _lane_job(self, method: str, resume: bool = False) -> dict:
-        with reuse_freed_memory():  # what execute() does for this process, in the lane's own
-            return self._job(method, resume)
-
     def _one_by_one(self, todo: list[str], resume: bool):
         for m in todo:
             out = self._job(m, resume)
@@ -313,7 +312,9 @@ class Comparison:
             free_memory()
         # longest first: the lanes end closer together
         todo = sorted(todo, key=lambda m: -self.memory_estimates[m].total if m in self.memory_estimates else 0)
-        yield from lanes.run(todo, functools.partial(self._lane_job, resume=resume), n, self.run_dir / ".lanes")
+        spec = {"config": self.cfg.to_dict(), "run_dir": str(self.run_dir), "resume": resume,
+                "results": self.results, "base_validation": self.base_validation}
+        yield from lanes.run(todo, "nbatune.compare:lane_job", spec, n, self.run_dir / ".lanes")
 
     def _take(self, method: str, out: dict, base_key: str | None) -> None:
         """A finished model's results into the run's (and results.json)."""
@@ -644,3 +645,15 @@ class Comparison:
 
     def cleanup(self) -> None:
         free_memory()
+
+
+def lane_job(spec: dict, method: str) -> dict:
+    """One model's job in a lane's process (``nbatune.lanes``): the run's ``Comparison`` set up again from its
+    config (the data and rows come out the same: the same seeds, the replay answers cached), in the run's folder,
+    with what the parent measured before the lanes started (the environment, the baselines, every curve's origin)."""
+    cmp = Comparison(spec["config"])
+    cmp._lane_dir = Path(spec["run_dir"])
+    cmp.setup()
+    cmp.results, cmp.base_validation = spec["results"], spec["base_validation"]
+    with reuse_freed_memory():  # what execute() does for the parent's process
+        return cmp._job(method, spec["resume"])

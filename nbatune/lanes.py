@@ -6,22 +6,22 @@ work, casts, norms, Python's dispatch of each operator). On a 2-core CPU one LoR
 676 tokens/s with two threads and 478 with one; two one-thread processes, each pinned to its own core, ran
 at 466 (LoRA) and 311 (full) tokens/s side by side (BENCHMARKS.md): the machine does about 1.4x the work.
 
-A lane's process is fresh for every job (``python -m nbatune.lanes``, its arguments pickled to its stdin as
-multiprocessing's spawn would, but without re-running the caller's script: a pipeline script without a
-``__main__`` guard would start itself again), so each model's peak memory is its own and a crash in one loses
-nothing of the others: the job's result comes back as JSON.
+A lane's process is fresh for every job (``python -m nbatune.lanes``, told what to run as JSON on its stdin:
+a function's dotted name and a JSON spec, never a pickle, and never by re-running the caller's script as
+multiprocessing's spawn does, which would start a pipeline script without a ``__main__`` guard again), so each
+model's peak memory is its own and a crash in one loses nothing of the others: the job's result comes back as JSON.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _progress_bars_at(row: int, label: str) -> None:
     std.tqdm.__init__ = placed
 
 
-def _child(work: Callable[[str], dict], job: str, cpus: list[int], lane: int, out: str, every: list[int]) -> None:
+def _child(target: str, spec: dict, job: str, cpus: list[int], lane: int, out: str, every: list[int]) -> None:
     import torch
 
     _widen.update(flag=Path(out).with_suffix(".widen"), cores=every, t0=time.perf_counter())
@@ -110,7 +110,8 @@ def _child(work: Callable[[str], dict], job: str, cpus: list[int], lane: int, ou
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s [{job}] %(name)s: %(message)s")
     _progress_bars_at(lane, job)
     try:
-        payload = work(job)
+        module, name = target.split(":")
+        payload = getattr(importlib.import_module(module), name)(spec, job)
     except BaseException as e:  # noqa: BLE001 -- reported to the parent as this job's failure, never lost
         payload = {"lane_error": f"{type(e).__name__}: {e}"}
     tmp = Path(out).with_suffix(".tmp")
@@ -118,10 +119,10 @@ def _child(work: Callable[[str], dict], job: str, cpus: list[int], lane: int, ou
     tmp.replace(out)
 
 
-def run(jobs: list[str], work: Callable[[str], dict], lanes: int, folder: Path) -> Iterator[tuple[str, dict]]:
-    """Run ``work(job)`` for every job, ``lanes`` at a time, each in a fresh process on its own cores; yield
-    ``(job, result)`` as each finishes. ``work`` must be picklable (a module function or a bound method of a
-    picklable object) and return a JSON-able dict. A job whose process dies or raises yields
+def run(jobs: list[str], target: str, spec: dict, lanes: int, folder: Path) -> Iterator[tuple[str, dict]]:
+    """Run ``target(spec, job)`` for every job, ``lanes`` at a time, each in a fresh process on its own cores;
+    yield ``(job, result)`` as each finishes. ``target``: a function's ``"module:name"``, importable in a fresh
+    process; ``spec``: JSON-able; the function returns a JSON-able dict. A job whose process dies or raises yields
     ``{"lane_error": ...}``. Ctrl-C reaches the children too (they save and report); the finished results
     are yielded before ``KeyboardInterrupt`` is raised again."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,7 @@ def run(jobs: list[str], work: Callable[[str], dict], lanes: int, folder: Path) 
                 out = str(folder / f"{job}.json")
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
                 proc = subprocess.Popen([sys.executable, "-m", "nbatune.lanes"], stdin=subprocess.PIPE, env=env)
-                proc.stdin.write(pickle.dumps((work, job, sets[lane], lane, out, cores())))
+                proc.stdin.write(json.dumps([target, spec, job, sets[lane], lane, out, cores()], default=str).encode())
                 proc.stdin.close()
                 log.info("=== %s: started in lane %d (cores %s) ===", job, lane, sets[lane])
                 running[lane] = (job, proc, out)
@@ -177,4 +178,4 @@ def run(jobs: list[str], work: Callable[[str], dict], lanes: int, folder: Path) 
 if __name__ == "__main__":
     from nbatune import lanes  # noqa: PLW0406 -- the module the job's code imports, not this __main__ copy
 
-    lanes._child(*pickle.loads(sys.stdin.buffer.read()))  # what run() wrote: this package's own objects
+    lanes._child(*json.loads(sys.stdin.buffer.read()))

@@ -3,8 +3,13 @@ process of its own, and a lane that fails costs only its own model."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from tests.helpers import tiny_config
@@ -13,12 +18,19 @@ from nbatune import lanes
 from nbatune.compare import Comparison
 
 
-def lane_work(job: str) -> dict:
+def lane_work(spec: dict, job: str) -> dict:
     """A lane's job for the isolation test (importable, so a lane's process can unpickle it)."""
     if job == "raises":
         raise ValueError("no such column")
     if job == "dies":
         os._exit(3)  # as a process killed for memory: no report, no exception
+    if job.startswith("naps"):  # a long job that Ctrl-C interrupts: it reports that it was, as training does
+        (Path(os.environ["LANE_TEST_DIR"]) / job).touch()
+        try:
+            time.sleep(120)
+        except KeyboardInterrupt:
+            return {"job": job, "interrupted": True}
+        return {"job": job, "interrupted": False}
     if job == "widens":  # waits until it is the last job running, then takes every core
         for _ in range(300):
             lanes.widen()
@@ -29,7 +41,8 @@ def lane_work(job: str) -> dict:
 
 
 def test_a_lane_that_raises_or_dies_costs_only_its_own_job_and_the_last_one_gets_every_core(tmp_path):
-    got = dict(lanes.run(["ok", "raises", "dies", "ok2", "widens"], lane_work, 2, tmp_path / "lanes"))
+    got = dict(lanes.run(["ok", "raises", "dies", "ok2", "widens"], "tests.test_lanes:lane_work", {}, 2,
+                         tmp_path / "lanes"))
     assert set(got) == {"ok", "raises", "dies", "ok2", "widens"}
     assert got["raises"] == {"lane_error": "ValueError: no such column"}
     assert "exit code 3" in got["dies"]["lane_error"]
@@ -85,3 +98,34 @@ def test_models_in_lanes_give_the_results_of_one_after_another(answering_model_d
         assert two[m]["operating_point"]["alpha"] == one[m]["operating_point"]["alpha"]
         assert two[m]["mfu"] > 0
     assert two["comparison"]["recommendation"] == one["comparison"]["recommendation"]
+
+
+def test_ctrl_c_reaches_every_lane_and_their_reports_come_back_before_the_interrupt(tmp_path):
+    """As a terminal's Ctrl-C: SIGINT to the whole process group. Each lane's job sees it (training saves a
+    checkpoint and reports the model interrupted), the parent waits for their reports, yields them, and only
+    then raises KeyboardInterrupt."""
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from nbatune import lanes\n"
+        "got = {}\n"
+        "try:\n"
+        "    for job, out in lanes.run(['naps', 'naps2'], 'tests.test_lanes:lane_work', {}, 2, Path(sys.argv[1])):\n"
+        "        got[job] = out\n"
+        "except KeyboardInterrupt:\n"
+        "    print(json.dumps(got))\n"
+        "    sys.exit(130)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "LANE_TEST_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "lanes")], cwd=root, env=env,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ((tmp_path / "naps").exists() and (tmp_path / "naps2").exists()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the lanes never started"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert json.loads(out) == {"naps": {"job": "naps", "interrupted": True},
+                               "naps2": {"job": "naps2", "interrupted": True}}
