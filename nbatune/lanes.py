@@ -164,6 +164,7 @@ def run(jobs: list[str], target: str, spec: dict, lanes: int, folder: Path) -> I
                 time.sleep(0.2)
             for lane in done:
                 yield collect(lane)
+        folder.rmdir()  # every report read and removed: nothing of the lanes stays in the run's folder
     except KeyboardInterrupt:
         for lane in list(running):
             try:
