@@ -20,6 +20,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,22 +79,25 @@ def widened_at() -> float | None:
     return _widen["at"]
 
 
-def _progress_bars_at(row: int, label: str) -> None:
-    """Every progress bar of this process drawn on terminal row ``row`` and named after its job, so that the
-    lanes' bars stand one above the other instead of overwriting each other."""
+def _progress_bars_at(row: int | None, label: str) -> None:
+    """Every progress bar of this process named after its job and, on a terminal, drawn on row ``row``, so that
+    the lanes' bars stand one above the other instead of overwriting each other (``None``: no cursor moves, for
+    output that ``_relay`` copies into a notebook)."""
     from tqdm import std
 
     init = std.tqdm.__init__
 
     def placed(self, *args, **kwargs):
-        kwargs.setdefault("position", row)
+        if row is not None:
+            kwargs.setdefault("position", row)
         kwargs["desc"] = f"{label}: {kwargs['desc']}" if kwargs.get("desc") else label
         init(self, *args, **kwargs)
 
     std.tqdm.__init__ = placed
 
 
-def _child(target: str, spec: dict, job: str, cpus: list[int], lane: int, out: str, every: list[int]) -> None:
+def _child(target: str, spec: dict, job: str, cpus: list[int], lane: int | None, out: str,
+           every: list[int]) -> None:
     import torch
 
     _widen.update(flag=Path(out).with_suffix(".widen"), cores=every, t0=time.perf_counter())
@@ -119,6 +123,22 @@ def _child(target: str, spec: dict, job: str, cpus: list[int], lane: int, out: s
     tmp.replace(out)
 
 
+def _stderr_fd() -> int | None:
+    """The file descriptor behind ``sys.stderr``, or None where there is none (a notebook's cell output)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _relay(stream) -> None:
+    """A lane's stderr (its progress bars and log lines) copied into this process's ``sys.stderr``: in a notebook
+    a child's own stderr would reach the kernel's log, not the cell."""
+    for chunk in iter(lambda: stream.read1(4096), b""):
+        sys.stderr.write(chunk.decode(errors="replace"))
+        sys.stderr.flush()
+
+
 def run(jobs: list[str], target: str, spec: dict, lanes: int, folder: Path) -> Iterator[tuple[str, dict]]:
     """Run ``target(spec, job)`` for every job, ``lanes`` at a time, each in a fresh process on its own cores;
     yield ``(job, result)`` as each finishes. ``target``: a function's ``"module:name"``, importable in a fresh
@@ -130,7 +150,9 @@ def run(jobs: list[str], target: str, spec: dict, lanes: int, folder: Path) -> I
     sets = core_sets(lanes)
 
     def collect(lane: int) -> tuple[str, dict]:
-        job, proc, out = running.pop(lane)
+        job, proc, out, copier = running.pop(lane)
+        if copier is not None:
+            copier.join(timeout=10)  # the lane's last output before its result
         free.append(lane)
         path = Path(out)
         path.with_suffix(".widen").unlink(missing_ok=True)
@@ -150,16 +172,22 @@ def run(jobs: list[str], target: str, spec: dict, lanes: int, folder: Path) -> I
                 job = todo.pop(0)
                 out = str(folder / f"{job}.json")
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-                proc = subprocess.Popen([sys.executable, "-m", "nbatune.lanes"], stdin=subprocess.PIPE, env=env)
-                proc.stdin.write(json.dumps([target, spec, job, sets[lane], lane, out, cores()], default=str).encode())
+                relay = _stderr_fd() is None
+                proc = subprocess.Popen([sys.executable, "-m", "nbatune.lanes"], stdin=subprocess.PIPE, env=env,
+                                        stderr=subprocess.PIPE if relay else None)
+                copier = threading.Thread(target=_relay, args=(proc.stderr,), daemon=True) if relay else None
+                if copier is not None:
+                    copier.start()
+                row = None if relay else lane
+                proc.stdin.write(json.dumps([target, spec, job, sets[lane], row, out, cores()], default=str).encode())
                 proc.stdin.close()
                 log.info("=== %s: started in lane %d (cores %s) ===", job, lane, sets[lane])
-                running[lane] = (job, proc, out)
+                running[lane] = (job, proc, out, copier)
             if not todo and len(running) == 1:  # the last model: it may take the cores the others left
                 flag = Path(next(iter(running.values()))[2]).with_suffix(".widen")
                 if not flag.exists():
                     flag.touch()
-            done = [lane for lane, (_, proc, _) in running.items() if proc.poll() is not None]
+            done = [lane for lane, (_, proc, _, _) in running.items() if proc.poll() is not None]
             if not done:
                 time.sleep(0.2)
             for lane in done:

@@ -31,6 +31,8 @@ def lane_work(spec: dict, job: str) -> dict:
         except KeyboardInterrupt:
             return {"job": job, "interrupted": True}
         return {"job": job, "interrupted": False}
+    if job == "speaks":
+        print("hello from a lane", file=sys.stderr, flush=True)
     if job == "widens":  # waits until it is the last job running, then takes every core
         for _ in range(300):
             lanes.widen()
@@ -129,3 +131,11 @@ def test_ctrl_c_reaches_every_lane_and_their_reports_come_back_before_the_interr
     assert proc.returncode == 130
     assert json.loads(out) == {"naps": {"job": "naps", "interrupted": True},
                                "naps2": {"job": "naps2", "interrupted": True}}
+
+
+def test_a_lanes_output_reaches_a_stderr_without_a_file_descriptor(tmp_path, capsys):
+    """In a notebook ``sys.stderr`` is the cell's output, not file descriptor 2: the lanes' progress bars and log
+    lines are copied into it (pytest's ``capsys`` is such a stream)."""
+    got = dict(lanes.run(["speaks"], "tests.test_lanes:lane_work", {}, 1, tmp_path / "lanes"))
+    assert got["speaks"]["job"] == "speaks"
+    assert "hello from a lane" in capsys.readouterr().err
