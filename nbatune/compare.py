@@ -16,44 +16,17 @@ from pathlib import Path
 
 import torch
 
-from . import (
-    allocator,
-    basecache,
-    baselines,
-    decisions,
-    evaluation,
-    interpolation,
-    lanes,
-    model_card,
-    provenance,
-    replay,
-    report,
-    rundir,
-    scoring,
-    techniques,
-)
+from . import (allocator, basecache, baselines, decisions, evaluation, interpolation, lanes, model_card, provenance,
+               replay, report, rundir, scoring, techniques)
 from .config import RunConfig, load_config
 from .data import retention
 from .data.prepare import prepare_training_data
 from .data.tokenize import tokenize_records
-from .measure import (
-    PeakMemory,
-    dir_size,
-    free_memory,
-    machine_peak,
-    reuse_freed_memory,
-    train_flops_per_token,
-    weights_bytes,
-)
+from .measure import (PeakMemory, dir_size, free_memory, machine_peak, reuse_freed_memory, train_flops_per_token,
+                      weights_bytes)
 from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory_budget
-from .modeling import (
-    check_bitsandbytes,
-    count_parameters,
-    load_model,
-    reload_adapter,
-    save_converted_adapter,
-    save_initial_adapter,
-)
+from .modeling import (check_bitsandbytes, count_parameters, load_model, reload_adapter, save_converted_adapter,
+                       save_initial_adapter)
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
 from .runtime import resolve
 from .training import latest_checkpoint, train
@@ -498,7 +471,6 @@ class Comparison:
                                 seed, resume=resume and latest_checkpoint(ckpt_dir) is not None,
                                 curve=curve if self.is_main else None)
                     res.record_training(out)
-                    lanes.widen()
                     env = self.results.get("environment", {})
                     peak = ((env.get("lanes") or env).get("matmul") or {}).get(
                         "fp32_flops" if self.rt.precision == "fp32" else "bf16_flops")
@@ -567,7 +539,6 @@ class Comparison:
         """Score the curve on validation, choose the point by the policy, and when it is not the trained model,
         evaluate the chosen point on test: the top-level figures are then the chosen point's (what ``ask``,
         ``export`` and ``load_from_run`` give), and ``trained`` keeps alpha = 1's."""
-        lanes.widen()
         e = self.cfg.eval
         t0 = time.perf_counter()
         base = (self.results.get("base") or {}).get("validation") or self.base_validation

@@ -96,7 +96,7 @@ def _progress_bars_at(row: int | None, label: str) -> None:
     std.tqdm.__init__ = placed
 
 
-def _child(target: str, spec: dict, job: str, cpus: list[int], lane: int | None, out: str,
+def _child(target: str, spec: dict, job: str, cpus: list[int], row: int | None, out: str,
            every: list[int]) -> None:
     import torch
 
@@ -112,7 +112,7 @@ def _child(target: str, spec: dict, job: str, cpus: list[int], lane: int | None,
         os.sched_setaffinity(0, cpus)
     torch.set_num_threads(len(cpus))
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s [{job}] %(name)s: %(message)s")
-    _progress_bars_at(lane, job)
+    _progress_bars_at(row, job)
     try:
         module, name = target.split(":")
         payload = getattr(importlib.import_module(module), name)(spec, job)
