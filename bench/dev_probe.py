@@ -43,10 +43,13 @@ def main() -> int:
     p.add_argument("--no-general", action="store_true", help="skip the general-knowledge validation")
     p.add_argument("--drop-categories", default="",
                    help="comma-separated training categories left out (which data drives forgetting)")
+    p.add_argument("--alphas", default="",
+                   help="comma-separated alphas below 1 also scored on dev and general validation (the learning-"
+                        "forgetting curve: a LoRA's update scaled, full fine-tuning interpolated to the base)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
 
-    from nbatune import replay, scoring
+    from nbatune import interpolation, replay, scoring
     from nbatune.config import load_config
     from nbatune.data import retention
     from nbatune.data.prepare import prepare_training_data
@@ -79,6 +82,9 @@ def main() -> int:
     with reuse_freed_memory():
         model = load_model(data.model_path, a.method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed,
                            cfg.train.gradient_checkpointing.get(a.method, False))
+        alphas = [float(x) for x in a.alphas.split(",") if x]
+        how = interpolation.curve_kind(a.method, cfg.lora) if alphas else None
+        initial = interpolation.trainable_state(model) if how == "interpolate" else None
         t1 = time.perf_counter()
         out = train(model, data.tokenizer, rows, a.method, cfg.train, rt, Path("/tmp/nbatune-probe") / a.method,
                     cfg.seed)
@@ -87,11 +93,20 @@ def main() -> int:
         res = answer_and_score(model, data.tokenizer, dev, rt, cfg.eval, pools, "dev answers")
         gen = None if a.no_general else general_accuracy(model, data.tokenizer, general, rt, cfg.eval, gpools)
         eval_s = time.perf_counter() - t2
+        curve = []
+        if alphas:
+            path = interpolation.AlphaPath(model, how, initial)
+            for alpha in alphas:
+                path.set(alpha)
+                r = answer_and_score(model, data.tokenizer, dev, rt, cfg.eval, pools, f"dev answers, alpha {alpha:g}")
+                g = general_accuracy(model, data.tokenizer, general, rt, cfg.eval, gpools)
+                curve.append({"alpha": alpha, "dev_accuracy": r["accuracy"], "seen": r["formats"]["seen"]["accuracy"],
+                              "unseen": r["formats"]["unseen"]["accuracy"], "general_validation": g})
     summary = {"method": a.method, "overrides": a.overrides, "dropped_categories": sorted(dropped), "steps": out.steps, "train_s": round(train_s, 1),
                "eval_s": round(eval_s, 1), "setup_s": round(setup_s, 1), "train_tokens": out.real_tokens, "tokens_per_s": round(out.tokens_per_second),
                "final_loss": out.final_loss, "dev_accuracy": res["accuracy"], "formats": res["formats"],
                "per_category": {c: v["accuracy"] for c, v in res["per_category"].items()},
-               "general_validation": gen}
+               "general_validation": gen, "curve": curve}
     misses = [{"q": r["messages"][-2]["content"][:160], "ref": r["answer"], "pred": pr}
               for r, pr, ok in zip(dev, res["predictions"], res["correct"]) if not ok and r["answer_type"] == "number"]
     text = json.dumps({**summary, "misses": misses[:40]}, indent=1, default=str)

@@ -38,6 +38,7 @@ BASE_IGNORES = ("reuse_base", "keep_general", "fallback_margin", "curve_alphas",
 # what a technique's result keeps of alpha = 1 when its operating point is elsewhere
 TRAINED_KEYS = ("accuracy", "accuracy_ci95", "per_category", "formats", "retention", "predictions", "correct",
                 "eval_loss", "perplexity")
+ORIGIN_FILE = ".origin.json"  # in lanes: every curve's origin, written by the job that measured it
 
 
 class Comparison:
@@ -61,8 +62,9 @@ class Comparison:
         self.results: dict = {}
         self._ready = False
         self.replay_info: dict = {}
-        self.base_validation: dict = {}  # every curve's origin, when measured before the lanes start
+        self.base_validation: dict = {}  # every curve's origin (the base's validation point), once measured
         self._lane_dir: Path | None = None
+        self._origin: dict = {}  # in lanes: which job measures the origin, and the file it writes it to
 
     # ---- setup ------------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> "Comparison":
@@ -236,7 +238,9 @@ class Comparison:
     def _job(self, method: str, resume: bool = False) -> dict:
         """One model's whole work (its repeats, evaluation and curve): its result, where its time went, and for
         the base the NF4 error it measured. JSON-able, so that a lane's process can hand it back."""
-        t0 = time.perf_counter()
+        if self._origin.get("by") == method:
+            self._measure_origin()
+        t0 = time.perf_counter()  # the origin's seconds are the base's (``_take``)
         res = self._run_repeats(method, resume)
         out = {"result": res.to_dict(), "phases": self._phases(res, time.perf_counter() - t0)}
         if lanes.widened_at() is not None:
@@ -265,9 +269,10 @@ class Comparison:
         return n
 
     def _in_lanes(self, todo: list[str], n: int, resume: bool):
-        """``todo`` in ``n`` lanes (``nbatune.lanes``). Every curve's origin, the base's validation point, is
-        measured here first, so that no technique's process waits on the base's; the matmul peak of one lane's
-        cores is measured too, the denominator of each technique's MFU."""
+        """``todo`` in ``n`` lanes (``nbatune.lanes``), longest first. Every curve's origin, the base's validation
+        point, is measured by the first job before its own work (``_measure_origin``): no lane waits for the base's
+        job, and the lanes start at once. The matmul peak of one lane's cores is measured here, the denominator of
+        each technique's MFU."""
         sets = lanes.core_sets(n)
         threads = torch.get_num_threads()
         torch.set_num_threads(len(sets[0]))
@@ -276,18 +281,55 @@ class Comparison:
                                                     "matmul": machine_peak(self.rt.device)}
         finally:
             torch.set_num_threads(threads)
-        if "base" in todo and self._curve_on():
-            t0 = time.perf_counter()
-            model = load_model(self.model_path, "base", self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
-                               self.cfg.seed)
-            self.base_validation = {**self._validation_point(model, 0.0), "seconds": time.perf_counter() - t0}
-            del model
-            free_memory()
         # longest first: the lanes end closer together
         todo = sorted(todo, key=lambda m: -self.memory_estimates[m].total if m in self.memory_estimates else 0)
+        origin = {}
+        if "base" in todo and self._curve_on():
+            origin = {"by": todo[0], "file": str(self.run_dir / ORIGIN_FILE)}
+            Path(origin["file"]).unlink(missing_ok=True)
+            Path(origin["file"]).with_suffix(".failed").unlink(missing_ok=True)
         spec = {"config": self.cfg.to_dict(), "run_dir": str(self.run_dir), "resume": resume,
-                "results": self.results, "base_validation": self.base_validation}
-        yield from lanes.run(todo, "nbatune.compare:lane_job", spec, n, self.run_dir / ".lanes")
+                "results": self.results, "base_validation": self.base_validation, "origin": origin}
+        try:
+            for m, out in lanes.run(todo, "nbatune.compare:lane_job", spec, n, self.run_dir / ".lanes"):
+                if m == origin.get("by") and not Path(origin["file"]).exists():
+                    # its process ended before measuring: whoever waits for the origin measures its own
+                    Path(origin["file"]).with_suffix(".failed").touch()
+                yield m, out
+        finally:
+            if origin:
+                Path(origin["file"]).unlink(missing_ok=True)
+                Path(origin["file"]).with_suffix(".failed").unlink(missing_ok=True)
+
+    def _measure_origin(self) -> None:
+        """In the lane's first job: the base's validation point, every curve's origin, written where the other
+        lanes' jobs read it (``_origin_point``)."""
+        t0, path, model = time.perf_counter(), Path(self._origin["file"]), None
+        try:
+            model = load_model(self.model_path, "base", self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
+                               self.cfg.seed)
+            point = self._validation_point(model, 0.0)
+        except Exception as e:  # noqa: BLE001 -- this job goes on; each technique then measures its own origin
+            log.warning("the base's validation point (every curve's origin) failed here: %s: %s", type(e).__name__, e)
+            path.with_suffix(".failed").touch()
+            return
+        finally:
+            del model
+            free_memory()
+        self.base_validation = {**point, "seconds": time.perf_counter() - t0, "measured_by": self._origin["by"]}
+        write_json_atomic(path, self.base_validation)
+
+    def _origin_point(self) -> dict:
+        """Every curve's origin: the base's validation point as measured in this run ({} when it was not). In a
+        lane, waits for the job that measures it (the first one started, so seconds at most) unless it failed."""
+        if self.base_validation or not self._origin:
+            return self.base_validation
+        path = Path(self._origin["file"])
+        while not path.exists() and not path.with_suffix(".failed").exists():
+            time.sleep(0.2)
+        if path.exists():
+            self.base_validation = json.loads(path.read_text())
+        return self.base_validation
 
     def _take(self, method: str, out: dict, base_key: str | None) -> None:
         """A finished model's results into the run's (and results.json)."""
@@ -301,9 +343,10 @@ class Comparison:
             if out.get("nf4_error") is not None:
                 self.results["provenance"]["nf4_error"] = out["nf4_error"]
         if method == "base":
-            if self.base_validation and method in self.results.get("phases", {}):  # its origin, measured before
-                for k in ("wall_s", "other_s"):
-                    self.results["phases"]["base"][k] += self.base_validation["seconds"]
+            origin = (self.results["base"].get("validation") or {})
+            if origin.get("measured_by") not in (None, "base") and "base" in self.results.get("phases", {}):
+                for k in ("wall_s", "other_s"):  # its origin, measured in another job's process
+                    self.results["phases"]["base"][k] += origin["seconds"]
             self._add_base_baselines()
             self._store_base(base_key)
         self._write()
@@ -541,7 +584,7 @@ class Comparison:
         ``export`` and ``load_from_run`` give), and ``trained`` keeps alpha = 1's."""
         e = self.cfg.eval
         t0 = time.perf_counter()
-        base = (self.results.get("base") or {}).get("validation") or self.base_validation
+        base = (self.results.get("base") or {}).get("validation") or self._origin_point()
         if "general_validation" not in base:  # the base was not evaluated: alpha = 0 is the base exactly
             path.set(0.0)
             base = self._validation_point(model, 0.0)
@@ -572,7 +615,7 @@ class Comparison:
         """The few-shot baseline, the NF4 error measured on the untouched base, and its validation scores
         (the origin of every technique's curve)."""
         lanes.widen()
-        if self.base_validation:
+        if self._origin_point():
             res.validation = self.base_validation
         elif self._curve_on():
             t0 = time.perf_counter()
@@ -625,6 +668,6 @@ def lane_job(spec: dict, method: str) -> dict:
     cmp = Comparison(spec["config"])
     cmp._lane_dir = Path(spec["run_dir"])
     cmp.setup()
-    cmp.results, cmp.base_validation = spec["results"], spec["base_validation"]
+    cmp.results, cmp.base_validation, cmp._origin = spec["results"], spec["base_validation"], spec.get("origin", {})
     with reuse_freed_memory():  # what execute() does for the parent's process
         return cmp._job(method, spec["resume"])

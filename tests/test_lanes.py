@@ -80,8 +80,8 @@ def test_models_that_would_not_fit_side_by_side_run_one_after_another(tiny_model
 @pytest.mark.skipif(len(lanes.cores()) < 2, reason="lanes need two cores")
 def test_models_in_lanes_give_the_results_of_one_after_another(answering_model_dir, tmp_path):
     """fp32 on the tiny model: each model's losses, answers, curve and operating point are the same whether it
-    ran alone with every core or in a lane beside another model; the base's validation point, measured before
-    the lanes start, is its curve's origin."""
+    ran alone with every core or in a lane beside another model; the base's validation point, measured by the
+    first job's process before its own work, is every curve's origin and is counted in the base's time."""
     runs = {n: Comparison(tiny_config(answering_model_dir, tmp_path / f"lanes{n}", lanes=n, methods=["full", "lora"],
                                       **{"eval.max_new_tokens": 32})).execute() for n in (1, 2)}
     one, two = runs[1], runs[2]
@@ -93,6 +93,10 @@ def test_models_in_lanes_give_the_results_of_one_after_another(answering_model_d
         assert two[m]["retention"]["predictions"] == one[m]["retention"]["predictions"]
         assert two["phases"][m]["wall_s"] > 0
     assert two["base"]["validation"]["general_validation"] == one["base"]["validation"]["general_validation"]
+    assert two["base"]["validation"]["nba_validation"] == one["base"]["validation"]["nba_validation"]
+    assert two["base"]["validation"]["measured_by"] == "full" and "measured_by" not in one["base"]["validation"]
+    assert two["phases"]["base"]["wall_s"] >= two["base"]["validation"]["seconds"]
+    assert not list(Path(two["run_dir"]).glob(".origin*"))
     for m in ("full", "lora"):
         assert [r["loss"] for r in two[m]["train_log"] if "loss" in r] == pytest.approx(
             [r["loss"] for r in one[m]["train_log"] if "loss" in r], rel=1e-5)
@@ -139,3 +143,25 @@ def test_a_lanes_output_reaches_a_stderr_without_a_file_descriptor(tmp_path, cap
     got = dict(lanes.run(["speaks"], "tests.test_lanes:lane_work", {}, 1, tmp_path / "lanes"))
     assert got["speaks"]["job"] == "speaks"
     assert "hello from a lane" in capsys.readouterr().err
+
+
+def test_a_lane_waits_for_the_curves_origin_and_measures_its_own_when_its_measurer_failed(tiny_model_dir, tmp_path):
+    """In a lane, a technique's curve reads the base's validation point from the file the first job writes,
+    waiting while it is measured; when that job failed (a marker file), it gets nothing and measures alpha 0
+    itself (``_operating_point``)."""
+    import threading
+
+    cmp = Comparison(tiny_config(tiny_model_dir, tmp_path, lanes=2, methods=["lora"]))
+    origin = tmp_path / "origin.json"
+    cmp._origin = {"by": "full", "file": str(origin)}
+    point = {"alpha": 0.0, "nba_validation": 0.25, "general_validation": 0.5, "seconds": 1.0}
+    late = threading.Timer(0.5, lambda: origin.write_text(json.dumps(point)))
+    late.start()
+    t0 = time.perf_counter()
+    assert cmp._origin_point() == point and time.perf_counter() - t0 >= 0.4
+    late.join()
+    failed = Comparison(tiny_config(tiny_model_dir, tmp_path, lanes=2, methods=["lora"]))
+    failed._origin = {"by": "full", "file": str(tmp_path / "other.json")}
+    (tmp_path / "other.failed").touch()
+    assert failed._origin_point() == {}
+    assert Comparison(tiny_config(tiny_model_dir, tmp_path, methods=["lora"]))._origin_point() == {}  # one lane
