@@ -367,6 +367,8 @@ class Comparison:
             out["curve_s"] = res.validation.get("seconds", 0.0)
         if res.few_shot:
             out["few_shot_s"] = res.few_shot.get("seconds", 0.0)
+        if res.quantized_base:
+            out["quantized_base_s"] = res.quantized_base.get("seconds", 0.0)
         out["other_s"] = wall - sum(v for k, v in out.items() if k != "wall_s")
         return out
 
@@ -398,6 +400,7 @@ class Comparison:
         env = self.results["environment"]
         inputs = {"config": {k: cfg[k] for k in ("model", "eval", "quant", "data")},
                   "nf4_error": techniques.any_quantized(self.cfg.methods), "curve": self._curve_on(),
+                  "quantized_base": next((m for m in self.cfg.methods if techniques.get(m).quantized), None),
                   "records": [self.test_records, self.val_rows, self.retention_records, self.retention_pools,
                               self.pools, self.general_val, self.select_rows, self.records["train"]]}
         # the threads the base will answer with: a lane's cores, or all of them
@@ -629,6 +632,33 @@ class Comparison:
             res.few_shot = {**few, "k": k, "seconds": time.perf_counter() - t0}
         if techniques.any_quantized(self.cfg.methods):
             self.results["provenance"]["nf4_error"] = provenance.nf4_weight_error(model, self.cfg.quant)
+            res.quantized_base = self._quantized_base()
+
+    def _quantized_base(self) -> dict:
+        """The 4-bit base every quantized technique starts from: its first such technique loaded as it trains, the
+        adapter at its initialisation (adding nothing), scored as the base is, on validation (the point its curve
+        leaves from: a QLoRA at alpha 0 is this model, not the base) and on the retention test (so that what a
+        quantized technique forgot splits into what the 4-bit rounding cost and what training did). A failure
+        costs this measurement only."""
+        method = next(m for m in self.cfg.methods if techniques.get(m).quantized)
+        t0, model = time.perf_counter(), None
+        try:
+            model = load_model(self.model_path, method, self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
+                               self.cfg.seed)
+            out = {"method": method}
+            if self._curve_on():
+                out["validation"] = self._validation_point(model, 0.0)
+            if self.retention_records:
+                out["retention"] = evaluation.answer_and_score(
+                    model, self.tokenizer, self.retention_records, self.rt, self.cfg.eval, self.retention_pools,
+                    "4-bit base: retention", evaluation.RETENTION_MAX_NEW_TOKENS)
+        except Exception as e:  # noqa: BLE001 -- the base's own results stand without it
+            log.warning("the 4-bit base could not be measured: %s: %s", type(e).__name__, e)
+            out = {"method": method, "error": f"{type(e).__name__}: {e}"}
+        finally:
+            del model
+            free_memory()
+        return {**out, "seconds": time.perf_counter() - t0}
 
     def _initial_adapter(self, method: str, seed: int) -> Path:
         """Where a converts_to_lora adapter's values before training wait for the conversion at save time."""

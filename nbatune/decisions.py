@@ -52,6 +52,9 @@ def comparison(results: dict) -> dict:
         if base_ret.get("correct") and (r.get("retention") or {}).get("correct"):
             d = paired_difference(base_ret["correct"], r["retention"]["correct"])
             out["forgot"][m] = {**d, "base": base_ret["accuracy"], "after": r["retention"]["accuracy"]}
+            split = _forgetting_split(base_ret, (ok.get("base") or {}).get("quantized_base") or {}, m, r)
+            if split:
+                out["forgot"][m]["split"] = split
     names = list(trained)
     raw = {}
     for i, a in enumerate(names):
@@ -124,6 +127,13 @@ def comparison(results: dict) -> dict:
         rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
             f"{techniques.label(m)} {f['diff']:+.1%} ({f['ci95'][0]:+.1%} to {f['ci95'][1]:+.1%})"
             for m, f in out["forgot"].items()) + ".")
+        for m, f in out["forgot"].items():
+            if s := f.get("split"):
+                q, t = s["quantization"], s["training"]
+                rec.append(f"{techniques.label(m)}'s forgetting splits into its 4-bit base's, before any training, "
+                           f"{q['diff']:+.1%} ({q['ci95'][0]:+.1%} to {q['ci95'][1]:+.1%}; the untrained 4-bit base "
+                           f"answers {s['quantized_base']:.1%}), and training's, {t['diff']:+.1%} ({t['ci95'][0]:+.1%} "
+                           f"to {t['ci95'][1]:+.1%}).")
     out["recommendation"] = " ".join(rec + not_compared)
     return out
 
@@ -136,6 +146,18 @@ def _retention_gap(r: dict, best: dict) -> dict | None:
         return None
     d = paired_difference(a, b)
     return d if d["ci95"][1] < 0 else None
+
+
+def _forgetting_split(base_ret: dict, qbase: dict, m: str, r: dict) -> dict | None:
+    """A quantized technique's forgetting in two parts, paired on the same retention questions: the 4-bit base
+    against the base (what the rounding cost before any training) and the technique against the 4-bit base
+    (what training did); the two add up to the whole. None for other techniques, or without the 4-bit base."""
+    q = (qbase.get("retention") or {}).get("correct")
+    if not (q and techniques.get(m).quantized and len(q) == len(base_ret["correct"])):
+        return None
+    return {"quantization": paired_difference(base_ret["correct"], q),
+            "training": paired_difference(q, r["retention"]["correct"]),
+            "quantized_base": qbase["retention"]["accuracy"]}
 
 
 def _not_compared(results: dict) -> list[str]:

@@ -84,7 +84,7 @@ def phases_line(results: dict, with_report: bool = True) -> str:
     ph = results.get("phases") or {}
     names = {"load_s": "load", "train_s": "train", "learning_curve_s": "learning curve",
              "train_setup_s": "trainer setup", "save_s": "save", "eval_s": "eval", "retention_s": "retention",
-             "curve_s": "curve", "few_shot_s": "few-shot", "other_s": "other"}
+             "curve_s": "curve", "few_shot_s": "few-shot", "quantized_base_s": "4-bit base", "other_s": "other"}
     parts = []
     for m, p in ph.items():
         if m == "report":
@@ -160,6 +160,11 @@ def operating_table(results: dict) -> str:
         at_one = " / ".join(_quality(trained)) if trained else ("same" if m != "base" else "-")
         alpha = "-" if m == "base" else (f"{op['alpha']:g}" if op else "1 (no curve)")
         rows.append(f"| {techniques.label(m)} | {alpha} | " + " | ".join(_quality(r)) + f" | {kept} | {at_one} |")
+        q = r.get("quantized_base") or {}
+        if m == "base" and (q.get("retention") or {}).get("accuracy") is not None:
+            qkept = f"{q['retention']['accuracy'] / base_ret:.0%}" if base_ret else "-"
+            rows.append(f"| 4-bit base (untrained: alpha 0 of {techniques.label(q['method'])}) | 0 | not measured | "
+                        f"not measured | {_pct(q['retention'])} | {qkept} | - |")
     reasons = {techniques.label(m): r["operating_point"]["reason"] for m, r in ok.items()
                if r.get("operating_point")}
     policy = next((r["operating_point"]["policy"] for r in ok.values() if r.get("operating_point")), None)
@@ -323,17 +328,19 @@ def plots(results: dict, out_dir: Path) -> dict[str, str]:
 
 
 def _tradeoff_plot(plt, ok: dict, path: Path) -> str:
-    """The learning-forgetting Pareto view on validation: each technique's curve from the base (alpha = 0) to
-    the trained model (alpha = 1, square), its chosen point starred, the points no other point beats on both
-    axes circled (the front)."""
+    """The learning-forgetting Pareto view on validation: each technique's curve from its alpha = 0 (the base; for
+    a quantized technique the 4-bit base, a diamond) to the trained model (alpha = 1, square), its chosen point
+    starred, the points no other point beats on both axes circled (the front)."""
     base = (ok.get("base") or {}).get("validation") or {}
+    qbase = ((ok.get("base") or {}).get("quantized_base") or {}).get("validation") or {}
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     points = []
     for m, r in ok.items():
         curve = r.get("curve") or []
         if not curve:
             continue
-        pts = ([base] if base else []) + curve
+        origin = qbase if qbase and m in techniques.names() and techniques.get(m).quantized else base
+        pts = ([origin] if origin else []) + curve
         xs, ys = [p["general_validation"] for p in pts], [p["nba_validation"] for p in pts]
         ax.plot(xs, ys, color=techniques.color(m), marker="o", ms=4, label=techniques.label(m))
         for p in curve:
@@ -349,6 +356,9 @@ def _tradeoff_plot(plt, ok: dict, path: Path) -> str:
     best = [points[i] for i in front([(-x, y) for x, y in points])]  # more retention is better here
     if best:
         ax.plot(*zip(*best), "o", ms=13, mfc="none", mec="#444", lw=0.8, label="Pareto front")
+    if qbase:
+        ax.plot(qbase["general_validation"], qbase["nba_validation"], "kD", ms=6, mfc="white",
+                label="4-bit base (alpha 0 of the quantized)")
     if base:
         ax.plot(base["general_validation"], base["nba_validation"], "ko", ms=7, label="base (alpha 0)")
         share = next((r["operating_point"].get("keep", 0.9) for r in ok.values() if r.get("operating_point")), 0.9)

@@ -69,6 +69,9 @@ class MethodResult:
     accuracy_mean: float | None = None
     accuracy_sd: float | None = None
     validation: dict = field(default_factory=dict)  # base only: NBA and general validation, the curve's origin
+    # base only: the 4-bit base a quantized technique starts from (its curve's alpha 0), measured as the base is:
+    # {method, validation, retention, seconds}; {} when no quantized technique runs
+    quantized_base: dict = field(default_factory=dict)
     curve: list = field(default_factory=list)  # [{alpha, nba_validation, general_validation}]
     operating_point: dict = field(default_factory=dict)  # {alpha, policy, reason}: what the top-level figures are
     trained: dict = field(default_factory=dict)  # the same test figures at alpha = 1, when the point is elsewhere

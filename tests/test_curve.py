@@ -265,6 +265,28 @@ def test_the_report_shows_the_operating_points_and_the_tradeoff_figure(run):
         operating_table(lazy))
 
 
+def test_qlora_starts_from_the_4bit_base_measured_beside_the_base_and_its_forgetting_splits_in_two(run):
+    """QLoRA's alpha 0 is the 4-bit base, not the base: it is measured in the base's job (validation point and
+    retention test), its retention answers are those of the saved QLoRA at alpha 0, and QLoRA's forgetting splits
+    into the 4-bit base's and training's, adding up to the whole."""
+    cmp, res = run
+    q = res["base"]["quantized_base"]
+    assert q["method"] == "qlora" and set(q["validation"]) == {"alpha", "nba_validation", "general_validation"}
+    model, _, rt, _ = load_from_run(res["run_dir"], "qlora", alpha=0.0)
+    again = evaluation.answer_and_score(model, cmp.tokenizer, cmp.retention_records, rt, cmp.cfg.eval,
+                                        cmp.retention_pools, "retention", evaluation.RETENTION_MAX_NEW_TOKENS)
+    assert again["predictions"] == q["retention"]["predictions"] and any(again["predictions"])
+    forgot = res["comparison"]["forgot"]
+    split = forgot["qlora"]["split"]
+    assert split["quantization"]["diff"] + split["training"]["diff"] == pytest.approx(forgot["qlora"]["diff"])
+    assert split["quantized_base"] == q["retention"]["accuracy"]
+    assert all("split" not in forgot[m] for m in ("full", "lora", "dora"))
+    assert "QLoRA (4-bit)'s forgetting splits into its 4-bit base's" in res["comparison"]["recommendation"]
+    report = (Path(res["run_dir"]) / "report.md").read_text()
+    assert "| 4-bit base (untrained: alpha 0 of QLoRA (4-bit)) | 0 | not measured |" in report
+    assert res["phases"]["base"]["quantized_base_s"] == q["seconds"] > 0
+
+
 def test_results_keep_each_phases_wall_time(run):
     from nbatune.report import phases_line
 
