@@ -72,8 +72,9 @@ def main() -> int:
             p.error(f"--drop-categories: no training rows of {sorted(unknown)}")
         kept = [r for r in data.records["train"] if r["category"] not in dropped]
         rows, _ = tokenize_records(kept, data.tokenizer, cfg.model.max_length, cfg.data.overlong, "train")
-    if cfg.train.replay_share:
-        rows, _ = replay.add_to(rows, data.model_path, data.tokenizer, cfg, rt)
+    if cfg.train.replays([a.method]):
+        rows, replay_rows, _ = replay.prepare(rows, data.model_path, data.tokenizer, cfg, rt)
+        rows = replay.mix(rows, replay_rows, cfg.train.replay_share_for(a.method))
     dev = dev_records(cfg, a.dev_size)
     pools = scoring.candidate_pools(*data.records.values(), dev)
     general = retention.records(cfg.model.system_prompt, "validation")

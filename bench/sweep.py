@@ -56,8 +56,9 @@ def run_one(method: str, lr: float, steps: int, config: str | None, overrides: l
     data = prepare_training_data(cfg)
     path, tok, rows = data.model_path, data.tokenizer, data.train_rows
     added = {}
-    if cfg.train.replay_share:  # train on what a run trains on: general validation depends on it
-        rows, added = replay.add_to(rows, path, tok, cfg, rt)
+    if cfg.train.replays([method]):  # train on what a run trains on: general validation depends on it
+        rows, replay_rows, added = replay.prepare(rows, path, tok, cfg, rt)
+        rows = replay.mix(rows, replay_rows, cfg.train.replay_share_for(method))
     val, _ = tokenize_records(data.records["validation"][:val_rows], tok, cfg.model.max_length, "drop", "validation")
     model = load_model(path, method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed,
                        cfg.train.gradient_checkpointing[method])

@@ -62,6 +62,8 @@ class Comparison:
         self.results: dict = {}
         self._ready = False
         self.replay_info: dict = {}
+        self.replay_rows: list[dict] = []  # the base's own answers to general prompts, tokenized (train.replay_share)
+        self._mixed: dict[float, list[dict]] = {}  # rows_for's lists, by replay share
         self.base_validation: dict = {}  # every curve's origin (the base's validation point), once measured
         self._lane_dir: Path | None = None
         self._origin: dict = {}  # in lanes: which job measures the origin, and the file it writes it to
@@ -86,8 +88,9 @@ class Comparison:
         data = prepare_training_data(cfg)
         self.model_path, self.tokenizer, self.records, self.train_rows = (data.model_path, data.tokenizer, data.records,
                                                                           data.train_rows)
-        if cfg.train.replay_share:
-            self._mix_replay()
+        if cfg.train.replays(cfg.methods):
+            self.train_rows, self.replay_rows, self.replay_info = replay.prepare(
+                self.train_rows, self.model_path, self.tokenizer, cfg, self.rt)
         val_records = self.records["validation"][: cfg.eval.max_val_examples]
         self.val_rows, val_stats = tokenize_records(val_records, self.tokenizer, cfg.model.max_length, "drop",
                                                     "validation", cfg.data.train_on == "all_assistant_turns")
@@ -108,7 +111,7 @@ class Comparison:
             "test_evaluated": len(self.test_records),
             "train_tokenization": data.train_stats.to_dict(),
             "validation_tokenization": val_stats.to_dict(),
-            "train_tokens_per_epoch": sum(r["length"] for r in self.train_rows),
+            "train_tokens_per_epoch": {m: sum(r["length"] for r in self.rows_for(m)) for m in cfg.methods},
         }
         self.memory_estimates = self._check_memory()
         # what each model's evaluation will add to its loaded weights
@@ -124,10 +127,13 @@ class Comparison:
         self._ready = True
         return self
 
-    def _mix_replay(self) -> None:
-        """Append the base's own answers to general prompts to the training rows, at train.replay_share."""
-        self.train_rows, self.replay_info = replay.add_to(self.train_rows, self.model_path, self.tokenizer, self.cfg,
-                                                          self.rt)
+    def rows_for(self, method: str) -> list[dict]:
+        """What ``method`` trains on: the NBA training rows with the base's own answers to general prompts mixed in
+        at its ``train.replay_share`` (one list per share)."""
+        share = self.cfg.train.replay_share_for(method) if self.replay_rows else 0.0
+        if share not in self._mixed:
+            self._mixed[share] = replay.mix(self.train_rows, self.replay_rows, share)
+        return self._mixed[share]
 
     def _check_memory(self) -> dict:
         """Estimate each technique's peak before anything trains; refuse (or warn about) those that
@@ -136,7 +142,7 @@ class Comparison:
         if t.memory_check == "skip":
             return {}
         try:
-            estimates = estimate_for_run(self.cfg, self.model_path, self.train_rows, self.tokenizer.pad_token_id,
+            estimates = estimate_for_run(self.cfg, self.model_path, self.rows_for, self.tokenizer.pad_token_id,
                                          self.rt.device, self.rt.precision)
         except ValueError as e:  # an architecture the estimator does not know: train without a check
             log.warning("no memory estimate: %s", e)
@@ -513,7 +519,7 @@ class Comparison:
                         with mem.paused():  # the learning curve is a measurement, not training memory
                             return evaluation.teacher_forced_exact_match(mdl, self.tokenizer, self.curve_rows,
                                                                          self.rt)
-                    out = train(model, self.tokenizer, self.train_rows, method, self.cfg.train, self.rt, ckpt_dir,
+                    out = train(model, self.tokenizer, self.rows_for(method), method, self.cfg.train, self.rt, ckpt_dir,
                                 seed, resume=resume and latest_checkpoint(ckpt_dir) is not None,
                                 curve=curve if self.is_main else None)
                     res.record_training(out)

@@ -26,7 +26,7 @@ TRAINER_ARGS_OWNED = {"output_dir": "the run folder", "max_steps": "train.max_st
                       "bf16": "train.precision", "fp16": "train.precision", "use_cpu": "train.device",
                       "report_to": "train.report_to", "save_steps": "train.save_steps",
                       "gradient_checkpointing": "train.gradient_checkpointing"}
-PER_METHOD_FIELDS = ("learning_rate", "optimizer", "gradient_checkpointing", "compile")  # TrainConfig tables keyed by method
+PER_METHOD_FIELDS = ("learning_rate", "optimizer", "gradient_checkpointing", "compile", "replay_share")  # tables by method
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -163,10 +163,12 @@ class TrainConfig:
     loss_chunk_tokens: int = _f(512, "Output head + loss over the answer tokens only, this many at a time, never "
                                      "holding all their logits (less memory, less head compute). 0: the model "
                                      "computes the logits of every answer column.")
-    replay_share: float = _f(0.2, "Share of training examples that replay the base model's own answers to general "
-                                  "prompts (nbatune.replay; generated once per base model, cached), against "
-                                  "forgetting. 0: off. 0.2 measured on LoRA: general retention 30% -> 60% (base "
-                                  "68%), NBA accuracy -2 points within noise (bench/replay-ab-cpu-20261202.json).")
+    replay_share: float | dict[str, float] = _per_technique(
+        "replay_share", "Share of training examples that replay the base model's own answers to general prompts "
+        "(nbatune.replay; generated once per base model, cached), against forgetting: a table by technique (the "
+        "registry's defaults for those it does not name), or one share for all. 0: off. 0.2 measured on LoRA: general "
+        "retention 30% -> 60% (base 68%), NBA accuracy -2 points within noise (bench/replay-ab-cpu-20261202.json); "
+        "QLoRA 0.4: its 4-bit base lost what the base's answers teach (bench/probe-qlora-replay-cpu-20261206.json).")
     replay_targets: Literal["tokens", "distribution"] = _f(
         "tokens", "What replay rows are trained toward. tokens: the base's greedy answer (cross-entropy). "
                   "distribution: the base's next-token distribution at each answer token (its top "
@@ -185,6 +187,15 @@ class TrainConfig:
                   "warn about, a run that will not fit memory_budget_gib.")
     memory_budget_gib: float | None = _f(None, "Memory a training process may use. None: what the device has free "
                                                "at setup (CUDA free memory, or the OS's available RAM).")
+
+    def replay_share_for(self, method: str) -> float:
+        """``method``'s replay share: ``replay_share`` itself, or its entry in a table by technique."""
+        if isinstance(self.replay_share, dict):
+            return float(self.replay_share.get(method, techniques.get(method).replay_share))
+        return float(self.replay_share)
+
+    def replays(self, methods) -> bool:
+        return any(self.replay_share_for(m) > 0 for m in methods)
 
 
 @dataclass
@@ -352,7 +363,9 @@ def _build(cls, data: Any, prefix: str, errors: list[str]):
             kwargs[f.name] = _build(tp, value, f"{prefix}{f.name}.", errors)
         elif f.name in PER_METHOD_FIELDS and isinstance(value, dict):
             merged = {**getattr(defaults, f.name), **value}
-            kwargs[f.name] = {m: _check(v, typing.get_args(tp)[1], f"{prefix}{f.name}.{m}", errors)
+            table = next(a for a in (typing.get_args(tp) if typing.get_origin(tp) is not dict else (tp,))
+                         if typing.get_origin(a) is dict)  # replay_share: a table, or one share for all
+            kwargs[f.name] = {m: _check(v, typing.get_args(table)[1], f"{prefix}{f.name}.{m}", errors)
                               for m, v in merged.items()}
             for m in value:
                 if m not in techniques.names():
@@ -438,7 +451,10 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
             need(k not in owned, f"train.trainer_args.{k}: set by nbatune from its own config; use "
                                  f"{TRAINER_ARGS_OWNED.get(k, 'the matching train.* field')}")
     need(t.curve_steps >= 0, f"train.curve_steps: {t.curve_steps} must be >= 0 (0: off)")
-    need(0 <= t.replay_share <= 0.5, f"train.replay_share: {t.replay_share} must be in [0, 0.5] (0: off)")
+    shares = t.replay_share if isinstance(t.replay_share, dict) else {"": t.replay_share}
+    for m, share in shares.items():  # unknown techniques in the table: refused where it is read (_build)
+        need(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share <= 0.5,
+             f"train.replay_share{'.' + m if m else ''}: {share!r} must be a number in [0, 0.5] (0: off)")
     need(t.batch_size >= 1, f"train.batch_size: {t.batch_size} must be >= 1")
     need(t.grad_accum >= 1, f"train.grad_accum: {t.grad_accum} must be >= 1")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")

@@ -304,19 +304,24 @@ def estimate_for_config(cfg, method: str, model, tokens: int, logit_tokens: int 
                            upcast_frozen=cfg.quant.upcast_frozen)
 
 
-def estimate_for_run(cfg, model_path: str, train_rows: list[dict], pad_id: int, device: str,
+def estimate_for_run(cfg, model_path: str, train_rows, pad_id: int, device: str,
                      precision: str) -> dict[str, MemoryEstimate]:
-    """The estimate for each technique of a configured run, with the micro-batch sized by the
-    trainer's own collator over the tokenized training rows (model config and batches read once)."""
+    """The estimate for each technique of a configured run, with the micro-batch sized by the trainer's own
+    collator over the tokenized training rows (model config read once, each list of rows once). ``train_rows``:
+    one list for every technique, or ``method -> rows`` (each technique's replay share)."""
     from .data.tokenize import make_collator
 
     t = cfg.train
     collator = make_collator(t, pad_id, device)
-    tokens, logit_tokens, width = batch_footprint(train_rows, collator, t.batch_size, t.loss_chunk_tokens > 0,
-                                                  seed=cfg.seed)
-    shape = model_shape(model_path)
-    return {m: estimate_for_config(cfg, m, shape, tokens, logit_tokens, device, precision, width)
-            for m in cfg.methods}
+    rows_of = train_rows if callable(train_rows) else (lambda m: train_rows)
+    shape, footprints, out = model_shape(model_path), {}, {}
+    for m in cfg.methods:
+        rows = rows_of(m)
+        if id(rows) not in footprints:
+            footprints[id(rows)] = batch_footprint(rows, collator, t.batch_size, t.loss_chunk_tokens > 0, seed=cfg.seed)
+        tokens, logit_tokens, width = footprints[id(rows)]
+        out[m] = estimate_for_config(cfg, m, shape, tokens, logit_tokens, device, precision, width)
+    return out
 
 
 # Evaluation (no gradients): what a call adds above the loaded model (``estimate_eval_memory``).

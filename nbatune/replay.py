@@ -106,25 +106,26 @@ def with_distributions(rows: list[dict], model_path: str, tokenizer, cfg, rt) ->
     return out
 
 
-def add_to(train_rows: list[dict], model_path: str, tokenizer, cfg, rt) -> tuple[list[dict], dict]:
-    """``train_rows`` with the replay rows mixed in at ``train.replay_share`` (toward the base's greedy answers or its
-    distribution, ``train.replay_targets``), and what was added (``dataset.replay`` in results.json)."""
+def prepare(train_rows: list[dict], model_path: str, tokenizer, cfg, rt) -> tuple[list[dict], list[dict], dict]:
+    """The replay rows (toward the base's greedy answers or its distribution, ``train.replay_targets``), the training
+    rows made ready to be mixed with them, and what there is to mix (``dataset.replay`` in results.json; ``mix``
+    adds them at each technique's ``train.replay_share``)."""
     from .data.tokenize import tokenize_records
 
     t = cfg.train
     recs = records(cfg.model.system_prompt, base_answers(model_path, tokenizer, cfg, rt))
     if not recs:  # a base that answers nothing has no answer style to keep
         log.warning("replay: the base model gave no answer to any general prompt; training without replay")
-        return train_rows, {"share": t.replay_share, "prompts": 0, "rows": 0, "skipped": "the base gave no answers"}
+        return train_rows, [], {"share": t.replay_share, "prompts": 0, "rows": {}, "skipped": "the base gave no answers"}
     rows, _ = tokenize_records(recs, tokenizer, cfg.model.max_length, "drop", "replay", False)
     if t.replay_targets == "distribution":
         rows = with_distributions(rows, model_path, tokenizer, cfg, rt)
         # every row has the columns (the training dataset takes its columns from its first row)
         train_rows = [{**r, "soft_ids": [], "soft_probs": []} for r in train_rows]
-    mixed = mix(train_rows, rows, t.replay_share)
-    return mixed, {"share": t.replay_share, "targets": t.replay_targets, "prompts": len(rows),
-                   "rows": len(mixed) - len(train_rows),
-                   "fingerprint": fingerprint(model_path, cfg.model.system_prompt, rt.precision)}
+    return train_rows, rows, {"share": t.replay_share, "targets": t.replay_targets, "prompts": len(rows),
+                              "rows": {m: len(mix(train_rows, rows, t.replay_share_for(m))) - len(train_rows)
+                                       for m in cfg.methods},
+                              "fingerprint": fingerprint(model_path, cfg.model.system_prompt, rt.precision)}
 
 
 def mix(train_rows: list[dict], replay_rows: list[dict], share: float) -> list[dict]:

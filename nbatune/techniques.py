@@ -26,6 +26,7 @@ class Technique:
     optimizer: str = "adamw_torch_fused"
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile each decoder layer for training (train.compile)
+    replay_share: float = 0.2  # train.replay_share: the base's own answers to general prompts, against forgetting
     # PEFT config from the run's LoraSettings (adapters only); None: the run's LoRA settings as they are
     peft_config: Callable | None = None
     # PEFT's input cast of each adapter undone by autocast anyway: skip it (an unquantized bf16 base only)
@@ -153,7 +154,9 @@ register(Technique(
     oom_tip="qlora (a 4-bit base takes about a quarter of the weight memory)"))
 register(Technique(
     name="qlora", label="QLoRA (4-bit)", color="#d62728", adapter=True, quantized=True, learning_rate=4e-3, curve="scale",
-    skip_input_casts=True, precision="frozen base in 4-bit NF4 with bf16 compute, its other weights in bf16 "
+    # twice LoRA's replay: its 4-bit base answers 39% of general validation where the base answers 55%, and the
+    # base's own answers teach some of it back (bench/probe-qlora-replay-cpu-20261206.json)
+    replay_share=0.4, skip_input_casts=True, precision="frozen base in 4-bit NF4 with bf16 compute, its other weights in bf16 "
     "(quant.upcast_frozen), fp32 adapters", memory_kind="adapter_4bit"))
 DEFAULT_METHODS = ("full", "lora", "qlora")  # the design card's three, in its order
 

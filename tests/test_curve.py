@@ -205,9 +205,10 @@ def test_replay_mixes_the_bases_own_answers_at_the_share_and_caches_them(answeri
         again = Comparison(cfg).setup()
         assert "from" in caplog.text and "generating" not in caplog.text
     nba = len(plain.train_rows)
-    assert first.train_rows[:nba] == plain.train_rows and again.train_rows == first.train_rows
-    added = first.train_rows[nba:]
-    assert len(added) == round(0.2 / 0.8 * nba) == first.replay_info["rows"]
+    mixed = first.rows_for("lora")
+    assert mixed[:nba] == plain.train_rows and again.rows_for("lora") == mixed
+    added = mixed[nba:]
+    assert len(added) == round(0.2 / 0.8 * nba) == first.replay_info["rows"]["lora"]
     # each replayed answer is the base's greedy answer to its prompt
     model = __import__("nbatune.modeling", fromlist=["load_model"]).load_model(
         first.model_path, "base", first.cfg.model, first.rt, first.cfg.lora, first.cfg.quant, 0)
@@ -320,8 +321,8 @@ def test_replay_with_a_base_that_answers_nothing_trains_without_it(tiny_model_di
     plain = Comparison(tiny_config(tiny_model_dir, tmp_path / "a")).setup()
     with caplog.at_level(logging.WARNING, logger="nbatune.replay"):
         cmp = Comparison(tiny_config(tiny_model_dir, tmp_path / "b", **{"train.replay_share": 0.2})).setup()
-    assert "training without replay" in caplog.text and cmp.replay_info["rows"] == 0
-    assert cmp.train_rows == plain.train_rows
+    assert "training without replay" in caplog.text and not cmp.replay_info["rows"]
+    assert cmp.rows_for("lora") == plain.train_rows
 
 
 def test_teacher_forced_exact_match_batches_rows_by_length_and_scores_each_as_alone(run):
@@ -370,7 +371,7 @@ def test_replay_toward_the_bases_distribution_trains_and_its_top_token_is_the_re
     cmp = Comparison(tiny_config(answering_model_dir, tmp_path, evaluate_base=False, methods=["lora"],
                                  **{**ANSWERING, "train.replay_share": 0.2, "train.replay_targets": "distribution",
                                     "eval.retention": False})).setup()
-    soft = [r for r in cmp.train_rows if r["soft_ids"]]
+    soft = [r for r in cmp.rows_for("lora") if r["soft_ids"]]
     assert soft and cmp.replay_info["targets"] == "distribution"
     for r in soft:
         answer = [t for t in r["labels"] if t != -100]
@@ -382,3 +383,25 @@ def test_replay_toward_the_bases_distribution_trains_and_its_top_token_is_the_re
     assert sum(tops) / len(tops) > 0.9
     res = cmp._run_method("lora", cmp.cfg.seed, save=False)
     assert res.status.value == "ok", res.error
+
+
+def test_each_technique_trains_on_its_own_replay_share(answering_model_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """``train.replay_share`` as a table: each technique's rows carry its share of replay rows (the NBA rows the
+    same for all), the unnamed get 0.2, and a share out of range or a technique that does not exist is refused."""
+    from nbatune.config import ConfigError
+
+    monkeypatch.setenv("NBATUNE_CACHE", str(tmp_path / "cache"))
+    cmp = Comparison(tiny_config(answering_model_dir, tmp_path, methods=["full", "lora", "qlora"],
+                                 **{**ANSWERING, "train.replay_share": {"lora": 0.0, "qlora": 0.4}})).setup()
+    assert cmp.replay_rows
+    nba = len(cmp.train_rows)
+    assert cmp.rows_for("lora") == cmp.train_rows
+    for m, share in (("full", 0.2), ("qlora", 0.4)):
+        rows = cmp.rows_for(m)
+        assert rows[:nba] == cmp.train_rows and len(rows) - nba == round(share / (1 - share) * nba)
+        assert cmp.replay_info["rows"][m] == len(rows) - nba
+    assert cmp.rows_for("full") is cmp.rows_for("full")  # mixed once per share
+    for bad, msg in (({"qlora": 0.6}, "train.replay_share.qlora: 0.6 must be a number in [0, 0.5]"),
+                     ({"nosuch": 0.1}, "train.replay_share.nosuch: unknown method")):
+        with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+            Comparison(tiny_config(tiny_model_dir, tmp_path / "bad", **{"train.replay_share": bad}))
