@@ -55,10 +55,12 @@ def run_one(method: str, lr: float, steps: int, config: str | None, overrides: l
     rt = resolve(cfg.train.device, cfg.train.precision)
     data = prepare_training_data(cfg)
     path, tok, rows = data.model_path, data.tokenizer, data.train_rows
-    added = {}
+    added = 0
     if cfg.train.replays([method]):  # train on what a run trains on: general validation depends on it
-        rows, replay_rows, added = replay.prepare(rows, path, tok, cfg, rt)
+        rows, replay_rows, _ = replay.prepare(rows, path, tok, cfg, rt)
+        nba = len(rows)
         rows = replay.mix(rows, replay_rows, cfg.train.replay_share_for(method))
+        added = len(rows) - nba
     val, _ = tokenize_records(data.records["validation"][:val_rows], tok, cfg.model.max_length, "drop", "validation")
     model = load_model(path, method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed,
                        cfg.train.gradient_checkpointing[method])
@@ -70,7 +72,7 @@ def run_one(method: str, lr: float, steps: int, config: str | None, overrides: l
     free_memory()
     return {"method": method, "learning_rate": lr, "steps": out.steps, "final_train_loss": out.final_loss,
             "validation_exact_match": out.learning_curve[-1]["exact_match"], "general_validation": general,
-            "curve": out.learning_curve, "replay_rows": added.get("rows", 0), "seconds": time.perf_counter() - t0}
+            "curve": out.learning_curve, "replay_rows": added, "seconds": time.perf_counter() - t0}
 
 
 def general_validation(model, tok, cfg, rt) -> float:
