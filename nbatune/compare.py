@@ -349,7 +349,7 @@ class Comparison:
             if out.get("nf4_error") is not None:
                 self.results["provenance"]["nf4_error"] = out["nf4_error"]
         if method == "base":
-            origin = (self.results["base"].get("validation") or {})
+            origin = self.results["base"].get("validation") or {}
             if origin.get("measured_by") not in (None, "base") and "base" in self.results.get("phases", {}):
                 for k in ("wall_s", "other_s"):  # its origin, measured in another job's process
                     self.results["phases"]["base"][k] += origin["seconds"]
@@ -406,7 +406,7 @@ class Comparison:
         env = self.results["environment"]
         inputs = {"config": {k: cfg[k] for k in ("model", "eval", "quant", "data")},
                   "nf4_error": techniques.any_quantized(self.cfg.methods), "curve": self._curve_on(),
-                  "quantized_base": next((m for m in self.cfg.methods if techniques.get(m).quantized), None),
+                  "quantized_base": self._quantized_method(),
                   "records": [self.test_records, self.val_rows, self.retention_records, self.retention_pools,
                               self.pools, self.general_val, self.select_rows, self.records["train"]]}
         # the threads the base will answer with: a lane's cores, or all of them
@@ -640,13 +640,17 @@ class Comparison:
             self.results["provenance"]["nf4_error"] = provenance.nf4_weight_error(model, self.cfg.quant)
             res.quantized_base = self._quantized_base()
 
+    def _quantized_method(self) -> str | None:
+        """The run's first quantized technique: the one whose 4-bit base ``_quantized_base`` loads."""
+        return next((m for m in self.cfg.methods if techniques.get(m).quantized), None)
+
     def _quantized_base(self) -> dict:
         """The 4-bit base every quantized technique starts from: its first such technique loaded as it trains, the
         adapter at its initialisation (adding nothing), scored as the base is, on validation (the point its curve
         leaves from: a QLoRA at alpha 0 is this model, not the base) and on the retention test (so that what a
         quantized technique forgot splits into what the 4-bit rounding cost and what training did). A failure
         costs this measurement only."""
-        method = next(m for m in self.cfg.methods if techniques.get(m).quantized)
+        method = self._quantized_method()
         t0, model = time.perf_counter(), None
         try:
             model = load_model(self.model_path, method, self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,

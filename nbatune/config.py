@@ -195,6 +195,7 @@ class TrainConfig:
         return float(self.replay_share)
 
     def replays(self, methods) -> bool:
+        """Whether any of ``methods`` trains with replay rows (then the base's answers are needed)."""
         return any(self.replay_share_for(m) > 0 for m in methods)
 
 
