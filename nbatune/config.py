@@ -120,19 +120,21 @@ def frozen_in_fp32(upcast_frozen: bool, precision: str) -> bool:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = _f(140, "Optimizer steps per method. Same for every method: same data, same token budget.")
+    max_steps: int = _f(240, "Optimizer steps per method. Same for every method: same data, same token budget.")
     epochs: float | None = _f(None, "Train this many passes over the training split instead of max_steps (the steps "
                                     "are worked out from the batch size, accumulation and processes).")
     repeats: int = _f(1, "Train every technique this many times, with seeds seed, seed+1, ..., on the same data and "
                          "test set; results keep every repeat and give the mean and spread. The first repeat's "
                          "model is the one saved.")
-    batch_size: int = _f(8, "Examples per micro-batch.")
+    batch_size: int = _f(4, "Examples per micro-batch.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     learning_rate: dict[str, float] = _per_technique("learning_rate",
                                                      "Peak learning rate per method, from the sweep named in "
                                                      "learning_rate_source (adapters want a ~10-20x higher rate).")
-    learning_rate_source: str = _f("bench/sweep-cpu-20261205-140steps*.json (140-step runs with replay, NBA and "
-                                   "general validation, the operating-point policy; BENCHMARKS.md)", "Where the learning rates come from (the report prints "
+    learning_rate_source: str = _f("bench/sweep-cpu-20261205-140steps*.json (full, LoRA: 140-step runs of 8 with "
+                                   "replay, NBA and general validation, the operating-point policy); "
+                                   "bench/probe-batch4-cpu-20261206.json (the batch of 4 and QLoRA's rate, on the "
+                                   "development set; BENCHMARKS.md)", "Where the learning rates come from (the report prints "
                                                             "it): the sweep they were picked from.")
     optimizer: dict[str, str] = _per_technique("optimizer", "Optimizer per method: adamw_torch(_fused), adamw_8bit or "
                                                             "paged_adamw_8bit. Fused is the same AdamW in one kernel "
@@ -173,7 +175,7 @@ class TrainConfig:
         "tokens", "What replay rows are trained toward. tokens: the base's greedy answer (cross-entropy). "
                   "distribution: the base's next-token distribution at each answer token (its top "
                   "nbatune.replay.TOP_K tokens, renormalised): a KL term toward the base on the replay prompts.")
-    curve_steps: int = _f(30, "Learning curve: every this many steps, teacher-forced exact match on "
+    curve_steps: int = _f(60, "Learning curve: every this many steps, teacher-forced exact match on "
                               "eval.curve_examples validation rows (0: off).")
     early_stopping_patience: int = _f(0, "Stop a technique when the learning-curve score has not improved for this "
                                          "many measurements (every curve_steps); 0: off.")

@@ -153,7 +153,7 @@ register(Technique(
     precision=ADAPTER_PRECISION, memory_kind="adapter",
     oom_tip="qlora (a 4-bit base takes about a quarter of the weight memory)"))
 register(Technique(
-    name="qlora", label="QLoRA (4-bit)", color="#d62728", adapter=True, quantized=True, learning_rate=4e-3, curve="scale",
+    name="qlora", label="QLoRA (4-bit)", color="#d62728", adapter=True, quantized=True, learning_rate=3e-3, curve="scale",
     # twice LoRA's replay: its 4-bit base answers 39% of general validation where the base answers 55%, and the
     # base's own answers teach some of it back (bench/probe-qlora-replay-cpu-20261206.json)
     replay_share=0.4, skip_input_casts=True, precision="frozen base in 4-bit NF4 with bf16 compute, its other weights in bf16 "
