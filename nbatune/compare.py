@@ -33,8 +33,8 @@ from .training import latest_checkpoint, train
 
 log = logging.getLogger(__name__)
 # evaluation settings the base phase does not read: a change to them keeps its cached evaluation (basecache)
-BASE_IGNORES = ("reuse_base", "keep_general", "fallback_margin", "curve_alphas", "curve_every_point", "curve_examples",
-                "num_samples")
+BASE_IGNORES = ("reuse_base", "keep_general", "fallback_margin", "curve_alphas", "curve_every_point", "curve_refine",
+                "curve_examples", "num_samples")
 # what a technique's result keeps of alpha = 1 when its operating point is elsewhere
 TRAINED_KEYS = ("accuracy", "accuracy_ci95", "per_category", "formats", "retention", "predictions", "correct",
                 "eval_loss", "perplexity")
@@ -606,7 +606,7 @@ class Comparison:
         trivial = (self.results.get("baselines") or {}).get("trivial", {}).get("validation_accuracy", 0.0)
         strongest = max(trivial, base.get("nba_validation", 0.0))
         res.curve, skipped = decisions.score_curve(e.curve_alphas, score, base["general_validation"], strongest,
-                                                   e.keep_general, e.curve_every_point)
+                                                   e.keep_general, e.curve_every_point, e.curve_refine)
         res.operating_point = {**decisions.operating_point(res.curve, base["general_validation"], strongest,
                                                            e.keep_general, e.fallback_margin),
                                "base_general_validation": base["general_validation"],

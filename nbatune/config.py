@@ -230,6 +230,10 @@ class EvalConfig:
                                         "(decisions.score_curve: it could be chosen only by beating a larger alpha "
                                         "on NBA validation, which no measured curve did; about 16 s a point on 2 "
                                         "cores).")
+    curve_refine: int = _f(1, "Midpoints scored between the largest curve alpha the policy's first rule takes and "
+                              "the next larger scored alpha, which learned but missed eval.keep_general (each one "
+                              "halves the gap; decisions.score_curve). 0: the grid only. One general validation "
+                              "question had moved QLoRA a whole grid step, 0.75 -> 0.5 (STATUS.md).")
     keep_general: float = _f(0.9, "Operating-point policy: the highest NBA validation score among the points that "
                                   "keep at least this share of the base's general validation score and score above "
                                   "the strongest validation baseline (a point no better than a baseline learned "
@@ -500,6 +504,8 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
     need(e.batch_size >= 1, f"eval.batch_size: {e.batch_size} must be >= 1")
     need(e.few_shot >= 0, f"eval.few_shot: {e.few_shot} must be >= 0 (0: no few-shot baseline)")
     need(e.curve_examples >= 1, f"eval.curve_examples: {e.curve_examples} must be >= 1")
+    need(isinstance(e.curve_refine, int) and e.curve_refine >= 0, f"eval.curve_refine: {e.curve_refine!r} must be an "
+                                                                  "integer >= 0 (0: the grid only)")
     need(all(isinstance(a, (int, float)) and 0 <= a < 1 for a in e.curve_alphas),
          f"eval.curve_alphas: {e.curve_alphas} must be numbers in [0, 1) (alpha = 1, the trained model, is always "
          "scored)")

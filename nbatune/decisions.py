@@ -221,19 +221,31 @@ POLICY = ("the highest NBA validation score among the points above the strongest
 
 
 def score_curve(alphas, score, base_general: float, strongest: float, keep: float = 0.9,
-                every: bool = False) -> tuple[list[dict], list]:
+                every: bool = False, refine: int = 0) -> tuple[list[dict], list]:
     """The curve's points, scored from alpha 1 down by ``score(alpha) -> point``. Alpha 1 and the largest alpha
     below it are always scored (the figure's curve); a lower one only while no scored point is one the policy's
     first rule takes (above ``strongest`` on NBA validation, keeping ``keep`` of the base's general score), or
     with ``every``. A skipped point could have been chosen only by scoring higher on NBA validation than a larger
-    alpha the first rule takes: in every default-run curve measured NBA validation fell with alpha. Returns the
-    points in alpha order and the alphas not scored."""
+    alpha the first rule takes: in every default-run curve measured NBA validation fell with alpha. Then ``refine``
+    times, the midpoint between the largest alpha the first rule takes and the next larger scored alpha, which
+    learned but missed the floor: on a coarse grid one general question decides between 0.75 and 0.5, and the
+    midpoint keeps the choice near the floor rather than a grid step below it. Returns the points in alpha order and
+    the alphas not scored."""
+    def taken(p):
+        return _chosen_first(p, base_general, strongest, keep)
+
     points, skipped = [], []
     for i, a in enumerate(sorted(set(alphas) | {1.0}, reverse=True)):
-        if i >= 2 and not every and any(_chosen_first(p, base_general, strongest, keep) for p in points):
+        if i >= 2 and not every and any(taken(p) for p in points):
             skipped.append(a)
             continue
         points.append(score(a))
+    for _ in range(refine):
+        lo = max((p for p in points if taken(p)), key=lambda p: p["alpha"], default=None)
+        hi = min((p for p in points if lo and p["alpha"] > lo["alpha"]), key=lambda p: p["alpha"], default=None)
+        if hi is None or hi["nba_validation"] <= strongest:
+            break
+        points.append(score(round((lo["alpha"] + hi["alpha"]) / 2, 4)))
     return sorted(points, key=lambda p: p["alpha"]), sorted(skipped)
 
 

@@ -126,6 +126,29 @@ def test_lower_curve_points_are_scored_only_while_no_scored_point_keeps_the_floo
     assert decisions.score_curve(alphas, score, 0.6, 0.05, 0.9, every=True)[1] == [] and len(scored) == 4
 
 
+def test_the_curve_halves_the_gap_between_the_point_it_takes_and_the_larger_one_that_missed_the_floor():
+    alphas = [0.5, 0.75]
+    # 0.75 learned but kept one question too few (0.53 of 0.6 is 88%); 0.5 keeps: the midpoint is scored and taken
+    points = {1.0: (0.22, 0.42), 0.75: (0.19, 0.53), 0.625: (0.15, 0.545), 0.5: (0.11, 0.55), 0.6875: (0.17, 0.535)}
+    score, scored = _scorer(points)
+    curve, skipped = decisions.score_curve(alphas, score, 0.6, 0.05, 0.9, refine=1)
+    assert scored == [1.0, 0.75, 0.5, 0.625] and skipped == [] and [p["alpha"] for p in curve] == [0.5, 0.625, 0.75, 1.0]
+    assert decisions.operating_point(curve, 0.6, 0.05)["alpha"] == 0.625
+    # a second halving starts from the midpoint it took; one that misses the floor leaves the choice where it was
+    score, scored = _scorer(points)
+    curve, _ = decisions.score_curve(alphas, score, 0.6, 0.05, 0.9, refine=2)
+    assert scored == [1.0, 0.75, 0.5, 0.625, 0.6875] and decisions.operating_point(curve, 0.6, 0.05)["alpha"] == 0.625
+    # refine=0 is the grid alone
+    score, scored = _scorer(points)
+    assert decisions.score_curve(alphas, score, 0.6, 0.05, 0.9)[0][-1]["alpha"] == 1.0 and 0.625 not in scored
+    # nothing to halve: alpha 1 keeps the floor; no point keeps it; the larger point learned nothing
+    for pts in ({1.0: (0.3, 0.58), 0.75: (0.2, 0.6)}, {1.0: (0.3, 0.4), 0.75: (0.2, 0.4), 0.5: (0.1, 0.4)},
+                {1.0: (0.04, 0.4), 0.75: (0.03, 0.5), 0.5: (0.06, 0.58)}):
+        score, scored = _scorer(pts)
+        decisions.score_curve(alphas, score, 0.6, 0.05, 0.9, refine=1)
+        assert set(scored) <= set(pts), pts
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)), min_size=4, max_size=4),
        st.floats(0.05, 0.5), st.sampled_from([0.8, 0.9, 1.0]))
