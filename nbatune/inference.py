@@ -9,7 +9,7 @@ from pathlib import Path
 from . import techniques
 from .config import load_config
 from .evaluation import eval_mode
-from .modeling import load_tokenizer, quantization_config
+from .modeling import load_tokenizer, prepare_4bit_base, quantization_config
 from .runtime import resolve
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,15 @@ def load_from_run(run_dir: str | Path, method: str, alpha: float | None = None):
     """(model, tokenizer, runtime, system prompt) for ``method`` of a finished run: exactly the model
     that was scored. The base and whole-model techniques: fp32 weights (scored under the run's autocast).
     An adapter: on the base in the compute dtype, or, for a quantized technique, on the same 4-bit base
-    prepared as in training (norms and embeddings in fp32), not on an unquantized copy.
+    prepared as in training (`modeling.prepare_4bit_base`: norms and embeddings in the compute dtype unless
+    `quant.upcast_frozen`), not on an unquantized copy.
 
     Args:
         alpha: where on the technique's learning-forgetting curve (0: the base, 1: the trained model).
             Default: the run's chosen operating point, the one its headline figures are for.
     """
     import torch
-    from peft import PeftModel, prepare_model_for_kbit_training
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     run_dir = Path(run_dir)
@@ -77,7 +78,7 @@ def load_from_run(run_dir: str | Path, method: str, alpha: float | None = None):
             kwargs["quantization_config"] = quantization_config(cfg.quant, rt)
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         if tech.quantized:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            model = prepare_4bit_base(model, cfg.quant.upcast_frozen, rt)
         model = PeftModel.from_pretrained(model, run_dir / method / tech.saved_folder)
     model = move_to_alpha(model, run_dir, method, results, operating_alpha(results, method, alpha))
     if not (tech and tech.quantized):  # a 4-bit model is placed by bitsandbytes

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from . import decisions, techniques
+from .config import frozen_in_fp32
 from .decisions import BASELINE_LABEL
 
 DATASET = "nbatune NBA analytics instructions (built-in)"
@@ -155,22 +156,29 @@ def _rest(lines, results, method, r, base, tech, cfg, prov, t) -> str:
               "```", "", "Framework versions: " + ", ".join(
                   f"{k} {v}" for k, v in (results.get("environment", {}).get("versions") or {}).items() if v) + ".", "",
               "## How to load", ""]
+    precision = str(results.get("environment", {}).get("device", "")).rsplit(", ", 1)[-1]
+    compute = {"fp32": "torch.float32", "fp16": "torch.float16"}.get(precision, "torch.bfloat16")
     if tech.adapter and tech.quantized:
         q = cfg["quant"]
-        precision = str(results.get("environment", {}).get("device", "")).rsplit(", ", 1)[-1]
-        compute = {"fp32": "torch.float32", "fp16": "torch.float16"}.get(precision, "torch.bfloat16")
+        # the frozen weights other than the 4-bit ones in the dtype they were trained and scored in
+        # (modeling.prepare_4bit_base): left in PEFT's fp32, a reload answers differently
+        cast = [] if frozen_in_fp32(q.get("upcast_frozen", True), precision) else [
+            "for p in base.parameters():  # embeddings and norms as trained: in the compute dtype, not PEFT's fp32",
+            "    if not p.requires_grad and p.dtype == torch.float32 and type(p).__name__ != 'Params4bit':",
+            f"        p.data = p.data.to({compute})"]
         lines += ["```python", "import torch", "from peft import PeftModel, prepare_model_for_kbit_training",
                   "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig",
                   f"nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={q['bnb_4bit_quant_type']!r}, "
                   f"bnb_4bit_use_double_quant={q['bnb_4bit_use_double_quant']}, bnb_4bit_compute_dtype={compute})",
                   f"base = prepare_model_for_kbit_training(AutoModelForCausalLM.from_pretrained({base!r}, "
-                  "quantization_config=nf4), use_gradient_checkpointing=False)",
+                  f"quantization_config=nf4, dtype={compute}), use_gradient_checkpointing=False)", *cast,
                   "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")",
                   f"tokenizer = AutoTokenizer.from_pretrained({base!r})", "```", "",
                   f"The scored model is exactly this (nbatune: `load_from_run(RUN, {method!r})`), on the 4-bit base."]
     elif tech.adapter:
-        lines += ["```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-                  f"base = AutoModelForCausalLM.from_pretrained({base!r})",
+        lines += ["```python", "import torch", "from peft import PeftModel",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  f"base = AutoModelForCausalLM.from_pretrained({base!r}, dtype={compute})",
                   "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")",
                   f"tokenizer = AutoTokenizer.from_pretrained({base!r})", "```", "",
                   f"The scored model is exactly this (nbatune: `load_from_run(RUN, {method!r})`)."]

@@ -75,6 +75,43 @@ def test_a_reloaded_model_reproduces_its_scored_answers_and_no_other_models(run,
             assert again["predictions"] != res[other]["predictions"], other
 
 
+@pytest.fixture(scope="module")
+def bf16_run(answering_model_dir, tmp_path_factory):
+    """The adapters trained and scored in bf16, as the default run on a CPU with bf16: QLoRA's embeddings and norms
+    then stay in bf16 (``quant.upcast_frozen: false``), which PEFT's own preparation of a 4-bit base would upcast."""
+    cmp = Comparison(tiny_config(answering_model_dir, tmp_path_factory.mktemp("bf16"), methods=["lora", "qlora"],
+                                 **{**ANSWERING, "train.precision": "bf16", "eval.retention": False}))
+    cmp.setup()
+    return cmp, cmp.execute()
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_a_bf16_adapter_reloads_as_scored_through_nbatune_and_through_its_model_cards_code(bf16_run, method):
+    """``load_from_run`` gives the scored answers of a bf16 run, and the "How to load" code in the adapter's model
+    card builds the same model (the same logits). Before the fix a bf16 QLoRA reloaded with fp32 embeddings and
+    norms answered 269 of the default run's 320 test questions as scored; the card's code, without the load dtype,
+    also rounded the 4-bit weights from other values."""
+    from nbatune.evaluation import answer_and_score, eval_mode
+    from nbatune.inference import load_from_run
+
+    cmp, res = bf16_run
+    assert res[method]["status"] == "ok", res[method].get("error")
+    model, tok, rt, _ = load_from_run(res["run_dir"], method)
+    assert rt.precision == "bf16"
+    frozen = {p.dtype for n, p in model.named_parameters() if "lora_" not in n and type(p).__name__ != "Params4bit"}
+    assert frozen == {torch.bfloat16}, frozen
+    again = answer_and_score(model, tok, cmp.test_records, rt, cmp.cfg.eval, cmp.pools)
+    assert again["predictions"] == res[method]["predictions"]
+    card = (Path(res[method]["saved_path"]) / "README.md").read_text()
+    code = card.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(code.replace('"path/to/this/folder"', repr(res[method]["saved_path"])), namespace)  # noqa: S102
+    ids = torch.tensor([cmp.train_rows[0]["input_ids"][:48]])
+    with torch.no_grad(), rt.autocast():
+        torch.testing.assert_close(eval_mode(namespace["model"])(input_ids=ids).logits, model(input_ids=ids).logits,
+                                   rtol=0, atol=0)
+
+
 def test_full_model_reloads_with_plain_transformers(run):
     from transformers import AutoModelForCausalLM
 
