@@ -137,7 +137,7 @@ def test_analyst_config_is_the_default_trained_longer_with_attention_adapters():
     examples = {n: d["train"]["max_steps"] * d["train"]["batch_size"] for n, d in (("analyst", analyst), ("default", default))}
     assert examples["analyst"] > 4 * examples["default"]
     assert analyst["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    # pinned to the rates its measured run used (README quotes that run)
+    # pinned to the rates its measured run used (BENCHMARKS.md quotes that run)
     assert {m: analyst["train"]["learning_rate"][m] for m in ("full", "lora", "qlora")} == {
         "full": 2e-4, "lora": 2e-3, "qlora": 4e-3}
     for d in (analyst, default):
