@@ -24,7 +24,8 @@ from pathlib import Path
 from .modeling import default_cache_dir, files_digest
 
 log = logging.getLogger(__name__)
-VERSION = 1  # what an entry holds; a change to it makes earlier entries unreadable by design
+VERSION = 2  # what an entry holds; a change to it makes earlier entries unreadable by design (2: the base's
+# validation point holds which general questions it answers right)
 
 
 def source_digest() -> str:

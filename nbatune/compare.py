@@ -33,8 +33,8 @@ from .training import latest_checkpoint, train
 
 log = logging.getLogger(__name__)
 # evaluation settings the base phase does not read: a change to them keeps its cached evaluation (basecache)
-BASE_IGNORES = ("reuse_base", "keep_general", "fallback_margin", "curve_alphas", "curve_every_point", "curve_refine",
-                "curve_examples", "num_samples")
+BASE_IGNORES = ("reuse_base", "keep_general", "keep_measure", "fallback_margin", "curve_alphas", "curve_every_point",
+                "curve_refine", "curve_examples", "num_samples")
 # what a technique's result keeps of alpha = 1 when its operating point is elsewhere
 TRAINED_KEYS = ("accuracy", "accuracy_ci95", "per_category", "formats", "retention", "predictions", "correct",
                 "eval_loss", "perplexity")
@@ -579,13 +579,21 @@ class Comparison:
     def _curve_on(self) -> bool:
         return bool(self.cfg.eval.curve_alphas and self.general_val and self.is_main)
 
-    def _validation_point(self, model, alpha: float) -> dict:
+    def _validation_point(self, model, alpha: float, base: dict | None = None) -> dict:
         """The curve's cheap measures at one point: NBA validation (teacher-forced exact match, every row) and
-        general validation (generated answers, scored as the retention test)."""
+        general validation (generated answers, scored as the retention test). Without ``base`` (the origin): also
+        which general questions it answers right; with it, the share of those this point still answers right
+        (``general_known``, the policy's measure under ``eval.keep_measure: known``)."""
         nba = evaluation.teacher_forced_exact_match(model, self.tokenizer, self.select_rows, self.rt)
-        general = evaluation.general_accuracy(model, self.tokenizer, self.general_val, self.rt, self.cfg.eval,
-                                              self.retention_pools, f"general validation, alpha {alpha:g}")
-        return {"alpha": alpha, "nba_validation": nba, "general_validation": general}
+        general = evaluation.answer_and_score(model, self.tokenizer, self.general_val, self.rt, self.cfg.eval,
+                                              self.retention_pools, f"general validation, alpha {alpha:g}",
+                                              evaluation.RETENTION_MAX_NEW_TOKENS)
+        point = {"alpha": alpha, "nba_validation": nba, "general_validation": general["accuracy"]}
+        if base is None:
+            return {**point, "general_correct": general["correct"]}
+        if base.get("general_correct") is not None:
+            point["general_known"] = decisions.general_known(base["general_correct"], general["correct"])
+        return point
 
     def _operating_point(self, model, res: MethodResult, path) -> None:
         """Score the curve on validation, choose the point by the policy, and when it is not the trained model,
@@ -601,14 +609,15 @@ class Comparison:
         def score(a):
             lanes.widen()
             path.set(a)
-            return self._validation_point(model, a)
+            return self._validation_point(model, a, base)
 
         trivial = (self.results.get("baselines") or {}).get("trivial", {}).get("validation_accuracy", 0.0)
         strongest = max(trivial, base.get("nba_validation", 0.0))
         res.curve, skipped = decisions.score_curve(e.curve_alphas, score, base["general_validation"], strongest,
-                                                   e.keep_general, e.curve_every_point, e.curve_refine)
+                                                   e.keep_general, e.curve_every_point, e.curve_refine, e.keep_measure)
         res.operating_point = {**decisions.operating_point(res.curve, base["general_validation"], strongest,
-                                                           e.keep_general, e.fallback_margin),
+                                                           e.keep_general, e.fallback_margin,
+                                                           measure=e.keep_measure),
                                "base_general_validation": base["general_validation"],
                                "strongest_validation_baseline": strongest, "not_scored": skipped,
                                "seconds": time.perf_counter() - t0}  # the curve; a second evaluation is eval time
@@ -638,18 +647,18 @@ class Comparison:
             res.few_shot = {**few, "k": k, "seconds": time.perf_counter() - t0}
         if techniques.any_quantized(self.cfg.methods):
             self.results["provenance"]["nf4_error"] = provenance.nf4_weight_error(model, self.cfg.quant)
-            res.quantized_base = self._quantized_base()
+            res.quantized_base = self._quantized_base(res.validation)
 
     def _quantized_method(self) -> str | None:
         """The run's first quantized technique: the one whose 4-bit base ``_quantized_base`` loads."""
         return next((m for m in self.cfg.methods if techniques.get(m).quantized), None)
 
-    def _quantized_base(self) -> dict:
+    def _quantized_base(self, base: dict | None) -> dict:
         """The 4-bit base every quantized technique starts from: its first such technique loaded as it trains, the
         adapter at its initialisation (adding nothing), scored as the base is, on validation (the point its curve
-        leaves from: a QLoRA at alpha 0 is this model, not the base) and on the retention test (so that what a
-        quantized technique forgot splits into what the 4-bit rounding cost and what training did). A failure
-        costs this measurement only."""
+        leaves from: a QLoRA at alpha 0 is this model, not the base; against ``base``, the base's validation point)
+        and on the retention test (so that what a quantized technique forgot splits into what the 4-bit rounding
+        cost and what training did). A failure costs this measurement only."""
         method = self._quantized_method()
         t0, model = time.perf_counter(), None
         try:
@@ -657,7 +666,7 @@ class Comparison:
                                self.cfg.seed)
             out = {"method": method}
             if self._curve_on():
-                out["validation"] = self._validation_point(model, 0.0)
+                out["validation"] = self._validation_point(model, 0.0, base or {})
             if self.retention_records:
                 out["retention"] = evaluation.answer_and_score(
                     model, self.tokenizer, self.retention_records, self.rt, self.cfg.eval, self.retention_pools,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from . import techniques
+from .decisions import KEEP_MEASURES
 
 # TrainingArguments that nbatune sets from its own fields (train.trainer_args may not override them).
 TRAINER_ARGS_OWNED = {"output_dir": "the run folder", "max_steps": "train.max_steps or train.epochs",
@@ -238,6 +239,12 @@ class EvalConfig:
                                   "keep at least this share of the base's general validation score and score above "
                                   "the strongest validation baseline (a point no better than a baseline learned "
                                   "nothing: the base again).")
+    keep_measure: str = _f("score", "What eval.keep_general is a share of. score: the point's general validation "
+                                    "accuracy over the base's (the issue's policy). known: the questions the base "
+                                    "answers right that the point still answers right; gains on questions the base "
+                                    "gets wrong do not offset lost facts. On two default runs the score ratio on "
+                                    "validation ran 3-12 points above the retention test's for full fine-tuning and "
+                                    "LoRA, the known share within 0-6 points of its test counterpart (STATUS.md).")
     fallback_margin: float = _f(0.25, "When no point keeps keep_general: the point that keeps the most while still "
                                       "this much above the strongest validation baseline.")
     reuse_base: bool = _f(True, "Read the base model's evaluation (test and retention answers, the curve's origin, "
@@ -510,6 +517,8 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
          f"eval.curve_alphas: {e.curve_alphas} must be numbers in [0, 1) (alpha = 1, the trained model, is always "
          "scored)")
     need(0 < e.keep_general <= 1, f"eval.keep_general: {e.keep_general} must be in (0, 1]")
+    need(e.keep_measure in KEEP_MEASURES, f"eval.keep_measure: {e.keep_measure!r} must be one of "
+                                          f"{', '.join(KEEP_MEASURES)}")
     if cfg.run_name is not None:
         need(bool(cfg.run_name) and "/" not in cfg.run_name and cfg.run_name not in (".", ".."),
              f"run_name: {cfg.run_name!r} must be a plain folder name")

@@ -121,7 +121,8 @@ def comparison(results: dict) -> dict:
     points = {m: r["operating_point"] for m, r in trained.items() if r.get("operating_point")}
     if points:
         rec.append("Operating points (chosen on validation): " + "; ".join(
-            f"{techniques.label(m)} at alpha {p['alpha']:g} (general validation kept: {p['kept']:.0%})"
+            f"{techniques.label(m)} at alpha {p['alpha']:g} (general validation kept: {p['kept']:.0%}"
+            f"{' of the questions the base answers right' if p.get('measure') == 'known' else ''})"
             for m, p in points.items()) + "; every test figure here is at that point.")
     if out["forgot"]:
         rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
@@ -216,12 +217,25 @@ def size_text(b: float) -> str:
 
 
 POLICY = ("the highest NBA validation score among the points above the strongest validation baseline that keep at "
-          "least {keep:.0%} of the base's general validation score; when none does, the one that keeps the most while "
+          "least {keep:.0%} of {what}; when none does, the one that keeps the most while "
           "still {margin:.0%} above the strongest validation baseline")
+# what the policy's floor is a share of (eval.keep_measure)
+KEEP_MEASURES = ("score", "known")
+KEPT_WHAT = {"score": "the base's general validation score",
+             "known": "the general validation questions the base answers right"}
+
+
+def general_known(base_correct: list[bool], correct: list[bool]) -> float:
+    """The share of the questions the base answered right that a model still answers right (1.0 when the base
+    answered none): what it kept of what the base knew, with no credit for questions the base got wrong."""
+    if len(base_correct) != len(correct):
+        raise ValueError(f"general validation: {len(correct)} answers against the base's {len(base_correct)}")
+    right = sum(map(bool, base_correct))
+    return sum(1 for b, c in zip(base_correct, correct) if b and c) / right if right else 1.0
 
 
 def score_curve(alphas, score, base_general: float, strongest: float, keep: float = 0.9,
-                every: bool = False, refine: int = 0) -> tuple[list[dict], list]:
+                every: bool = False, refine: int = 0, measure: str = "score") -> tuple[list[dict], list]:
     """The curve's points, scored from alpha 1 down by ``score(alpha) -> point``. Alpha 1 and the largest alpha
     below it are always scored (the figure's curve); a lower one only while no scored point is one the policy's
     first rule takes (above ``strongest`` on NBA validation, keeping ``keep`` of the base's general score), or
@@ -229,10 +243,10 @@ def score_curve(alphas, score, base_general: float, strongest: float, keep: floa
     alpha the first rule takes: in every default-run curve measured NBA validation fell with alpha. Then ``refine``
     times, the midpoint between the largest alpha the first rule takes and the next larger scored alpha, which
     learned but missed the floor: on a coarse grid one general question decides between 0.75 and 0.5, and the
-    midpoint keeps the choice near the floor rather than a grid step below it. Returns the points in alpha order and
-    the alphas not scored."""
+    midpoint keeps the choice near the floor rather than a grid step below it. ``measure``: as ``operating_point``.
+    Returns the points in alpha order and the alphas not scored."""
     def taken(p):
-        return _chosen_first(p, base_general, strongest, keep)
+        return _chosen_first(p, base_general, strongest, keep, measure)
 
     points, skipped = [], []
     for i, a in enumerate(sorted(set(alphas) | {1.0}, reverse=True)):
@@ -249,39 +263,54 @@ def score_curve(alphas, score, base_general: float, strongest: float, keep: floa
     return sorted(points, key=lambda p: p["alpha"]), sorted(skipped)
 
 
-def _kept(point: dict, base_general: float) -> float:
+def _kept(point: dict, base_general: float, measure: str = "score") -> float:
+    if measure == "known":
+        if "general_known" not in point:
+            raise ValueError(f"eval.keep_measure: known needs the base's general validation answers; the point at "
+                             f"alpha {point['alpha']:g} has none (the base was not evaluated in this run): use score")
+        return point["general_known"]
     return point["general_validation"] / base_general if base_general else 1.0
 
 
-def _chosen_first(point: dict, base_general: float, strongest: float, keep: float) -> bool:
+def _chosen_first(point: dict, base_general: float, strongest: float, keep: float, measure: str = "score") -> bool:
     """A point the policy's first rule considers: it learned (above the strongest validation baseline, which a
     model that learned nothing scores) and keeps the floor."""
-    return point["nba_validation"] > strongest and _kept(point, base_general) >= keep
+    return point["nba_validation"] > strongest and _kept(point, base_general, measure) >= keep
 
 
 def operating_point(curve: list[dict], base_general: float, strongest_validation: float, keep: float = 0.9,
-                    margin: float = 0.25, tie=lambda p: p["alpha"]) -> dict:
+                    margin: float = 0.25, tie=lambda p: p["alpha"], measure: str = "score") -> dict:
     """Where to use a technique, from validation alone: ``curve`` is ``[{alpha, nba_validation,
-    general_validation}]``. Returns ``{alpha, reason, policy, kept}`` (``kept``: the point's general score as a
-    share of the base's; ``keep``: the policy's floor). Ties go to the larger ``tie(point)``: by default the larger alpha (the less altered
-    model is not preferred for free). The learning-rate sweep passes its points with the rate as alpha."""
-    policy = POLICY.format(keep=keep, margin=margin)
+    general_validation}]`` (and ``general_known``, with ``measure`` "known"). Returns ``{alpha, reason, policy,
+    kept, keep, measure}`` (``kept``: what the point keeps by ``measure``, the base's general score share or, for
+    "known", the share of the base's right answers still right; ``kept_known`` too when the point has it; ``keep``:
+    the policy's floor). Ties go to the larger ``tie(point)``: by default the larger alpha (the less altered model is
+    not preferred for free). The learning-rate sweep passes its points with the rate as alpha."""
+    if measure not in KEEP_MEASURES:
+        raise ValueError(f"keep measure {measure!r}: must be one of {', '.join(KEEP_MEASURES)}")
+    policy = POLICY.format(keep=keep, margin=margin, what=KEPT_WHAT[measure])
 
     def pick(points, key, reason):
         best = max(points, key=key)
-        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": _kept(best, base_general),
-                "keep": keep}
+        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": _kept(best, base_general, measure),
+                "keep": keep, "measure": measure, "general_validation": best["general_validation"],
+                **({"kept_known": best["general_known"]} if "general_known" in best else {})}
 
-    keeping = [p for p in curve if _chosen_first(p, base_general, strongest_validation, keep)]
+    def kept(p):
+        return _kept(p, base_general, measure)
+
+    short = "the base's general score" if measure == "score" else "the general questions the base answers right"
+
+    keeping = [p for p in curve if _chosen_first(p, base_general, strongest_validation, keep, measure)]
     if keeping:
         return pick(keeping, lambda p: (p["nba_validation"], tie(p)),
-                    f"above the strongest validation baseline, keeps {keep:.0%} of the base's general validation score")
+                    f"above the strongest validation baseline, keeps {keep:.0%} of {KEPT_WHAT[measure]}")
     # a point that keeps the floor but scores no better than a baseline is the base again: never the answer
     above = [p for p in curve if p["nba_validation"] >= strongest_validation + margin]
     if above:
-        return pick(above, lambda p: (p["general_validation"], p["nba_validation"], tie(p)),
-                    f"no point above the baseline keeps {keep:.0%} of the base's general score: the one that keeps the "
+        return pick(above, lambda p: (kept(p), p["nba_validation"], tie(p)),
+                    f"no point above the baseline keeps {keep:.0%} of {short}: the one that keeps the "
                     f"most while {margin:.0%} above the strongest validation baseline")
     return pick(curve, lambda p: (p["nba_validation"], tie(p)),
-                f"no point above the baseline keeps {keep:.0%} of the base's general score or clears it by {margin:.0%}: "
+                f"no point above the baseline keeps {keep:.0%} of {short} or clears it by {margin:.0%}: "
                 "the best NBA validation score")

@@ -170,6 +170,15 @@ def operating_table(results: dict) -> str:
     policy = next((r["operating_point"]["policy"] for r in ok.values() if r.get("operating_point")), None)
     if policy:
         rows += ["", f"Policy: {policy}. " + "; ".join(f"{k}: {v}" for k, v in reasons.items()) + "."]
+    both = {techniques.label(m): r["operating_point"] for m, r in ok.items()
+            if {"kept_known", "general_validation"} <= set(r.get("operating_point") or {})
+            and r["operating_point"].get("base_general_validation")}
+    if both:
+        rows += ["", "General validation kept at the chosen points, as a share of the base's score / of the questions "
+                 "the base answers right (the second gives no credit for questions the base got wrong, "
+                 "`eval.keep_measure`): " + "; ".join(
+                     f"{k} {r['general_validation'] / r['base_general_validation']:.0%} / {r['kept_known']:.0%}"
+                     for k, r in both.items()) + "."]
     skipped = {techniques.label(m): r["operating_point"]["not_scored"] for m, r in ok.items()
                if (r.get("operating_point") or {}).get("not_scored")}
     if skipped:

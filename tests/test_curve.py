@@ -32,13 +32,19 @@ def _answers(cmp, model, rt):
 
 
 def test_every_technique_has_a_validation_curve_and_an_operating_point(run):
-    _, res = run
-    assert set(res["base"]["validation"]) == {"alpha", "nba_validation", "general_validation", "seconds"}
+    cmp, res = run
+    origin = res["base"]["validation"]
+    assert set(origin) == {"alpha", "nba_validation", "general_validation", "general_correct", "seconds"}
+    # the origin keeps which general validation questions the base answers right, and its score is their share
+    assert len(origin["general_correct"]) == len(cmp.general_val)
+    assert origin["general_validation"] == pytest.approx(sum(origin["general_correct"]) / len(cmp.general_val))
     for m in METHODS:
         r = res[m]
         assert [p["alpha"] for p in r["curve"]] == [0.5, 1.0]
         # the curve is validation only: nothing a test split gave can have chosen the point
-        assert all(set(p) == {"alpha", "nba_validation", "general_validation"} for p in r["curve"])
+        assert all(set(p) == {"alpha", "nba_validation", "general_validation", "general_known"} for p in r["curve"])
+        assert all(0 <= p["general_known"] <= 1 for p in r["curve"])
+        assert r["operating_point"]["measure"] == "score" and "kept_known" in r["operating_point"]
         op = r["operating_point"]
         assert op["alpha"] in (0.5, 1.0) and op["policy"].startswith("the highest NBA validation score")
         assert bool(r["trained"]) == (op["alpha"] != 1.0)
@@ -97,12 +103,49 @@ def test_the_operating_point_policy():
     assert decisions.operating_point([pt(0.5, 0.4, 0.6), pt(1.0, 0.4, 0.6)], 0.6, 0.0)["alpha"] == 1.0
 
 
-def _scorer(points: dict[float, tuple[float, float]]):
+def test_the_policy_can_keep_what_the_base_knew_instead_of_its_score():
+    """``eval.keep_measure: known``: the floor is a share of the general questions the base answers right, so a point
+    that lost facts cannot make up for them with lucky answers to questions the base got wrong (which lifted the
+    score ratio 3-12 points above the retention test's in two default runs)."""
+    assert decisions.general_known([True, True, False, False], [True, False, True, False]) == 0.5
+    assert decisions.general_known([False, False], [True, False]) == 1.0  # the base knew nothing: nothing to lose
+    with pytest.raises(ValueError, match="3 answers against the base's 2"):
+        decisions.general_known([True, False], [True, True, False])
+
+    def pt(a, nba, gen, known):
+        return {"alpha": a, "nba_validation": nba, "general_validation": gen, "general_known": known}
+
+    # alpha 1 keeps 96% of the base's score but only 80% of what it knew; 0.75 keeps 92% of what it knew
+    curve = [pt(0.5, 0.10, 0.52, 0.97), pt(0.75, 0.20, 0.50, 0.92), pt(1.0, 0.30, 0.48, 0.80)]
+    score = decisions.operating_point(curve, base_general=0.5, strongest_validation=0.05)
+    assert score["alpha"] == 1.0 and score["measure"] == "score" and score["kept_known"] == 0.80
+    known = decisions.operating_point(curve, 0.5, 0.05, measure="known")
+    assert known["alpha"] == 0.75 and known["kept"] == 0.92 and known["general_validation"] == 0.50
+    assert "the general validation questions the base answers right" in known["reason"] + known["policy"]
+    # no point keeps 90% of what it knew: the fallback also ranks by that measure
+    low = [pt(0.5, 0.40, 0.52, 0.70), pt(0.75, 0.45, 0.50, 0.85), pt(1.0, 0.60, 0.49, 0.60)]
+    op = decisions.operating_point(low, 0.5, 0.05, measure="known")
+    assert op["alpha"] == 0.75 and "the general questions the base answers right" in op["reason"]
+    # the curve scores lower points until one keeps by the same measure
+    score_fn, scored = _scorer({1.0: (0.3, 0.48, 0.80), 0.75: (0.2, 0.50, 0.86), 0.5: (0.1, 0.52, 0.97)})
+    assert decisions.score_curve([0.5, 0.75], score_fn, 0.5, 0.05, 0.9)[1] == [0.5] and scored == [1.0, 0.75]
+    score_fn, scored = _scorer({1.0: (0.3, 0.48, 0.80), 0.75: (0.2, 0.50, 0.86), 0.5: (0.1, 0.52, 0.97)})
+    decisions.score_curve([0.5, 0.75], score_fn, 0.5, 0.05, 0.9, measure="known")
+    assert scored == [1.0, 0.75, 0.5]
+    with pytest.raises(ValueError, match="needs the base's general validation answers.*use score"):
+        decisions.operating_point([{"alpha": 1.0, "nba_validation": 0.3, "general_validation": 0.5}], 0.5, 0.05,
+                                  measure="known")
+    with pytest.raises(ValueError, match="must be one of score, known"):
+        decisions.operating_point(curve, 0.5, 0.05, measure="facts")
+
+
+def _scorer(points: dict[float, tuple]):
     scored = []
 
     def score(a):
         scored.append(a)
-        return {"alpha": a, "nba_validation": points[a][0], "general_validation": points[a][1]}
+        return {"alpha": a, "nba_validation": points[a][0], "general_validation": points[a][1],
+                **({"general_known": points[a][2]} if len(points[a]) > 2 else {})}
     return score, scored
 
 
@@ -279,6 +322,10 @@ def test_the_report_shows_the_operating_points_and_the_tradeoff_figure(run):
     assert (Path(res["run_dir"]) / "tradeoff.png").stat().st_size > 10_000
     assert "Operating points (chosen on validation)" in res["comparison"]["recommendation"]
     assert "Not scored" not in report  # one alpha below 1: nothing left out
+    # the chosen point's own general validation and known share travel with it
+    op = res["lora"]["operating_point"]
+    chosen = next(p for p in res["lora"]["curve"] if p["alpha"] == op["alpha"])
+    assert (op["general_validation"], op["kept_known"]) == (chosen["general_validation"], chosen["general_known"])
     # a technique whose lower points were left out says which, and why
     import copy
 
@@ -287,6 +334,12 @@ def test_the_report_shows_the_operating_points_and_the_tradeoff_figure(run):
     lazy["lora"]["operating_point"]["not_scored"] = [0.25, 0.5]
     assert "a larger alpha already kept the floor (`eval.curve_every_point`): LoRA: alpha 0.25, 0.5." in (
         operating_table(lazy))
+    # both measures of what a chosen point kept of the base's general validation (the tiny base answers none of
+    # it right, so the run's own report has no such line: a share of nothing)
+    assert "General validation kept at the chosen points" not in report
+    lazy["lora"]["operating_point"].update(base_general_validation=0.5, general_validation=0.45, kept_known=0.8)
+    assert "the base answers right (the second gives no credit for questions the base got wrong, " \
+           "`eval.keep_measure`): LoRA 90% / 80%." in operating_table(lazy)
 
 
 def test_qlora_starts_from_the_4bit_base_measured_beside_the_base_and_its_forgetting_splits_in_two(run):
@@ -295,7 +348,8 @@ def test_qlora_starts_from_the_4bit_base_measured_beside_the_base_and_its_forget
     into the 4-bit base's and training's, adding up to the whole."""
     cmp, res = run
     q = res["base"]["quantized_base"]
-    assert q["method"] == "qlora" and set(q["validation"]) == {"alpha", "nba_validation", "general_validation"}
+    assert q["method"] == "qlora" and set(q["validation"]) == {"alpha", "nba_validation", "general_validation",
+                                                                "general_known"}  # of what the base knew
     model, _, rt, _ = load_from_run(res["run_dir"], "qlora", alpha=0.0)
     again = evaluation.answer_and_score(model, cmp.tokenizer, cmp.retention_records, rt, cmp.cfg.eval,
                                         cmp.retention_pools, "retention", evaluation.RETENTION_MAX_NEW_TOKENS)
