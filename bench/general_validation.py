@@ -1,8 +1,15 @@
-"""How well general validation predicts the retention test: a finished run's models (alpha 1) answer the whole
-general validation split; the share of the base's score each keeps on the original 77 questions, on the
-validation-only bank and on all of them, beside the run's recorded retention test.
+"""How well general validation predicts the retention test. A finished run's models, each at a point of its curve,
+answer both general splits, and every answer is kept, so two measures of "kept" can be compared across the splits:
+the score ratio (a model's accuracy over the base's; the operating-point policy's default) and the share of the
+questions the base answers right that the model still answers right (``eval.keep_measure: known``). Validation is
+also split into its original 77 questions and the validation-only bank.
 
-    python bench/general_validation.py runs/<run> --json bench/general-validation-DATE.json
+    python bench/general_validation.py runs/<run> --json bench/F.json                  # base and full, LoRA, QLoRA at 1
+    python bench/general_validation.py runs/<run> --points full:0.75 lora:0.5 --json bench/F.json   # appends
+    python bench/general_validation.py --table bench/F.json
+
+A (run, technique, alpha) already in the file is not measured again. The file made before 2026-12-06 night
+(``bench/general-validation-cpu-20261205.json``) holds the summaries this script then wrote, not the answers.
 """
 
 from __future__ import annotations
@@ -16,36 +23,71 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run")
-    p.add_argument("--methods", nargs="+", default=["full", "lora", "qlora"])
-    p.add_argument("--json", default=None)
-    a = p.parse_args()
-
+def measure(run: str, points: list[str], out_file: str) -> None:
     from nbatune import evaluation
     from nbatune.config import load_config
     from nbatune.data import retention
     from nbatune.inference import load_from_run
     from nbatune.measure import machine_peak
 
-    res = json.loads((Path(a.run) / "results.json").read_text())
-    cfg = load_config(res["config"])
-    val = retention.records(cfg.model.system_prompt, "validation")
-    split = len(val) - len(retention.validation_only())
-    out = {"run": a.run, "matmul": machine_peak("cpu"), "models": {}}
-    for m in ["base", *a.methods]:
-        model, tok, rt, _ = load_from_run(a.run, m, alpha=1.0)
-        c = evaluation.answer_and_score(model, tok, val, rt, cfg.eval, retention.pools(), "general validation",
-                                        evaluation.RETENTION_MAX_NEW_TOKENS)["correct"]
-        out["models"][m] = {"split_77": sum(c[:split]) / split, "bank": sum(c[split:]) / (len(c) - split),
-                            "all": sum(c) / len(c), "test_recorded": res[m]["retention"]["accuracy"]}
-    base = out["models"]["base"]
-    for m in a.methods:
-        out["models"][m]["kept"] = {k: out["models"][m][k] / base[k] for k in base if base[k]}
-        print(m, {k: round(v, 3) for k, v in out["models"][m]["kept"].items()}, flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    cfg = load_config(f"{run}/config.yaml", [])
+    sp = cfg.model.system_prompt
+    splits = {"validation": retention.records(sp, "validation"), "test": retention.records(sp, "test")}
+    path = Path(out_file)
+    out = json.loads(path.read_text()) if path.exists() else {"points": {}}
+    if "matmul" not in out:
+        out["matmul"] = machine_peak("cpu")
+    for spec in ["base:1", *points]:
+        method, alpha = spec.split(":")
+        key = f"{run}|{method}|{float(alpha):g}"
+        if key in out["points"]:
+            continue
+        model, tok, rt, _ = load_from_run(run, method, float(alpha))
+        out["points"][key] = {
+            name: evaluation.answer_and_score(model, tok, recs, rt, cfg.eval, retention.pools(),
+                                              f"{method} {alpha} {name}", evaluation.RETENTION_MAX_NEW_TOKENS)["correct"]
+            for name, recs in splits.items()}
+        path.write_text(json.dumps(out))
+        print(key, {k: sum(v) for k, v in out["points"][key].items()}, flush=True)
+
+
+def _kept(base: list[bool], model: list[bool]) -> str:
+    known = sum(b and m for b, m in zip(base, model)) / sum(base)
+    return f"{sum(model) / sum(base):.1%} / {known:.1%}"
+
+
+def table(out_file: str) -> None:
+    from nbatune.data import retention
+
+    bank = len(retention.validation_only())  # the validation-only questions come last in the split
+    points = json.loads(Path(out_file).read_text())["points"]
+    print("| run | technique | alpha | validation: ratio / kept of base's right | of it, the 77 | of it, the bank "
+          "| test: ratio / kept of base's right |")
+    print("|---|---|---:|---|---|---|---|")
+    for key, v in points.items():
+        run, method, alpha = key.split("|")
+        if method == "base":
+            continue
+        b = points[f"{run}|base|1"]
+        val, bv = v["validation"], b["validation"]
+        print(f"| {Path(run).name} | {method} | {alpha} | {_kept(bv, val)} | {_kept(bv[:-bank], val[:-bank])} "
+              f"| {_kept(bv[-bank:], val[-bank:])} | {_kept(b['test'], v['test'])} |")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?")
+    p.add_argument("--points", nargs="+", default=["full:1", "lora:1", "qlora:1"],
+                   help="technique:alpha to measure (the base is always measured)")
+    p.add_argument("--json")
+    p.add_argument("--table", metavar="JSON", help="print the comparison from a file this script wrote")
+    a = p.parse_args()
+    if a.table:
+        table(a.table)
+        return 0
+    if not (a.run and a.json):
+        p.error("give a run and --json (or --table JSON)")
+    measure(a.run, a.points, a.json)
     return 0
 
 

@@ -314,7 +314,7 @@ class Comparison:
         try:
             model = load_model(self.model_path, "base", self.cfg.model, self.rt, self.cfg.lora, self.cfg.quant,
                                self.cfg.seed)
-            point = self._validation_point(model, 0.0)
+            point = self._validation_point(model, 0.0, origin=True)
         except Exception as e:  # noqa: BLE001 -- this job goes on; each technique then measures its own origin
             log.warning("the base's validation point (every curve's origin) failed here: %s: %s", type(e).__name__, e)
             path.with_suffix(".failed").touch()
@@ -579,19 +579,20 @@ class Comparison:
     def _curve_on(self) -> bool:
         return bool(self.cfg.eval.curve_alphas and self.general_val and self.is_main)
 
-    def _validation_point(self, model, alpha: float, base: dict | None = None) -> dict:
+    def _validation_point(self, model, alpha: float, base: dict | None = None, origin: bool = False) -> dict:
         """The curve's cheap measures at one point: NBA validation (teacher-forced exact match, every row) and
-        general validation (generated answers, scored as the retention test). Without ``base`` (the origin): also
-        which general questions it answers right; with it, the share of those this point still answers right
-        (``general_known``, the policy's measure under ``eval.keep_measure: known``)."""
+        general validation (generated answers, scored as the retention test). The ``origin`` (the base) also keeps
+        which general questions it answers right; against ``base`` (the origin's point), a point records the share
+        of those it still answers right (``general_known``, the policy's measure under ``eval.keep_measure:
+        known``)."""
         nba = evaluation.teacher_forced_exact_match(model, self.tokenizer, self.select_rows, self.rt)
         general = evaluation.answer_and_score(model, self.tokenizer, self.general_val, self.rt, self.cfg.eval,
                                               self.retention_pools, f"general validation, alpha {alpha:g}",
                                               evaluation.RETENTION_MAX_NEW_TOKENS)
         point = {"alpha": alpha, "nba_validation": nba, "general_validation": general["accuracy"]}
-        if base is None:
-            return {**point, "general_correct": general["correct"]}
-        if base.get("general_correct") is not None:
+        if origin:
+            point["general_correct"] = general["correct"]
+        elif (base or {}).get("general_correct") is not None:
             point["general_known"] = decisions.general_known(base["general_correct"], general["correct"])
         return point
 
@@ -604,7 +605,7 @@ class Comparison:
         base = (self.results.get("base") or {}).get("validation") or self._origin_point()
         if "general_validation" not in base:  # the base was not evaluated: alpha = 0 is the base exactly
             path.set(0.0)
-            base = self._validation_point(model, 0.0)
+            base = self._validation_point(model, 0.0, origin=True)
 
         def score(a):
             lanes.widen()
@@ -637,7 +638,7 @@ class Comparison:
             res.validation = self.base_validation
         elif self._curve_on():
             t0 = time.perf_counter()
-            res.validation = {**self._validation_point(model, 0.0), "seconds": time.perf_counter() - t0}
+            res.validation = {**self._validation_point(model, 0.0, origin=True), "seconds": time.perf_counter() - t0}
         k = self.cfg.eval.few_shot
         if k:
             t0 = time.perf_counter()
@@ -666,7 +667,7 @@ class Comparison:
                                self.cfg.seed)
             out = {"method": method}
             if self._curve_on():
-                out["validation"] = self._validation_point(model, 0.0, base or {})
+                out["validation"] = self._validation_point(model, 0.0, base)
             if self.retention_records:
                 out["retention"] = evaluation.answer_and_score(
                     model, self.tokenizer, self.retention_records, self.rt, self.cfg.eval, self.retention_pools,

@@ -290,14 +290,14 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
         raise ValueError(f"keep measure {measure!r}: must be one of {', '.join(KEEP_MEASURES)}")
     policy = POLICY.format(keep=keep, margin=margin, what=KEPT_WHAT[measure])
 
-    def pick(points, key, reason):
-        best = max(points, key=key)
-        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": _kept(best, base_general, measure),
-                "keep": keep, "measure": measure, "general_validation": best["general_validation"],
-                **({"kept_known": best["general_known"]} if "general_known" in best else {})}
-
     def kept(p):
         return _kept(p, base_general, measure)
+
+    def pick(points, key, reason):
+        best = max(points, key=key)
+        return {"alpha": best["alpha"], "reason": reason, "policy": policy, "kept": kept(best),
+                "keep": keep, "measure": measure, "general_validation": best["general_validation"],
+                **({"kept_known": best["general_known"]} if "general_known" in best else {})}
 
     short = "the base's general score" if measure == "score" else "the general questions the base answers right"
 
