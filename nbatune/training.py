@@ -18,6 +18,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .attention import attention_kernel, training_attention
 from .config import TrainConfig
 from .data.tokenize import make_collator
+from .lora_kernel import lean_adapters
 from .loss import answer_only_loss
 from .runtime import Runtime
 
@@ -296,7 +297,7 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
         shutil.rmtree(stale, ignore_errors=True)
     try:
         with attention_kernel(model, training_attention(cfg.attention, rt.device)), \
-                compiled_layers(model, cfg.compile.get(method, False)):
+                lean_adapters(model, cfg.lean_adapters), compiled_layers(model, cfg.compile.get(method, False)):
             result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except KeyboardInterrupt:
         if trainer.state.global_step > 0:
