@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _setup(n_batches: int):
+def _setup(n_batches: int, batch_size: int | None = None):
     from nbatune.config import load_config
     from nbatune.data.prepare import prepare_training_data
     from nbatune.data.tokenize import PackedCollator
@@ -31,7 +31,7 @@ def _setup(n_batches: int):
     data = prepare_training_data(cfg)
     rng = random.Random(0)
     collate = PackedCollator(data.tokenizer.pad_token_id, cfg.train.pack_row_tokens)
-    batches = [collate(rng.sample(data.train_rows, cfg.train.batch_size)) for _ in range(n_batches)]
+    batches = [collate(rng.sample(data.train_rows, batch_size or cfg.train.batch_size)) for _ in range(n_batches)]
     tokens = sum(int(b.pop("real_tokens")) for b in batches)
     return cfg, data, batches, tokens
 
@@ -81,14 +81,14 @@ def fp32_reference(n_batches: int = 4) -> dict:
             for arm in ("peft", "lean")}
 
 
-def measure(method: str, n_batches: int, blocks: int) -> dict:
+def measure(method: str, n_batches: int, blocks: int, batch_size: int | None = None) -> dict:
     import torch
 
     from nbatune.attention import LEAN_EAGER, attention_kernel
     from nbatune.lora_kernel import lean_adapters
     from nbatune.runtime import resolve
 
-    cfg, data, batches, tokens = _setup(n_batches)
+    cfg, data, batches, tokens = _setup(n_batches, batch_size)
     rt = resolve(cfg.train.device, cfg.train.precision)
     model = _model(cfg, data, method, rt)
     seconds = {"peft": [], "lean": []}
@@ -104,7 +104,7 @@ def measure(method: str, n_batches: int, blocks: int) -> dict:
                 seconds[arm].append(round(time.perf_counter() - t0, 2))
             losses.setdefault(arm, ls)
     a, b = grads["peft"], grads["lean"]
-    return {"method": method, "batches": n_batches, "real_tokens": tokens, "seconds": seconds,
+    return {"method": method, "batches": n_batches, "batch_size": batch_size or cfg.train.batch_size, "real_tokens": tokens, "seconds": seconds,
             "change": round(sum(seconds["lean"]) / sum(seconds["peft"]) - 1, 4),
             "change_median_of_blocks": round(statistics.median(
                 (sum(seconds["lean"][2 * k:2 * k + 2]) / sum(seconds["peft"][2 * k:2 * k + 2]) - 1) for k in range(blocks)), 4),
@@ -118,6 +118,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("methods", nargs="*")
     p.add_argument("--batches", type=int, default=16)
+    p.add_argument("--batch", type=int, help="examples per batch (default: the config's)")
     p.add_argument("--blocks", type=int, default=3, help="P-L-L-P blocks after the warm-up pass")
     p.add_argument("--fp32-reference", action="store_true")
     p.add_argument("--json")
@@ -128,7 +129,7 @@ def main() -> int:
         out = json.loads(Path(a.json).read_text()) if a.json and Path(a.json).exists() else {}
         out["fp32_reference_grad_rel_diff"] = fp32_reference()
     else:
-        out = {"machine": machine_peak("cpu"), "results": [measure(m, a.batches, a.blocks) for m in a.methods]}
+        out = {"machine": machine_peak("cpu"), "results": [measure(m, a.batches, a.blocks, a.batch) for m in a.methods]}
     text = json.dumps(out, indent=1)
     print(text)
     if a.json:

@@ -163,10 +163,11 @@ class TrainConfig:
         "auto", "Attention kernel while training (evaluation keeps the model's own, SDPA). auto: lean_eager on "
                 "CPU (eager attention keeping only bf16 probabilities for backward: steps 7-19% faster than SDPA, "
                 "BENCHMARKS.md), sdpa elsewhere.")
-    lean_adapters: bool = _f(True, "LoRA layers train with nbatune's lean forward (nbatune.lora_kernel: the scaling "
-                                   "on the rank-r product, the sum inside the up-projection's addmm) instead of "
-                                   "PEFT's full-width multiply, add and 4-bit clone; evaluation runs PEFT's own. "
-                                   "Steps 2-5% faster on CPU (BENCHMARKS.md); other PEFT methods run PEFT's forward.")
+    lean_adapters: bool = _f(False, "LoRA layers train with nbatune's lean forward (nbatune.lora_kernel: the scaling "
+                                    "on the rank-r product, the sum inside the up-projection's addmm) instead of "
+                                    "PEFT's full-width multiply, add and 4-bit clone; evaluation runs PEFT's own. "
+                                    "Off: 1-6% faster steps in A-B tests, not seen in a whole run, and bf16 rounds "
+                                    "differently, so the answers change as with another seed (BENCHMARKS.md).")
     loss_chunk_tokens: int = _f(512, "Output head + loss over the answer tokens only, this many at a time, never "
                                      "holding all their logits (less memory, less head compute). 0: the model "
                                      "computes the logits of every answer column.")
