@@ -9,7 +9,7 @@ from pathlib import Path
 from . import techniques
 from .config import load_config
 from .evaluation import eval_mode
-from .modeling import load_tokenizer, prepare_4bit_base, quantization_config
+from .modeling import base_load_kwargs, load_tokenizer, prepare_4bit_base
 from .runtime import resolve
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,7 @@ def load_from_run(run_dir: str | Path, method: str, alpha: float | None = None):
         path = base if tech is None else run_dir / method / tech.saved_folder
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     else:
-        kwargs = {"dtype": rt.dtype}
-        if tech.quantized:
-            kwargs["quantization_config"] = quantization_config(cfg.quant, rt)
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(base, **base_load_kwargs(method, cfg.model, rt, cfg.quant))
         if tech.quantized:
             model = prepare_4bit_base(model, cfg.quant.upcast_frozen, rt)
         model = PeftModel.from_pretrained(model, run_dir / method / tech.saved_folder)

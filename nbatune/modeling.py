@@ -165,15 +165,9 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
 
     tech = None if method == techniques.BASE else techniques.get(method)
     adapter, quantized = bool(tech and tech.adapter), bool(tech and tech.quantized)
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
-              "dtype": rt.dtype if adapter else torch.float32}
-    if quantized:
-        kwargs["quantization_config"] = quantization_config(quant, rt)
-    if rt.device == "cuda":
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
     check_causal_lm(path, cfg)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **base_load_kwargs(method, cfg, rt, quant))
     except (OSError, ValueError, KeyError) as e:
         raise _explain(path, cfg, e) from e
     if rt.device == "cpu" and not quantized:  # a 4-bit model is placed by bitsandbytes
@@ -192,6 +186,20 @@ def load_model(path: str, method: str, cfg: ModelConfig, rt: Runtime, lora: Lora
     if tech is not None and tech.prepare is not None:
         model = tech.prepare(model)
     return model
+
+
+def base_load_kwargs(method: str, cfg: ModelConfig, rt: Runtime, quant: QuantSettings) -> dict:
+    """``from_pretrained``'s arguments for the base that ``method`` trains on (or ``base``): fp32 for the base and
+    whole-model techniques, the compute dtype under an adapter, NF4 for a quantized one. Training and every reload
+    (``inference.load_from_run``) load through it, so the scored model and the reloaded one are built alike."""
+    tech = None if method == techniques.BASE else techniques.get(method)
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
+              "dtype": rt.dtype if tech and tech.adapter else torch.float32}
+    if tech and tech.quantized:
+        kwargs["quantization_config"] = quantization_config(quant, rt)
+    if rt.device == "cuda":
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return kwargs
 
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
