@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup run quick seeds test test-fast mutation dataset bench bench-memory sweep gpu-bundle clean
+.PHONY: setup run quick seeds test test-fast mutation dataset bench bench-cpu-kind bench-memory sweep gpu-bundle clean
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ sweep: setup
 # What the lent GPU machine lacks (wheels for Python 3.12, SmolLM2 tokenizer) in .gpu-bundle/, under 64 MiB with the tree
 gpu-bundle: setup
 	$(BIN)/python bench/gpu_bundle.py
+
+# Issue 21's CPU figures named by this machine's CPU kind (AMX or not): matmul shapes, profile, TRL at batch 4 (~12 min)
+bench-cpu-kind: setup
+	PYTHON=$(BIN)/python bash bench/cpu_kind.sh
 
 # The memory estimator against measured peaks (about 15 minutes on 2 cores)
 bench-memory: setup

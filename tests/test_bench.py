@@ -149,3 +149,18 @@ def test_front_plots_every_probe_run_and_skips_none(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "front.py"), "--out", str(tmp_path / "f.png"), *files],
                          capture_output=True, text=True, check=True).stdout
     assert "full 1e-4" in out and "LoRA no history" in out and (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_cpu_kind_script_names_every_file_by_this_machines_cpu_kind():
+    from nbatune.measure import cpu_matmul_features
+
+    out = subprocess.run(["bash", str(ROOT / "bench" / "cpu_kind.sh")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    features = cpu_matmul_features()
+    kind = "amx" if "amx_bf16" in features else "avx512bf16" if "avx512_bf16" in features else None
+    plan = [line for line in out.stdout.splitlines() if line.startswith("would run:")]
+    assert [p.split()[3] for p in plan] == ["bench/gemm_shapes.py", "bench/profile_steps.py", "bench/bench.py"]
+    if kind:
+        assert all(f"-{kind}-" in p for p in plan)
+    assert "--batch 4" in plan[2] and "--peers tuned" in plan[2]
