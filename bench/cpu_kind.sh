@@ -12,10 +12,8 @@ PY=${PYTHON:-.venv/bin/python}
 STEPS=${STEPS:-20}
 BATCH=${BATCH:-4}
 METHODS=${METHODS:-full,lora,qlora}
-KIND=$("$PY" -c "
-from nbatune.measure import cpu_matmul_features
-f = cpu_matmul_features()
-print(next((k for x, k in (('amx_bf16', 'amx'), ('avx512_bf16', 'avx512bf16'), ('avx512f', 'avx512'), ('avx2', 'avx2')) if x in f), 'unknown'))")
+KIND=$("$PY" -c "from nbatune.measure import cpu_kind, cpu_matmul_features
+print(cpu_kind(cpu_matmul_features()).lower().replace('-', ''))")
 STAMP="$KIND-$(date +%Y%m%d)"
 run() { if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: $*"; else echo "+ $*"; "$@"; fi; }
 TCMALLOC=$(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal.so.4 /{print $NF; exit}')

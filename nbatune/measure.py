@@ -170,6 +170,12 @@ def cpu_matmul_features() -> list[str]:
     return [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags]
 
 
+def cpu_kind(features: list[str]) -> str:
+    """The CPU's matmul kind from ``cpu_matmul_features()``: AMX, AVX512-BF16, AVX512, AVX2 or unknown."""
+    return next((k for f, k in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"),
+                                ("avx2", "AVX2")) if f in features), "unknown")
+
+
 def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10) -> float:
     """Measured matmul FLOP/s in ``dtype`` on ``device``: a square product (8192 on CUDA, 2048 on CPU), after
     three warm-ups, averaged over ``reps``. The denominator of MFU, measured in the same process as the run."""
@@ -189,9 +195,7 @@ def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10) -> float:
 def machine_peak(device: str) -> dict:
     """What this machine's matmuls can do, measured now: instruction sets (CPU), bf16 and fp32 FLOP/s."""
     features = cpu_matmul_features() if device == "cpu" else []
-    kind = (torch.cuda.get_device_name(0) if device == "cuda" else
-            next((k for f, k in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"),
-                                 ("avx2", "AVX2")) if f in features), "unknown"))
+    kind = torch.cuda.get_device_name(0) if device == "cuda" else cpu_kind(features)
     out = {"kind": kind, "features": features,
            "threads": torch.get_num_threads()}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):

@@ -152,15 +152,13 @@ def test_front_plots_every_probe_run_and_skips_none(tmp_path):
 
 
 def test_cpu_kind_script_names_every_file_by_this_machines_cpu_kind():
-    from nbatune.measure import cpu_matmul_features
+    from nbatune.measure import cpu_kind, cpu_matmul_features
 
     out = subprocess.run(["bash", str(ROOT / "bench" / "cpu_kind.sh")], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    features = cpu_matmul_features()
-    kind = "amx" if "amx_bf16" in features else "avx512bf16" if "avx512_bf16" in features else None
+    kind = cpu_kind(cpu_matmul_features()).lower().replace("-", "")
     plan = [line for line in out.stdout.splitlines() if line.startswith("would run:")]
     assert [p.split()[3] for p in plan] == ["bench/gemm_shapes.py", "bench/profile_steps.py", "bench/bench.py"]
-    if kind:
-        assert all(f"-{kind}-" in p for p in plan)
+    assert all(f"-{kind}-" in p for p in plan)
     assert "--batch 4" in plan[2] and "--peers tuned" in plan[2]
