@@ -176,10 +176,11 @@ def cpu_kind(features: list[str]) -> str:
                                 ("avx2", "AVX2")) if f in features), "unknown")
 
 
-def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10) -> float:
-    """Measured matmul FLOP/s in ``dtype`` on ``device``: a square product (8192 on CUDA, 2048 on CPU), after
-    three warm-ups, averaged over ``reps``. The denominator of MFU, measured in the same process as the run."""
-    n = 8192 if device == "cuda" else 2048
+def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10, n: int | None = None) -> float:
+    """Measured matmul FLOP/s in ``dtype`` on ``device``: a square product (8192 on CUDA, 2048 on CPU unless ``n``
+    says), after three warm-ups, averaged over ``reps``. The denominator of MFU, measured in the same process as the
+    run."""
+    n = n or (8192 if device == "cuda" else 2048)
     a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
@@ -192,14 +193,26 @@ def matmul_peak(dtype: torch.dtype, device: str, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
+# Below this a dtype's matmul is emulated in software: bf16 on a CPU without AVX512-BF16 or AMX ran at 0.3 GFLOP/s
+# on a 2-core AVX2 EPYC (2026-12-06), where thirteen 2048-wide products take twelve minutes; any hardware path is
+# tens of GFLOP/s or more even at 256 on one core.
+EMULATED_FLOPS = 5e9
+
+
 def machine_peak(device: str) -> dict:
-    """What this machine's matmuls can do, measured now: instruction sets (CPU), bf16 and fp32 FLOP/s."""
+    """What this machine's matmuls can do, measured now: instruction sets (CPU), bf16 and fp32 FLOP/s. A dtype the
+    CPU emulates is measured at 256 wide (a second) and listed under ``emulated``: nothing runs in it unless asked."""
     features = cpu_matmul_features() if device == "cpu" else []
     kind = torch.cuda.get_device_name(0) if device == "cuda" else cpu_kind(features)
     out = {"kind": kind, "features": features,
            "threads": torch.get_num_threads()}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        out[f"{name}_flops"] = matmul_peak(dtype, device)
+        small = matmul_peak(dtype, device, reps=1, n=256) if device == "cpu" else None
+        if small is not None and small < EMULATED_FLOPS:
+            out[f"{name}_flops"] = small
+            out.setdefault("emulated", []).append(name)
+        else:
+            out[f"{name}_flops"] = matmul_peak(dtype, device)
     return out
 
 

@@ -51,6 +51,14 @@ def _mfu(r: dict) -> str:
     return f" ({r['mfu']:.0%} MFU)" if r.get("mfu") else ""
 
 
+def _peaks(m: dict) -> str:
+    """bf16 and fp32 FLOP/s, a dtype this CPU emulates in software marked as such (``measure.machine_peak``)."""
+    return ", ".join(f"{name} {m[name + '_flops'] / 1e9:,.0f} GFLOP/s"
+                     + (" (emulated in software: this CPU has no native bf16)"
+                        if name in m.get("emulated", ()) else "")
+                     for name in ("bf16", "fp32"))
+
+
 def machine_line(results: dict) -> str:
     """The machine the timings came from: its matmul kind and the peak measured in the run."""
     m = (results.get("environment") or {}).get("matmul")
@@ -58,9 +66,8 @@ def machine_line(results: dict) -> str:
         return ""
     alloc = (results.get("environment") or {}).get("allocator")
     return (f"Machine: {m['kind']} ({m['threads']} threads{', malloc: ' + alloc if alloc else ''}), matmul peak "
-            f"measured in this run: bf16 "
-            f"{m['bf16_flops'] / 1e9:,.0f} GFLOP/s, fp32 {m['fp32_flops'] / 1e9:,.0f} GFLOP/s; MFU = training "
-            "FLOP/s over that peak." + _lanes_note(results))
+            f"measured in this run: {_peaks(m)}; MFU = training FLOP/s over the peak of the precision it trained "
+            "in." + _lanes_note(results))
 
 
 def _lanes_note(results: dict) -> str:
@@ -70,7 +77,7 @@ def _lanes_note(results: dict) -> str:
     m = lanes["matmul"]
     return (f" The models ran side by side in {lanes['lanes']} processes of {m['threads']} core(s) each "
             f"(`lanes`): tokens/s and MFU are one such process's, beside another model, against the peak of its "
-            f"cores ({m['bf16_flops'] / 1e9:,.0f} GFLOP/s bf16); `lanes: 1` times each technique alone on every core.")
+            f"cores ({_peaks(m)}); `lanes: 1` times each technique alone on every core.")
 
 
 MEMORY_NOTE = ("Peak memory: training (loading and the steps) beside its estimate; eval: what evaluation added above "

@@ -162,3 +162,30 @@ def test_cpu_kind_script_names_every_file_by_this_machines_cpu_kind():
     assert [p.split()[3] for p in plan] == ["bench/gemm_shapes.py", "bench/profile_steps.py", "bench/bench.py"]
     assert all(f"-{kind}-" in p for p in plan)
     assert "--batch 4" in plan[2] and "--peers tuned" in plan[2]
+
+
+def test_a_dtype_the_cpu_emulates_is_measured_small_and_marked_not_for_minutes(monkeypatch):
+    """bf16 on a CPU without AVX512-BF16 or AMX runs in software (0.3 GFLOP/s on an AVX2 EPYC): the peak's thirteen
+    2048-wide products took twelve minutes there, twice a run. A 256-wide probe decides; only a dtype with hardware
+    behind it is measured at full size, and an emulated one is listed as such."""
+    import torch
+
+    from nbatune import measure
+    from nbatune.runtime import cpu_has_native_bf16
+
+    real = measure.machine_peak("cpu")  # this machine, whichever kind it is
+    assert ("bf16" in real.get("emulated", [])) == (not cpu_has_native_bf16())
+    assert "fp32" not in real.get("emulated", []) and real["fp32_flops"] > measure.EMULATED_FLOPS
+    if "emulated" in real:
+        assert real["bf16_flops"] < measure.EMULATED_FLOPS
+
+    sizes = []
+
+    def emulated_bf16(dtype, device, reps=10, n=None):
+        sizes.append((dtype, n or 2048))
+        return 0.3e9 if dtype == torch.bfloat16 else 150e9
+
+    monkeypatch.setattr(measure, "matmul_peak", emulated_bf16)
+    m = measure.machine_peak("cpu")
+    assert m["emulated"] == ["bf16"] and m["bf16_flops"] == 0.3e9 and m["fp32_flops"] == 150e9
+    assert sizes == [(torch.bfloat16, 256), (torch.float32, 256), (torch.float32, 2048)]
