@@ -28,7 +28,7 @@ from .memory import GiB, MemoryBudgetError, check_fits, estimate_for_run, memory
 from .modeling import (check_bitsandbytes, count_parameters, load_model, reload_adapter, save_converted_adapter,
                        save_initial_adapter)
 from .results import SCHEMA_VERSION, MethodResult, Status, environment, write_json_atomic
-from .runtime import resolve
+from .runtime import cpu_precision_advice, resolve
 from .training import latest_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,8 @@ class Comparison:
         if bad:
             raise ValueError(f"methods: {bad} are not techniques (allowed: {', '.join(techniques.names())})")
         if self.rt.device == "cpu" and (tip := allocator.advice()):
+            log.warning("%s", tip)
+        if tip := cpu_precision_advice(self.rt):
             log.warning("%s", tip)
         with reuse_freed_memory():
             return self._execute(methods, resume)

@@ -216,3 +216,15 @@ def test_overrides_leave_the_callers_config_dict_as_it_was():
     cfg = load_config(given, ["eval.batch_size=32", "train.learning_rate.lora=2e-3"])
     assert (cfg.eval.batch_size, cfg.train.learning_rate["lora"]) == (32, 2e-3)
     assert given == before
+
+
+def test_a_cpu_without_native_bf16_gets_told_why_the_run_is_slow_and_bf16_there_is_refused_in_words(monkeypatch):
+    from nbatune.runtime import Runtime, cpu_precision_advice
+
+    monkeypatch.setattr("nbatune.runtime.cpu_has_native_bf16", lambda: False)
+    assert "fp32" in cpu_precision_advice(Runtime("cpu", "fp32")) and "make quick" in cpu_precision_advice(
+        Runtime("cpu", "fp32"))
+    assert "use 'auto' or 'fp32'" in cpu_precision_advice(Runtime("cpu", "bf16"))
+    assert cpu_precision_advice(Runtime("cuda", "bf16")) == ""
+    monkeypatch.setattr("nbatune.runtime.cpu_has_native_bf16", lambda: True)
+    assert cpu_precision_advice(Runtime("cpu", "bf16")) == ""
