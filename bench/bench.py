@@ -13,8 +13,9 @@ the published config, so no hub is needed).
 
 MFU counts 6 x params x tokens for full fine-tuning and 4 x params x tokens for LoRA/QLoRA (forward,
 plus the backward pass for activations only: frozen weights get no weight gradient), divided by the
-measured bf16 matmul peak of this machine (a large square matmul through PyTorch). Both sides are
-credited with the same FLOPs per token.
+measured matmul peak of this machine in the precision our side trains in (``nbatune.measure.machine_peak``: bf16
+where the CPU has it, fp32 on an AVX2-only CPU, whose bf16 is emulated in software). Both sides are credited with
+the same FLOPs per token. The tuned peer trains in that precision too; TRL's defaults keep bf16 (TRL's own default).
 """
 
 from __future__ import annotations
@@ -30,14 +31,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def matmul_peak(dtype_name: str) -> float:
-    import torch
-
-    from nbatune.measure import matmul_peak as peak
-
-    return peak({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name], "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def model_path(model: str, models_dir: str) -> str:
@@ -83,6 +76,7 @@ def run_peer(method: str, steps: int, batch: int, model: str, tuned: bool = Fals
     from nbatune.data.loading import load_splits
     from nbatune.measure import PeakMemory
     from nbatune.modeling import count_parameters, resolve_model_path
+    from nbatune.runtime import resolve
 
     import torch
 
@@ -102,7 +96,9 @@ def run_peer(method: str, steps: int, batch: int, model: str, tuned: bool = Fals
         # padding-free without packing: each batch's examples concatenated, as ours; TRL 1.16 wants
         # max_length=None then (our examples are all under the 320-token limit of our side)
         extra = {"gradient_checkpointing": False, "padding_free": True, "max_length": None}
-        if method != "full":
+        if resolve("auto", "auto").precision == "fp32":  # no native bf16 here (AVX2): ours trains in fp32 too
+            extra["bf16"] = False
+        elif method != "full":
             init["dtype"] = torch.bfloat16
     args = SFTConfig(output_dir="/tmp/nbatune-bench/peer", max_steps=steps, per_device_train_batch_size=batch,
                      learning_rate=cfg.train.learning_rate[method], use_cpu=device == "cpu", report_to="none",
@@ -185,8 +181,14 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device}; model: {a.model}; {a.steps} steps x batch {a.batch}", flush=True)
     model_path(a.model, a.models_dir)  # build a random checkpoint once, before the timed runs
-    peaks = {d: matmul_peak(d) for d in ("bf16", "fp32")}
-    print(f"matmul peak: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s", flush=True)
+    from nbatune.measure import machine_peak
+    from nbatune.runtime import resolve
+
+    machine = machine_peak("cuda" if torch.cuda.is_available() else "cpu")
+    peaks = {d: machine[f"{d}_flops"] for d in ("bf16", "fp32")}
+    precision = resolve("auto", "auto").precision  # what our side trains in: MFU's denominator
+    print(f"matmul peak: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s{' (emulated)' if 'emulated' in machine else ''}, "
+          f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s; MFU against {precision}", flush=True)
     runs = []
     peers = ["base"] if a.against_defaults else [{"defaults": "peer", "tuned": "tuned"}[p] for p in a.peers.split(",")]
     for method in a.methods.split(","):
@@ -198,7 +200,8 @@ def main() -> None:
         from nbatune.measure import cpu_matmul_features
 
         Path(a.json).write_text(json.dumps({"device": device, "cpu_features": cpu_matmul_features(), "model": a.model,
-                                            "steps": a.steps, "batch": a.batch, "peaks": peaks, "runs": runs},
+                                            "steps": a.steps, "batch": a.batch, "peaks": peaks, "machine": machine,
+                                            "mfu_precision": precision, "runs": runs},
                                            indent=2))
     print()
     names = {"peer": "TRL defaults", "tuned": "TRL tuned", "base": "our defaults"}
@@ -211,7 +214,7 @@ def main() -> None:
 
         to, mo = agg("ours", "tok_s"), agg("ours", "peak", max)
         flops_per_token = (6 if method == "full" else 4) * agg("ours", "total")
-        mfu = lambda t: 100 * t * flops_per_token / peaks["bf16"]  # noqa: E731
+        mfu = lambda t: 100 * t * flops_per_token / peaks[precision if precision in peaks else "bf16"]  # noqa: E731
         for peer in peers:
             tp, mp = agg(peer, "tok_s"), agg(peer, "peak", max)
             print(f"| {method} | {names[peer]} | {tp:.0f} | {to:.0f} | {to / tp:.2f}x | {mp / 2**20:.0f} | "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 21's CPU figures for this machine's kind of CPU in one command (about 12 minutes on 2 cores), each file named
 # by the kind (AMX, AVX512-BF16, ...) and the date, so that an AMX machine's figures sit beside the others:
-#   1. the model's matmuls alone against the bf16 peak (bench/gemm_shapes.py)
+#   1. the model's matmuls alone against the peak of the precision a run trains in (bench/gemm_shapes.py)
 #   2. a torch profile of 20 default steps per technique, the default config's batches (bench/profile_steps.py)
 #   3. ours against TRL tuned at the default's batch of 4 (BATCH), one A-B-B-A block per technique (bench/bench.py)
 # Then time `make run` on the same machine for the wall time. DRY_RUN=1 prints the plan (a test runs it).

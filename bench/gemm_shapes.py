@@ -1,6 +1,7 @@
 """The model's own matmuls alone: each linear layer's forward (x @ W.T), input gradient (g @ W) and weight gradient
-(g.T @ x) in bf16 at the tokens of one default step, hot (one weight, reused) and cold (30 weights in turn, as the 30
-decoder layers run), plus the rank-16 adapter products, against the 2048 x 2048 peak measured in the same process.
+(g.T @ x) in the precision a run trains in here (bf16, or fp32 on an AVX2-only CPU) at the tokens of one default
+step, hot (one weight, reused) and cold (30 weights in turn, as the 30 decoder layers run), plus the rank-16 adapter
+products, against the 2048 x 2048 peak measured in the same process.
 It says how much of the gap between a step's MFU and that peak is the shapes themselves:
 
     python bench/gemm_shapes.py --json bench/gemm-shapes-cpu-YYYYMMDD.json
@@ -40,9 +41,11 @@ def main() -> int:
     import torch
 
     from nbatune.measure import machine_peak
+    from nbatune.runtime import resolve
 
     torch.manual_seed(0)
-    bf = torch.bfloat16
+    precision = resolve("cpu", "auto").precision  # bf16 emulated in software (AVX2) would take hours
+    bf = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     rows = []
     for m in a.tokens:
         for name, (k, n) in LAYERS.items():
@@ -60,7 +63,7 @@ def main() -> int:
                    "cold_gflops": {kind: round(rate(fn, 30 * flops)) for kind, fn in cold.items()}}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    out = {"machine": machine_peak("cpu"), "threads": torch.get_num_threads(), "rows": rows}
+    out = {"machine": machine_peak("cpu"), "threads": torch.get_num_threads(), "precision": precision, "rows": rows}
     text = json.dumps(out, indent=1)
     print(text)
     if a.json:

@@ -25,8 +25,8 @@ SMALL = dict(model_type="llama", hidden_size=128, intermediate_size=512, num_hid
              num_key_value_heads=2, head_dim=32, vocab_size=777, tie_word_embeddings=True)
 
 
-def _saved_bytes(model, rows: int, width: int) -> int:
-    """Bytes of distinct tensors autograd saves for backward in one bf16-autocast forward,
+def _saved_bytes(model, rows: int, width: int, precision: str = "bf16") -> int:
+    """Bytes of distinct tensors autograd saves for backward in one forward (bf16: under autocast),
     leaving out the logits (vocabulary-wide), which the estimator counts separately."""
     seen: dict[int, int] = {}
 
@@ -37,17 +37,19 @@ def _saved_bytes(model, rows: int, width: int) -> int:
 
     ids = torch.randint(0, SMALL["vocab_size"], (rows, width), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(width).repeat(rows, 1) % 40  # packed rows: several sequences each
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), Runtime("cpu", "bf16").autocast():
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), Runtime("cpu", precision).autocast():
         model(input_ids=ids, position_ids=pos, logits_to_keep=torch.arange(4)).logits.float().sum()
     return sum(seen.values())
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager", "nbatune_lean_eager"])
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "qlora upcast"])
-def test_activation_coefficients_match_the_autograd_graph(tmp_path, method, attention):
+def test_activation_coefficients_match_the_autograd_graph(tmp_path, method, attention, precision):
     """What autograd really saves matches the estimator's activations: per token and layer, plus, with
     an eager attention kernel, each head's probabilities (quadratic in the row width). Counted at two widths so
-    that per-layer constants (autocast's weight copies) cancel out."""
+    that per-layer constants (autocast's weight copies) cancel out. fp32 is what a CPU without native bf16 trains
+    in (an AVX2 CPU): there a 4-bit base's stream is fp32 and casts nothing, so it saves what LoRA's does."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fields = dict(SMALL)
@@ -56,16 +58,16 @@ def test_activation_coefficients_match_the_autograd_graph(tmp_path, method, atte
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     method, _, upcast = method.partition(" ")  # "upcast": PEFT's fp32 other weights on a 4-bit base
     cfg = load_config({"mode": "test", "quant": {"upcast_frozen": bool(upcast)}})
-    model = load_model(str(tmp_path), method, cfg.model, Runtime("cpu", "bf16"), cfg.lora, cfg.quant, 0)
+    model = load_model(str(tmp_path), method, cfg.model, Runtime("cpu", precision), cfg.lora, cfg.quant, 0)
     model.train()
     register_lean_eager()
     model.set_attn_implementation(attention)
     rows = 4
-    measured = _saved_bytes(model, rows, 240) - _saved_bytes(model, rows, 120)
+    measured = _saved_bytes(model, rows, 240, precision) - _saved_bytes(model, rows, 120, precision)
 
     def activations(width):
         est = estimate_memory(SMALL, method, tokens=rows * width, attention=attention, row_width=width,
-                              upcast_frozen=bool(upcast))
+                              upcast_frozen=bool(upcast), precision=precision)
         return est.parts["activations"]
 
     predicted = activations(240) - activations(120)
