@@ -44,14 +44,13 @@ def main() -> int:
     from nbatune.runtime import resolve
 
     torch.manual_seed(0)
-    precision = resolve("cpu", "auto").precision  # bf16 emulated in software (AVX2) would take hours
-    bf = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    rt = resolve("cpu", "auto")  # the run's precision: bf16 emulated in software (AVX2) would take hours
     rows = []
     for m in a.tokens:
         for name, (k, n) in LAYERS.items():
-            ws = [torch.randn(n, k, dtype=bf) for _ in range(30)]
-            xs = [torch.randn(m, k, dtype=bf) for _ in range(30)]
-            gs = [torch.randn(m, n, dtype=bf) for _ in range(30)]
+            ws = [torch.randn(n, k, dtype=rt.dtype) for _ in range(30)]
+            xs = [torch.randn(m, k, dtype=rt.dtype) for _ in range(30)]
+            gs = [torch.randn(m, n, dtype=rt.dtype) for _ in range(30)]
             flops = 2 * m * k * n
             cold = {"forward": lambda: [torch.nn.functional.linear(x, w) for x, w in zip(xs, ws)],
                     "input gradient": lambda: [g @ w for g, w in zip(gs, ws)],
@@ -63,7 +62,7 @@ def main() -> int:
                    "cold_gflops": {kind: round(rate(fn, 30 * flops)) for kind, fn in cold.items()}}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    out = {"machine": machine_peak("cpu"), "threads": torch.get_num_threads(), "precision": precision, "rows": rows}
+    out = {"machine": machine_peak("cpu"), "threads": torch.get_num_threads(), "precision": rt.precision, "rows": rows}
     text = json.dumps(out, indent=1)
     print(text)
     if a.json:
