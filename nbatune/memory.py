@@ -64,8 +64,15 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64, 
 NF4_BYTES_SINGLE = 0.5 + 4 / 64
 OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
 WORKING_FRACTION = 0.19  # of activations + logits: backward's gradients of activations, allocator slack
+# What a process holds beyond the counted parts. On a CPU in bf16: 300 MiB plus 3 bytes a parameter (fitted
+# 2026-11-29; within -4 to +18% of the default run's peaks on tcmalloc since, AVX512-BF16). On a CPU in fp32 nothing:
+# there (2026-12-07, an AVX2 CPU, the default's batches in fresh processes on tcmalloc) the counted parts alone came
+# 4-10% over the measured peaks of all three techniques. What bf16 holds beyond its counted parts (about 0.7 GiB on
+# SmolLM2-135M) was not found: no CPU with native bf16 was at hand to look.
 OVERHEAD = {"cpu": 300 * MiB, "cuda": 500 * MiB}
 CPU_OVERHEAD_PER_PARAM = 3
+# The estimate is of a process on tcmalloc, which `nbatune run` loads where installed; on glibc's malloc the heap kept
+# 0.5-1.1 GiB more over the default's steps (``allocator.advice`` says so in the run's log).
 # fp32 activations over the bf16 ones, per kind (the fp32 parts do not grow, the bf16 parts double), counted on the
 # autograd graph of SmolLM2-135M at 512 and 1,024 tokens (2026-12-06, an AVX2 CPU where the run trains in fp32): a
 # whole model saved 768 MiB per 512 tokens (estimated 840), an adapter model 704 (724), on a 4-bit base too (an fp32
@@ -227,7 +234,10 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
     else:
         logits = positions * s.vocab * LOGIT_BYTES
     opt = OPTIMIZER_BYTES.get(optimizer, 8) * trainable
-    overhead = OVERHEAD["cuda"] if device == "cuda" else OVERHEAD["cpu"] + CPU_OVERHEAD_PER_PARAM * shape.params
+    if device == "cuda":
+        overhead = OVERHEAD["cuda"]
+    else:
+        overhead = OVERHEAD["cpu"] + CPU_OVERHEAD_PER_PARAM * shape.params if half else 0
     return MemoryEstimate(method, device, {
         "weights": int(weights), "gradients": 4 * trainable, "optimizer": opt, "activations": int(acts),
         "logits": int(logits), "working": int(WORKING_FRACTION * (acts + logits)), "overhead": int(overhead)})

@@ -257,13 +257,13 @@ def prepare_4bit_base(model, upcast_frozen: bool, rt: Runtime, gradient_checkpoi
     """A 4-bit base as a quantized technique trains on it and every reload scores it: PEFT's
     ``prepare_model_for_kbit_training`` (every weight frozen, the others upcast to fp32), then those others put
     back in the compute dtype unless ``quant.upcast_frozen`` (or a precision other than bf16) keeps them in fp32.
-    A reload that skipped the second part answered 269 of the default run's 320 QLoRA test questions as scored."""
+    A reload that skipped the second part answered 269 of the default run's 320 QLoRA test questions as scored.
+    Either way each of those weights gets memory of its own (``frozen_weights_to``)."""
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
-    if not frozen_in_fp32(upcast_frozen, rt.precision):
-        frozen_to_compute_dtype(model, rt.dtype)
+    frozen_weights_to(model, torch.float32 if frozen_in_fp32(upcast_frozen, rt.precision) else rt.dtype)
     return model
 
 
@@ -312,13 +312,17 @@ def peft_config(tech: "techniques.Technique", lora: LoraSettings):
     return (tech.peft_config or techniques.lora_config)(lora)
 
 
-def frozen_to_compute_dtype(model, dtype) -> None:
-    """Undo PEFT's fp32 upcast of a 4-bit model's other frozen weights (``prepare_model_for_kbit_training``):
-    in bf16 the embeddings and norms give a bf16 residual stream, as LoRA's frozen base does, instead of an fp32
-    one that every 4-bit layer casts to bf16 and back (``quant.upcast_frozen``)."""
+def frozen_weights_to(model, dtype) -> None:
+    """A 4-bit model's other frozen weights (embeddings, norms) in ``dtype``, each copied into memory of its own.
+
+    In bf16 this undoes PEFT's fp32 upcast (``prepare_model_for_kbit_training``): the embeddings and norms give a
+    bf16 residual stream, as LoRA's frozen base does, instead of an fp32 one that every 4-bit layer casts to bf16
+    and back (``quant.upcast_frozen``). In fp32 nothing is converted, so without the copy they would still view
+    the checkpoint's memory-mapped file, and that mapping keeps resident every page of it that quantizing read:
+    the whole fp32 model (412 MiB of SmolLM2-135M's file, for 108 MiB of weights; BENCHMARKS.md)."""
     for p in model.parameters():
-        if not p.requires_grad and p.dtype == torch.float32 and p.__class__.__name__ != "Params4bit":
-            p.data = p.data.to(dtype)
+        if not p.requires_grad and p.is_floating_point():  # Params4bit holds uint8
+            p.data = p.data.to(dtype, copy=True)
 
 
 def skip_adapter_input_casts(model) -> None:

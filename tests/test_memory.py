@@ -122,18 +122,24 @@ def test_warn_policy_logs_and_carries_on(tiny_model_dir, tmp_path, caplog):
 
 @pytest.mark.slow
 def test_estimate_is_within_30_percent_of_the_measured_peak(tmp_path):
-    """The embedded SmolLM2 trained with LoRA in a fresh process (bench/memory.py's own measurement).
-    The estimate errs high here: +21% with SDPA and rows of 256, +27% with the lean eager kernel and rows
-    of 128 (STATUS.md), so the bound is 30%, not the 25% it was."""
+    """The embedded SmolLM2 trained with LoRA in a fresh process (bench/memory.py's own measurement), on tcmalloc
+    where it is installed, as ``nbatune run`` trains: the estimate is for it (on glibc the same case measured 3,272
+    MiB against tcmalloc's 2,241 in fp32, an AVX2 CPU). The estimate errs high: +21% with SDPA and rows of 256, +27%
+    with the lean eager kernel and rows of 128 (STATUS.md; bf16, glibc), so the bound is 30%, not the 25% it was."""
+    import os
+
+    from nbatune.allocator import find_tcmalloc
+
     pytest.importorskip("gguf")
     sys.path.insert(0, str(ROOT / "bench"))
     from memory import predict
 
     case = ["embedded", "lora", "8", "0"]
     models = str(tmp_path / "models")
+    env = dict(os.environ, **({"LD_PRELOAD": find_tcmalloc()} if find_tcmalloc() else {}))
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--steps", "8", "--models-dir", models,
                           "--one", *case],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+                         capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     line = [x for x in out.stdout.splitlines() if x.startswith("PEAK ")]
     assert line, out.stderr[-2000:]
     got = json.loads(line[0][5:])

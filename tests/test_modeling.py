@@ -236,6 +236,29 @@ def test_qlora_keeps_its_other_weights_and_residual_stream_in_bf16_unless_told_t
     assert out.past_key_values.layers[0].keys.dtype == want
 
 
+def test_a_4bit_base_in_fp32_holds_no_mapping_of_its_checkpoint_file(tiny_model_dir, tmp_path):
+    """Loaded in fp32 from an fp32 checkpoint, the embeddings and norms would view the memory-mapped file, and keep
+    resident every page of it that quantizing read (412 MiB of SmolLM2's file, BENCHMARKS.md). A copy of the
+    checkpoint of its own, so no other test's model holds the same file."""
+    import gc
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from nbatune.config import LoraSettings, ModelConfig, QuantSettings
+    from nbatune.modeling import load_model
+    from nbatune.runtime import Runtime
+
+    ckpt = shutil.copytree(tiny_model_dir, tmp_path / "ckpt")
+    weights = str((ckpt / "model.safetensors").resolve())
+    model = load_model(str(ckpt), "qlora", ModelConfig(), Runtime("cpu", "fp32"), LoraSettings(), QuantSettings(), 0)
+    gc.collect()
+    assert weights not in Path("/proc/self/maps").read_text()
+    other = [p for n, p in model.named_parameters() if "lora_" not in n and p.is_floating_point()]
+    assert other and all(p.dtype == torch.float32 for p in other)
+
+
 def test_qlora_in_bf16_trains_like_the_upcast_path_within_bf16_rounding(tiny_model_dir):
     """The bf16 residual stream rounds differently from the fp32 one: the first step's loss agrees to 0.1% and the
     adapters' gradients point the same way (cosine above 0.999)."""
