@@ -27,9 +27,9 @@ quick: setup
 seeds: setup
 	$(BIN)/nbatune run --config configs/seeds.yaml
 
-# Every CPU test, the integration tests on the real embedded model included (CI runs this).
+# Every CPU test, the integration tests on the real embedded model included (CI runs this); the slowest 15 listed.
 test: setup
-	$(BIN)/python -m pytest -m "not gpu" -q
+	$(BIN)/python -m pytest -m "not gpu" -q --durations=15
 
 # Unit tests only (seconds to a couple of minutes).
 test-fast: setup
