@@ -236,8 +236,10 @@ def estimate_memory(config, method: str, *, tokens: int, logit_tokens: int | Non
     opt = OPTIMIZER_BYTES.get(optimizer, 8) * trainable
     if device == "cuda":
         overhead = OVERHEAD["cuda"]
+    elif half:
+        overhead = OVERHEAD["cpu"] + CPU_OVERHEAD_PER_PARAM * shape.params
     else:
-        overhead = OVERHEAD["cpu"] + CPU_OVERHEAD_PER_PARAM * shape.params if half else 0
+        overhead = 0
     return MemoryEstimate(method, device, {
         "weights": int(weights), "gradients": 4 * trainable, "optimizer": opt, "activations": int(acts),
         "logits": int(logits), "working": int(WORKING_FRACTION * (acts + logits)), "overhead": int(overhead)})

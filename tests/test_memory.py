@@ -136,7 +136,8 @@ def test_estimate_is_within_30_percent_of_the_measured_peak(tmp_path):
 
     case = ["embedded", "lora", "8", "0"]
     models = str(tmp_path / "models")
-    env = dict(os.environ, **({"LD_PRELOAD": find_tcmalloc()} if find_tcmalloc() else {}))
+    tcmalloc = find_tcmalloc()
+    env = dict(os.environ, **({"LD_PRELOAD": tcmalloc} if tcmalloc else {}))
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--steps", "8", "--models-dir", models,
                           "--one", *case],
                          capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)

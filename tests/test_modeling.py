@@ -246,9 +246,7 @@ def test_a_4bit_base_in_fp32_holds_no_mapping_of_its_checkpoint_file(tiny_model_
 
     import torch
 
-    from nbatune.config import LoraSettings, ModelConfig, QuantSettings
-    from nbatune.modeling import load_model
-    from nbatune.runtime import Runtime
+    from nbatune.config import LoraSettings, QuantSettings
 
     ckpt = shutil.copytree(tiny_model_dir, tmp_path / "ckpt")
     weights = str((ckpt / "model.safetensors").resolve())
