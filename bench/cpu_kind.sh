@@ -16,7 +16,8 @@ KIND=$("$PY" -c "from nbatune.measure import cpu_kind, cpu_matmul_features
 print(cpu_kind(cpu_matmul_features()).lower().replace('-', ''))")
 STAMP="$KIND-$(date +%Y%m%d)"
 run() { if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: $*"; else echo "+ $*"; "$@"; fi; }
-TCMALLOC=$(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal.so.4 /{print $NF; exit}')
+# awk reads to the end: leaving at the first match would kill ldconfig with SIGPIPE, which pipefail makes fatal
+TCMALLOC=$(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal.so.4 / && !found {found = $NF} END {print found}')
 export LD_PRELOAD=${LD_PRELOAD:-$TCMALLOC}  # both sides of the TRL comparison on the allocator nbatune runs on
 echo "CPU kind: $KIND (files bench/*-$STAMP*.json); allocator preload: ${LD_PRELOAD:-none}"
 run "$PY" bench/gemm_shapes.py --json "bench/gemm-shapes-$STAMP.json"
