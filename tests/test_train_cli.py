@@ -75,6 +75,52 @@ def test_eager_attention_keeps_packed_examples_apart():
             at += len(e)
 
 
+def test_auto_row_width_is_wide_only_where_a_cpu_trains_in_fp32():
+    from nbatune.data.tokenize import make_collator, row_tokens
+
+    assert row_tokens("auto", "cpu", "fp32") == 512
+    assert row_tokens("auto", "cpu", "bf16") == row_tokens("auto", "cuda", "fp32") == row_tokens("auto", "cuda", "bf16") == 128
+    assert row_tokens(256, "cpu", "fp32") == 256
+    assert make_collator(TrainConfig(), 0, "cpu", "fp32").row_tokens == 512
+    with pytest.raises(ConfigError, match="train.pack_row_tokens: 0 must be a positive number of tokens, or auto"):
+        load_config(None, ["train.pack_row_tokens=0"])
+    with pytest.raises(ConfigError, match="train.pack_row_tokens: 'wide'"):
+        load_config(None, ["train.pack_row_tokens=wide"])
+
+
+def test_packed_row_width_changes_neither_loss_nor_gradients():
+    """Rows of 512 (auto on an fp32 CPU) against rows of 128: other padding and other neighbours in a row, the same
+    examples attended apart, so the same loss and gradients up to summation order."""
+    import torch
+
+    from nbatune.attention import LEAN_EAGER, register
+    from nbatune.data.tokenize import PackedCollator
+    from nbatune.loss import answer_only_loss
+    from tests.helpers import tiny_llama
+
+    register()
+    gen = torch.Generator().manual_seed(0)
+    examples = []
+    for n in (90, 70, 60, 40, 30):
+        ids = torch.randint(3, 64, (n,), generator=gen).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * (n // 2) + ids[n // 2:]})
+    runs = []
+    for width in (128, 512):
+        batch = PackedCollator(pad_id=2, row_tokens=width)(examples)
+        batch.pop("real_tokens")
+        runs.append(batch["input_ids"].shape)
+        model = tiny_llama(64)
+        model.config.use_cache = False
+        model.set_attn_implementation(LEAN_EAGER)
+        loss, n = answer_only_loss(model, batch, None, 512)
+        loss.backward()
+        runs.append((loss.detach(), int(n), [p.grad.clone() for p in model.parameters()]))
+    assert runs[0][0] > 1 and runs[2][0] == 1  # several rows of 128, one row of 512
+    (la, na, ga), (lb, nb, gb) = runs[1], runs[3]
+    assert na == nb and torch.allclose(la, lb, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(ga, gb))
+
+
 def test_auto_attention_is_lean_eager_on_cpu_and_sdpa_elsewhere():
     from nbatune.attention import LEAN_EAGER, training_attention
 
