@@ -18,7 +18,7 @@ import torch
 from nbatune.attention import LEAN_EAGER, attention_kernel
 from nbatune.config import load_config
 from nbatune.data.prepare import prepare_training_data
-from nbatune.data.tokenize import make_collator
+from nbatune.data.tokenize import PackedCollator
 from nbatune.loss import answer_only_loss
 from nbatune.measure import machine_peak
 from nbatune.modeling import load_model
@@ -29,7 +29,7 @@ rt = resolve(cfg.train.device, cfg.train.precision)
 data = prepare_training_data(cfg)
 rng = random.Random(0)
 batches = [rng.sample(data.train_rows, cfg.train.batch_size) for _ in range(12)]
-col = make_collator(cfg.train, data.tokenizer.pad_token_id, rt.device, rt.precision)
+col = PackedCollator(data.tokenizer.pad_token_id, cfg.train.pack_row_tokens)
 cb = [col(b) for b in batches]
 for b in cb: b.pop("real_tokens")
 m32 = load_model(data.model_path, 'full', cfg.model, rt, cfg.lora, cfg.quant, cfg.seed, False).train()

@@ -25,13 +25,12 @@ sys.path.insert(0, str(ROOT))
 def _setup(n_batches: int, batch_size: int | None = None):
     from nbatune.config import load_config
     from nbatune.data.prepare import prepare_training_data
-    from nbatune.data.tokenize import PackedCollator, row_tokens
+    from nbatune.data.tokenize import PackedCollator
 
     cfg = load_config(ROOT / "configs" / "default.yaml")
     data = prepare_training_data(cfg)
     rng = random.Random(0)
-    # the rows bf16 training packs (the fp32 reference gets the same batches)
-    collate = PackedCollator(data.tokenizer.pad_token_id, row_tokens(cfg.train.pack_row_tokens, "cpu", "bf16"))
+    collate = PackedCollator(data.tokenizer.pad_token_id, cfg.train.pack_row_tokens)
     batches = [collate(rng.sample(data.train_rows, batch_size or cfg.train.batch_size)) for _ in range(n_batches)]
     tokens = sum(int(b.pop("real_tokens")) for b in batches)
     return cfg, data, batches, tokens

@@ -157,10 +157,9 @@ class TrainConfig:
     batching: Literal["packed", "grouped", "padded"] = _f(
         "packed", "packed: random batches packed padding-free (examples never attend to each other); grouped: "
                   "batches of similar length (little padding, but batches of one task); padded: random, padded.")
-    pack_row_tokens: int | Literal["auto"] = _f(
-        "auto", "packed: tokens per packed row (a longer example gets a row of its own). Wider rows pad less and "
-                "attend over more (masked) pairs. auto: 512 on a CPU training in fp32, whose step is its matmuls, "
-                "else 128 (nbatune.data.tokenize.row_tokens; BENCHMARKS.md).")
+    pack_row_tokens: int = _f(128, "packed: tokens per packed row (attention cost and memory grow with it; a longer "
+                                        "example gets a row of its own; wider rows pad less: 512 was slower in a "
+                                        "whole fp32 run, BENCHMARKS.md).")
     attention: Literal["auto", "lean_eager", "eager", "sdpa"] = _f(
         "auto", "Attention kernel while training (evaluation keeps the model's own, SDPA). auto: lean_eager on "
                 "CPU (eager attention keeping only bf16 probabilities for backward: steps 7-19% faster than SDPA, "
@@ -478,8 +477,7 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
              f"train.replay_share{'.' + m if m else ''}: {share!r} must be a number in [0, 0.5] (0: off)")
     need(t.batch_size >= 1, f"train.batch_size: {t.batch_size} must be >= 1")
     need(t.grad_accum >= 1, f"train.grad_accum: {t.grad_accum} must be >= 1")
-    need(t.pack_row_tokens == "auto" or (isinstance(t.pack_row_tokens, int) and t.pack_row_tokens > 0),
-         f"train.pack_row_tokens: {t.pack_row_tokens!r} must be a positive number of tokens, or auto")
+    need(t.pack_row_tokens >= 1, f"train.pack_row_tokens: {t.pack_row_tokens} must be >= 1")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
     need(t.logging_steps >= 1, f"train.logging_steps: {t.logging_steps} must be >= 1")
     need(t.save_steps >= 0, f"train.save_steps: {t.save_steps} must be >= 0")

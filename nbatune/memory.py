@@ -326,7 +326,7 @@ def estimate_for_run(cfg, model_path: str, train_rows, pad_id: int, device: str,
     from .data.tokenize import make_collator
 
     t = cfg.train
-    collator = make_collator(t, pad_id, device, precision)
+    collator = make_collator(t, pad_id, device)
     rows_of = train_rows if callable(train_rows) else (lambda m: train_rows)
     shape, footprints, out = model_shape(model_path), {}, {}
     for m in cfg.methods:

@@ -279,7 +279,7 @@ def train(model, tokenizer, train_rows: list[dict], method: str, cfg: TrainConfi
     t_call = time.perf_counter()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(method, cfg, rt, out_dir, seed, total_steps(cfg, len(train_rows), world))
-    collator = make_collator(cfg, tokenizer.pad_token_id, rt.device, rt.precision)
+    collator = make_collator(cfg, tokenizer.pad_token_id, rt.device)
     trainer = AnswerOnlyTrainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows), data_collator=collator,
         loss_chunk_tokens=cfg.loss_chunk_tokens,

@@ -80,24 +80,12 @@ def tokenize_records(records: list[dict], tok, max_length: int, overlong: str, s
     return rows, stats
 
 
-def make_collator(train_cfg, pad_id: int, device: str, precision: str):
+def make_collator(train_cfg, pad_id: int, device: str):
     """The trainer's collator for ``train.batching``: the training loop and the memory estimator both
     build their batches with it."""
     if train_cfg.batching == "packed":
-        return PackedCollator(pad_id, row_tokens(train_cfg.pack_row_tokens, device, precision))
+        return PackedCollator(pad_id, train_cfg.pack_row_tokens)
     return PadCollator(pad_id, 8 if device == "cuda" else None)
-
-
-def row_tokens(setting: int | str, device: str, precision: str) -> int:
-    """The packed row width ``train.pack_row_tokens`` means. ``auto``: 512 on a CPU training in fp32, 128 else.
-    At the default's batch of 4 (about 340 tokens), rows of 128 are padded to the widest: 22% of the positions
-    the linear layers compute are padding, against 5% in rows of 512, which attend over twice the (masked) pairs.
-    On a CPU without native bf16 the step is its fp32 matmuls (73-84% of self time), and rows of 512 trained
-    9% (full) and 5% (LoRA) faster; with bf16 autocast the step is mostly not matmuls and 128 was as fast as
-    256, keeping half the attention probabilities (BENCHMARKS.md)."""
-    if setting != "auto":
-        return int(setting)
-    return 512 if device == "cpu" and precision == "fp32" else 128
 
 
 class PadCollator:
