@@ -158,8 +158,8 @@ class TrainConfig:
         "packed", "packed: random batches packed padding-free (examples never attend to each other); grouped: "
                   "batches of similar length (little padding, but batches of one task); padded: random, padded.")
     pack_row_tokens: int = _f(128, "packed: tokens per packed row (attention cost and memory grow with it; a longer "
-                                        "example gets a row of its own; wider rows pad less: 512 was slower in a "
-                                        "whole fp32 run, BENCHMARKS.md).")
+                                        "example gets a row of its own; 512 pads less but was no faster in a whole "
+                                        "fp32 run and held more memory, BENCHMARKS.md).")
     attention: Literal["auto", "lean_eager", "eager", "sdpa"] = _f(
         "auto", "Attention kernel while training (evaluation keeps the model's own, SDPA). auto: lean_eager on "
                 "CPU (eager attention keeping only bf16 probabilities for backward: steps 7-19% faster than SDPA, "
