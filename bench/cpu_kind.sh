@@ -12,13 +12,14 @@ PY=${PYTHON:-.venv/bin/python}
 STEPS=${STEPS:-20}
 BATCH=${BATCH:-4}
 METHODS=${METHODS:-full,lora,qlora}
-KIND=$("$PY" -c "from nbatune.measure import cpu_kind, cpu_matmul_features
-print(cpu_kind(cpu_matmul_features()).lower().replace('-', ''))")
+# the kind, and the tcmalloc `nbatune run` loads itself (nbatune.allocator.find_tcmalloc), so both sides of the TRL
+# comparison run on the allocator nbatune runs on
+read -r KIND TCMALLOC < <("$PY" -c "from nbatune.allocator import find_tcmalloc
+from nbatune.measure import cpu_kind, cpu_matmul_features
+print(cpu_kind(cpu_matmul_features()).lower().replace('-', ''), find_tcmalloc() or '')")
 STAMP="$KIND-$(date +%Y%m%d)"
 run() { if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: $*"; else echo "+ $*"; "$@"; fi; }
-# awk reads to the end: leaving at the first match would kill ldconfig with SIGPIPE, which pipefail makes fatal
-TCMALLOC=$(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal.so.4 / && !found {found = $NF} END {print found}')
-export LD_PRELOAD=${LD_PRELOAD:-$TCMALLOC}  # both sides of the TRL comparison on the allocator nbatune runs on
+export LD_PRELOAD=${LD_PRELOAD:-$TCMALLOC}
 echo "CPU kind: $KIND (files bench/*-$STAMP*.json); allocator preload: ${LD_PRELOAD:-none}"
 run "$PY" bench/gemm_shapes.py --json "bench/gemm-shapes-$STAMP.json"
 run "$PY" bench/profile_steps.py --steps "$STEPS" --methods "$METHODS" --json "bench/profile-$STAMP.json"

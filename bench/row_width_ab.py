@@ -51,7 +51,9 @@ def main() -> int:
     out = {"precision": rt.precision, "matmul": machine_peak(rt.device), "steps": a.steps,
            "batch_size": cfg.train.batch_size, "real_tokens": real,
            "positions": {w: sum(b["input_ids"].numel() for b in batches[w]) for w in a.widths}, "methods": {}}
-    print(out["matmul"]["kind"], rt.precision, "positions", out["positions"], "real", real, flush=True)
+    peaks = {d: f"{out['matmul'][d + '_flops'] / 1e9:.0f} GFLOP/s" for d in ("bf16", "fp32")}
+    print(out["matmul"]["kind"], rt.precision, "peaks", peaks, "emulated", out["matmul"].get("emulated", []),
+          "positions", out["positions"], "real", real, flush=True)
     order = [a.widths[0]] + [w for _ in range(a.blocks) for w in (a.widths[0], a.widths[1], a.widths[1], a.widths[0])]
     for method in a.methods:
         model = load_model(data.model_path, method, cfg.model, rt, cfg.lora, cfg.quant, cfg.seed).train()
