@@ -200,7 +200,7 @@ def main() -> None:
         from nbatune.measure import cpu_matmul_features
 
         Path(a.json).write_text(json.dumps({"device": device, "cpu_features": cpu_matmul_features(), "model": a.model,
-                                            "steps": a.steps, "batch": a.batch, "peaks": peaks, "machine": machine,
+                                            "steps": a.steps, "batch": a.batch, "machine": machine,
                                             "mfu_precision": precision, "runs": runs},
                                            indent=2))
     print()

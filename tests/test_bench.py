@@ -40,6 +40,8 @@ def test_benchmark_runs_ours_and_the_trl_peer_on_a_random_checkpoint(tmp_path):
     # which malloc each side ran on and the CPU's matmul features, so a figure names its machine
     assert {r["allocator"] for r in runs} <= {"tcmalloc", "jemalloc", "glibc", "unknown"}
     assert isinstance(written["cpu_features"], list)
+    # the matmul peaks MFU divides by, once (measure.machine_peak's record)
+    assert written["machine"]["fp32_flops"] > 0 and written["machine"]["bf16_flops"] > 0 and "peaks" not in written
     assert all(r["tokens"] > 0 and r["seconds"] > 0 and r["peak"] > 0 for r in runs)
     assert "| lora |" in out.stdout
 
