@@ -1,8 +1,9 @@
 """How well general validation predicts the retention test. A finished run's models, each at a point of its curve,
 answer both general splits, and every answer is kept, so two measures of "kept" can be compared across the splits:
-the score ratio (a model's accuracy over the base's; the operating-point policy's default) and the share of the
-questions the base answers right that the model still answers right (``eval.keep_measure: known``). Validation is
-also split into its original 77 questions and the validation-only bank.
+the score ratio (a model's accuracy over the base's; the operating-point policy's default), the share of the
+questions the base answers right that the model still answers right (``eval.keep_measure: known``), and the ratio
+reweighted to the mix of the questions drawn like the test (``stratified``). Validation is also split into its
+original 77 questions and the validation-only bank; ``--table`` ends with each measure's distance from the test's ratio.
 
     python bench/general_validation.py runs/<run> --json bench/F.json                  # base and full, LoRA, QLoRA at 1
     python bench/general_validation.py runs/<run> --points full:0.75 lora:0.5 --json bench/F.json   # appends
@@ -57,21 +58,34 @@ def _kept(base: list[bool], model: list[bool]) -> str:
 
 
 def table(out_file: str) -> None:
+    from nbatune import decisions
     from nbatune.data import retention
 
     bank = len(retention.validation_only())  # the validation-only questions come last in the split
     points = json.loads(Path(out_file).read_text())["points"]
     print("| run | technique | alpha | validation: ratio / kept of base's right | of it, the 77 | of it, the bank "
-          "| test: ratio / kept of base's right |")
-    print("|---|---|---:|---|---|---|---|")
+          "| validation, stratified | test: ratio / kept of base's right |")
+    print("|---|---|---:|---|---|---|---:|---|")
+    errors: dict[str, list[float]] = {"score": [], "known": [], "stratified": []}
     for key, v in points.items():
         run, method, alpha = key.split("|")
         if method == "base":
             continue
         b = points[f"{run}|base|1"]
         val, bv = v["validation"], b["validation"]
+        like = [True] * (len(bv) - bank) + [False] * bank
+        strat = decisions.general_stratified(bv, val, like)
         print(f"| {Path(run).name} | {method} | {alpha} | {_kept(bv, val)} | {_kept(bv[:-bank], val[:-bank])} "
-              f"| {_kept(bv[-bank:], val[-bank:])} | {_kept(b['test'], v['test'])} |")
+              f"| {_kept(bv[-bank:], val[-bank:])} | {strat:.1%} | {_kept(b['test'], v['test'])} |")
+        test = sum(v["test"]) / sum(b["test"])  # what the target reads: the retention test's ratio
+        errors["score"].append(sum(val) / sum(bv) - test)
+        errors["known"].append(decisions.general_known(bv, val) - test)
+        errors["stratified"].append(strat - test)
+    print()
+    for name, e in errors.items():  # how far each validation measure lands from the test's ratio, in points
+        if e:
+            print(f"{name}: mean {100 * sum(e) / len(e):+.1f} points, mean absolute {100 * sum(map(abs, e)) / len(e):.1f}, "
+                  f"from {100 * min(e):+.1f} to {100 * max(e):+.1f} ({len(e)} points)")
 
 
 def main() -> int:

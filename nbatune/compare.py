@@ -586,7 +586,7 @@ class Comparison:
         general validation (generated answers, scored as the retention test). The ``origin`` (the base) also keeps
         which general questions it answers right; against ``base`` (the origin's point), a point records the share
         of those it still answers right (``general_known``, the policy's measure under ``eval.keep_measure:
-        known``)."""
+        known``) and its score ratio reweighted to the test's mix (``general_stratified``)."""
         nba = evaluation.teacher_forced_exact_match(model, self.tokenizer, self.select_rows, self.rt)
         general = evaluation.answer_and_score(model, self.tokenizer, self.general_val, self.rt, self.cfg.eval,
                                               self.retention_pools, f"general validation, alpha {alpha:g}",
@@ -596,6 +596,8 @@ class Comparison:
             point["general_correct"] = general["correct"]
         elif (base or {}).get("general_correct") is not None:
             point["general_known"] = decisions.general_known(base["general_correct"], general["correct"])
+            point["general_stratified"] = decisions.general_stratified(base["general_correct"], general["correct"],
+                                                                       retention.like_test(self.general_val))
         return point
 
     def _operating_point(self, model, res: MethodResult, path) -> None:

@@ -248,9 +248,12 @@ class EvalConfig:
     keep_measure: str = _f("score", "What eval.keep_general is a share of. score: the point's general validation "
                                     "accuracy over the base's (the issue's policy). known: the questions the base "
                                     "answers right that the point still answers right; gains on questions the base "
-                                    "gets wrong do not offset lost facts. On two default runs the score ratio on "
-                                    "validation ran 3-12 points above the retention test's for full fine-tuning and "
-                                    "LoRA, the known share within 0-6 points of its test counterpart (STATUS.md).")
+                                    "gets wrong do not offset lost facts. stratified: the score ratio with the "
+                                    "questions the base answers right and wrong weighted as in validation's questions "
+                                    "drawn like the test (decisions.general_stratified). On two default runs the score "
+                                    "ratio on validation ran 3-12 points above the retention test's ratio for full "
+                                    "fine-tuning and LoRA, the known share 2-16 below it, the stratified ratio +2 on "
+                                    "average (-4 to +8) (BENCHMARKS.md).")
     fallback_margin: float = _f(0.25, "When no point keeps keep_general: the point that keeps the most while still "
                                       "this much above the strongest validation baseline.")
     reuse_base: bool = _f(True, "Read the base model's evaluation (test and retention answers, the curve's origin, "

@@ -181,11 +181,12 @@ def operating_table(results: dict) -> str:
             if {"kept_known", "general_validation"} <= set(r.get("operating_point") or {})
             and r["operating_point"].get("base_general_validation")}
     if both:
+        third = all("kept_stratified" in r for r in both.values())
         rows += ["", "General validation kept at the chosen points, as a share of the base's score / of the questions "
-                 "the base answers right (the second gives no credit for questions the base got wrong, "
-                 "`eval.keep_measure`): " + "; ".join(
+                 "the base answers right" + (" / of the base's score reweighted to the test's mix" if third else "")
+                 + " (the second gives no credit for questions the base got wrong, `eval.keep_measure`): " + "; ".join(
                      f"{k} {r['general_validation'] / r['base_general_validation']:.0%} / {r['kept_known']:.0%}"
-                     for k, r in both.items()) + "."]
+                     + (f" / {r['kept_stratified']:.0%}" if third else "") for k, r in both.items()) + "."]
     skipped = {techniques.label(m): r["operating_point"]["not_scored"] for m, r in ok.items()
                if (r.get("operating_point") or {}).get("not_scored")}
     if skipped:

@@ -71,7 +71,7 @@ def test_all_errors_are_reported_at_once():
                      "eval": {"curve_refine": -1, "keep_measure": "facts"}})
     msg = str(e.value)
     assert "eval.curve_refine: -1 must be an integer >= 0" in msg
-    assert "eval.keep_measure: 'facts' must be one of score, known" in msg
+    assert "eval.keep_measure: 'facts' must be one of score, known, stratified" in msg
     assert "methods: 'dpo' is not a method (allowed: full, lora, qlora, dora," in msg
     assert "train.max_steps: 0 must be >= 1" in msg and "lora.r: 0 must be >= 1" in msg
 

@@ -42,8 +42,9 @@ def test_every_technique_has_a_validation_curve_and_an_operating_point(run):
         r = res[m]
         assert [p["alpha"] for p in r["curve"]] == [0.5, 1.0]
         # the curve is validation only: nothing a test split gave can have chosen the point
-        assert all(set(p) == {"alpha", "nba_validation", "general_validation", "general_known"} for p in r["curve"])
-        assert all(0 <= p["general_known"] <= 1 for p in r["curve"])
+        assert all(set(p) == {"alpha", "nba_validation", "general_validation", "general_known", "general_stratified"}
+                   for p in r["curve"])
+        assert all(0 <= p["general_known"] <= 1 and p["general_stratified"] >= 0 for p in r["curve"])
         assert r["operating_point"]["measure"] == "score" and "kept_known" in r["operating_point"]
         op = r["operating_point"]
         assert op["alpha"] in (0.5, 1.0) and op["policy"].startswith("the highest NBA validation score")
@@ -326,6 +327,7 @@ def test_the_report_shows_the_operating_points_and_the_tradeoff_figure(run):
     op = res["lora"]["operating_point"]
     chosen = next(p for p in res["lora"]["curve"] if p["alpha"] == op["alpha"])
     assert (op["general_validation"], op["kept_known"]) == (chosen["general_validation"], chosen["general_known"])
+    assert op["kept_stratified"] == chosen["general_stratified"]
     # a technique whose lower points were left out says which, and why
     import copy
 
@@ -338,8 +340,52 @@ def test_the_report_shows_the_operating_points_and_the_tradeoff_figure(run):
     # it right, so the run's own report has no such line: a share of nothing)
     assert "General validation kept at the chosen points" not in report
     lazy["lora"]["operating_point"].update(base_general_validation=0.5, general_validation=0.45, kept_known=0.8)
+    lazy["lora"]["operating_point"].pop("kept_stratified")  # a run from before the third measure
     assert "the base answers right (the second gives no credit for questions the base got wrong, " \
            "`eval.keep_measure`): LoRA 90% / 80%." in operating_table(lazy)
+    lazy["lora"]["operating_point"]["kept_stratified"] = 0.85
+    assert "/ of the base's score reweighted to the test's mix (the second gives no credit for questions the base got " \
+           "wrong, `eval.keep_measure`): LoRA 90% / 80% / 85%." in operating_table(lazy)
+
+
+def test_the_policy_can_weigh_general_validation_as_the_test_is_mixed():
+    """``eval.keep_measure: stratified``: validation's extra bank is harder than the test, so its many questions the
+    base gets wrong let a model's lucky answers lift the plain ratio above the test's. Reweighted to the like-test
+    questions' mix of right and wrong, the ratio is kept plus gained times that mix's wrong-to-right ratio."""
+    base = [True, True, True, True, False, False, False, False]
+    like = [True, True, True, False, True, False, False, False]  # like-test: 3 right, 1 wrong; the bank: 1 / 3
+    model = [True, True, False, False, True, True, False, False]  # kept 2 of 4, gained 2 of 4
+    assert decisions.general_stratified(base, model, like) == pytest.approx(0.5 + 0.5 * 1 / 3)
+    # the plain ratio, 4 / 4, is what it gives when every question is drawn like the test
+    assert decisions.general_stratified(base, model, [True] * 8) == pytest.approx(1.0)
+    assert decisions.general_stratified([False, False], [True, False], [True, True]) == 1.0  # nothing to lose
+    # no like-test question the base answers right: the whole split's mix
+    assert decisions.general_stratified(base, model, [False] * 4 + [True] * 4) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="3 answers, the base's 2, 2 like-test flags"):
+        decisions.general_stratified([True, False], [True, True, False], [True, True])
+
+    def pt(a, nba, gen, strat):
+        return {"alpha": a, "nba_validation": nba, "general_validation": gen, "general_stratified": strat}
+
+    # alpha 1 keeps 96% of the base's score, 86% reweighted; 0.75 keeps 93% reweighted
+    curve = [pt(0.5, 0.10, 0.52, 0.97), pt(0.75, 0.20, 0.50, 0.93), pt(1.0, 0.30, 0.48, 0.86)]
+    assert decisions.operating_point(curve, 0.5, 0.05)["alpha"] == 1.0
+    op = decisions.operating_point(curve, 0.5, 0.05, measure="stratified")
+    assert op["alpha"] == 0.75 and op["kept"] == 0.93 and op["kept_stratified"] == 0.93
+    assert "reweighted to the test's mix" in op["policy"]
+    with pytest.raises(ValueError, match="stratified needs the base's general validation answers.*use score"):
+        decisions.operating_point([{"alpha": 1.0, "nba_validation": 0.3, "general_validation": 0.5}], 0.5, 0.05,
+                                  measure="stratified")
+
+
+def test_general_validation_marks_the_questions_drawn_like_the_test():
+    from nbatune.data import retention
+
+    recs = retention.records("", "validation")
+    like = retention.like_test(recs)
+    assert len(like) == len(recs) and sum(like) == len(recs) - len(retention.validation_only())
+    assert all(like[:sum(like)]) and not any(like[sum(like):])  # the bank comes last
+    assert all(retention.like_test(retention.records("", "test")))
 
 
 def test_qlora_starts_from_the_4bit_base_measured_beside_the_base_and_its_forgetting_splits_in_two(run):
@@ -349,7 +395,7 @@ def test_qlora_starts_from_the_4bit_base_measured_beside_the_base_and_its_forget
     cmp, res = run
     q = res["base"]["quantized_base"]
     assert q["method"] == "qlora" and set(q["validation"]) == {"alpha", "nba_validation", "general_validation",
-                                                                "general_known"}  # of what the base knew
+                                                                "general_known", "general_stratified"}  # against the base
     model, _, rt, _ = load_from_run(res["run_dir"], "qlora", alpha=0.0)
     again = evaluation.answer_and_score(model, cmp.tokenizer, cmp.retention_records, rt, cmp.cfg.eval,
                                         cmp.retention_pools, "retention", evaluation.RETENTION_MAX_NEW_TOKENS)

@@ -220,8 +220,17 @@ def records(system_prompt: str, split: str = "test") -> list[dict]:
             continue
         out.append(_record(f"retention-{i:03d}", q, system_prompt))
     if split == "validation":
-        out += [_record(f"retention-val-{i:03d}", q, system_prompt) for i, q in enumerate(validation_only())]
+        out += [_record(f"{BANK_ID}{i:03d}", q, system_prompt) for i, q in enumerate(validation_only())]
     return out
+
+
+BANK_ID = "retention-val-"  # the validation-only bank's record ids
+
+
+def like_test(records: list[dict]) -> list[bool]:
+    """Which general validation records were drawn like the test (every third question of each category), not from
+    the validation-only bank, which is harder: what ``eval.keep_measure: stratified`` reweights validation to."""
+    return [not r["id"].startswith(BANK_ID) for r in records]
 
 
 def _record(rid: str, q: dict, system_prompt: str) -> dict:
