@@ -33,8 +33,8 @@ from .training import latest_checkpoint, train
 
 log = logging.getLogger(__name__)
 # evaluation settings the base phase does not read: a change to them keeps its cached evaluation (basecache)
-BASE_IGNORES = ("reuse_base", "keep_general", "keep_measure", "fallback_margin", "curve_alphas", "curve_every_point",
-                "curve_refine", "curve_examples", "num_samples")
+BASE_IGNORES = ("reuse_base", "keep_general", "keep_measure", "fallback_margin", "fallback_share", "curve_alphas",
+                "curve_every_point", "curve_refine", "curve_examples", "num_samples")
 # what a technique's result keeps of alpha = 1 when its operating point is elsewhere
 TRAINED_KEYS = ("accuracy", "accuracy_ci95", "per_category", "formats", "retention", "predictions", "correct",
                 "eval_loss", "perplexity")
@@ -622,7 +622,7 @@ class Comparison:
                                                    e.keep_general, e.curve_every_point, e.curve_refine, e.keep_measure)
         res.operating_point = {**decisions.operating_point(res.curve, base["general_validation"], strongest,
                                                            e.keep_general, e.fallback_margin,
-                                                           measure=e.keep_measure),
+                                                           measure=e.keep_measure, share=e.fallback_share),
                                "base_general_validation": base["general_validation"],
                                "strongest_validation_baseline": strongest, "not_scored": skipped,
                                "seconds": time.perf_counter() - t0}  # the curve; a second evaluation is eval time

@@ -256,6 +256,12 @@ class EvalConfig:
                                     "average (-4 to +8) (BENCHMARKS.md).")
     fallback_margin: float = _f(0.25, "When no point keeps keep_general: the point that keeps the most while still "
                                       "this much above the strongest validation baseline.")
+    fallback_share: float = _f(0.5, "When no point keeps keep_general or clears fallback_margin: the point that keeps "
+                                    "the most among those whose lead over the strongest validation baseline is at least "
+                                    "this share of the best point's lead. 1: the best NBA validation score, the point "
+                                    "that forgets most (before 2026-12-07: QLoRA in the AVX2 default run at alpha 1, "
+                                    "28.1% on test keeping 65% of the base's retention; at 0.5 it takes alpha 0.75, "
+                                    "23.8% keeping 83%; bench/policy-last-resort-avx2-20261207.json).")
     reuse_base: bool = _f(True, "Read the base model's evaluation (test and retention answers, the curve's origin, "
                                 "the few-shot baseline) from an earlier run whose code, model files, evaluation "
                                 "settings, data, software and CPU were the same (nbatune.basecache; results say "
@@ -527,6 +533,8 @@ def validate(cfg: RunConfig, errors: list[str]) -> None:
          f"eval.curve_alphas: {e.curve_alphas} must be numbers in [0, 1) (alpha = 1, the trained model, is always "
          "scored)")
     need(0 < e.keep_general <= 1, f"eval.keep_general: {e.keep_general} must be in (0, 1]")
+    need(0 < e.fallback_share <= 1, f"eval.fallback_share: {e.fallback_share} must be in (0, 1] (1: the best NBA "
+                                    "validation score)")
     need(e.keep_measure in KEEP_MEASURES, f"eval.keep_measure: {e.keep_measure!r} must be one of "
                                           f"{', '.join(KEEP_MEASURES)}")
     if cfg.run_name is not None:

@@ -218,7 +218,9 @@ def size_text(b: float) -> str:
 
 POLICY = ("the highest NBA validation score among the points above the strongest validation baseline that keep at "
           "least {keep:.0%} of {what}; when none does, the one that keeps the most while "
-          "still {margin:.0%} above the strongest validation baseline")
+          "still {margin:.0%} above the strongest validation baseline{last}")
+LAST_RESORT = {1.0: "; else the highest NBA validation score",
+               "share": "; else the one that keeps the most while holding {share:.0%} of the best point's lead over it"}
 # what the policy's floor is a share of (eval.keep_measure)
 KEEP_MEASURES = ("score", "known", "stratified")
 KEPT_WHAT = {"score": "the base's general validation score",
@@ -307,17 +309,22 @@ def _chosen_first(point: dict, base_general: float, strongest: float, keep: floa
 
 
 def operating_point(curve: list[dict], base_general: float, strongest_validation: float, keep: float = 0.9,
-                    margin: float = 0.25, tie=lambda p: p["alpha"], measure: str = "score") -> dict:
+                    margin: float = 0.25, tie=lambda p: p["alpha"], measure: str = "score", share: float = 1.0) -> dict:
     """Where to use a technique, from validation alone: ``curve`` is ``[{alpha, nba_validation,
     general_validation}]`` (and ``general_known`` / ``general_stratified`` with that ``measure``). Returns ``{alpha,
     reason, policy, kept, keep, measure}`` (``kept``: what the point keeps by ``measure``, the base's general score
     share, for "known" the share of the base's right answers still right, for "stratified" ``general_stratified``;
     ``kept_known`` / ``kept_stratified`` too when the point has them; ``keep``:
     the policy's floor). Ties go to the larger ``tie(point)``: by default the larger alpha (the less altered model is
-    not preferred for free). The learning-rate sweep passes its points with the rate as alpha."""
+    not preferred for free). The learning-rate sweep passes its points with the rate as alpha. The last resort, when
+    no point keeps the floor or clears ``margin``: among the points above the baseline whose lead over it is at
+    least ``share`` of the best point's, the one that keeps the most (``share`` 1: the best NBA validation score)."""
     if measure not in KEEP_MEASURES:
         raise ValueError(f"keep measure {measure!r}: must be one of {', '.join(KEEP_MEASURES)}")
-    policy = POLICY.format(keep=keep, margin=margin, what=KEPT_WHAT[measure])
+    if not 0 < share <= 1:
+        raise ValueError(f"fallback share {share}: must be in (0, 1]")
+    last = LAST_RESORT[1.0] if share == 1 else LAST_RESORT["share"].format(share=share)
+    policy = POLICY.format(keep=keep, margin=margin, what=KEPT_WHAT[measure], last=last)
 
     def kept(p):
         return _kept(p, base_general, measure)
@@ -342,6 +349,13 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
         return pick(above, lambda p: (kept(p), p["nba_validation"], tie(p)),
                     f"no point above the baseline keeps {keep:.0%} of {short}: the one that keeps the "
                     f"most while {margin:.0%} above the strongest validation baseline")
+    best = max(p["nba_validation"] for p in curve)
+    lead = best - strongest_validation
+    if share < 1 and lead > 0:
+        holding = [p for p in curve if p["nba_validation"] - strongest_validation >= share * lead - 1e-12]
+        return pick(holding, lambda p: (kept(p), p["nba_validation"], tie(p)),
+                    f"no point above the baseline keeps {keep:.0%} of {short} or clears it by {margin:.0%}: the one "
+                    f"that keeps the most while holding {share:.0%} of the best point's lead over it")
     return pick(curve, lambda p: (p["nba_validation"], tie(p)),
                 f"no point above the baseline keeps {keep:.0%} of {short} or clears it by {margin:.0%}: "
                 "the best NBA validation score")

@@ -64,7 +64,7 @@ def test_what_the_base_reads_or_runs_on_changing_measures_it_again(tiny_model_di
     k0 = first._base_key()
     assert key() == k0  # the same inputs, another Comparison: the same key
     assert key(**{"eval.keep_general": 0.5, "eval.keep_measure": "known", "eval.curve_alphas": [0.25],
-                  "eval.curve_refine": 0,
+                  "eval.curve_refine": 0, "eval.fallback_share": 0.5,
                   "eval.reuse_base": False}) == k0
     assert key(**{"eval.max_new_tokens": 9}) != k0
     assert key(**{"data.seed": 1}) != k0  # other test questions

@@ -68,10 +68,11 @@ def test_all_errors_are_reported_at_once():
     # range checks only run once types are right, so fix types and look again
     with pytest.raises(ConfigError) as e:
         load_config({"methods": ["full", "dpo"], "train": {"max_steps": 0}, "lora": {"r": 0},
-                     "eval": {"curve_refine": -1, "keep_measure": "facts"}})
+                     "eval": {"curve_refine": -1, "keep_measure": "facts", "fallback_share": 0}})
     msg = str(e.value)
     assert "eval.curve_refine: -1 must be an integer >= 0" in msg
     assert "eval.keep_measure: 'facts' must be one of score, known, stratified" in msg
+    assert "eval.fallback_share: 0.0 must be in (0, 1] (1: the best NBA validation score)" in msg
     assert "methods: 'dpo' is not a method (allowed: full, lora, qlora, dora," in msg
     assert "train.max_steps: 0 must be >= 1" in msg and "lora.r: 0 must be >= 1" in msg
 

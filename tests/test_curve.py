@@ -378,6 +378,35 @@ def test_the_policy_can_weigh_general_validation_as_the_test_is_mixed():
                                   measure="stratified")
 
 
+def test_the_last_resort_can_keep_the_most_among_points_holding_a_share_of_the_lead():
+    """``eval.fallback_share``: when no point keeps the floor or clears the margin, the last resort was the best NBA
+    validation score, the point that forgets most (QLoRA at alpha 1 keeping 61% in the AVX2 default run). With a
+    share below 1 it takes the most-keeping point among those whose lead over the baseline is at least that share of
+    the best point's; 1 is the old rule exactly."""
+    def pt(a, nba, gen):
+        return {"alpha": a, "nba_validation": nba, "general_validation": gen}
+
+    # the AVX2 default run's QLoRA curve (runs/production-20261207-030422): baseline 4.4%, base general 55.0%
+    curve = [pt(0.5, 0.05625, 0.4719), pt(0.75, 0.1875, 0.3939), pt(1.0, 0.24375, 0.3377)]
+    old = decisions.operating_point(curve, 0.5498, 0.04375)
+    assert old["alpha"] == 1.0 and "the best NBA validation score" in old["reason"]
+    assert old == decisions.operating_point(curve, 0.5498, 0.04375, share=1.0)
+    op = decisions.operating_point(curve, 0.5498, 0.04375, share=0.5)
+    # 0.75 holds 14.4 of the best's 20.0 points of lead (0.5 only 1.2) and keeps more than alpha 1
+    assert op["alpha"] == 0.75 and "holding 50% of the best point's lead" in op["reason"] + op["policy"]
+    assert decisions.operating_point(curve, 0.5498, 0.04375, share=0.75)["alpha"] == 1.0  # 72% of the lead: short
+    assert decisions.operating_point(curve, 0.5498, 0.04375, share=0.05)["alpha"] == 0.5  # every point above it
+    # the first two rules come first, whatever the share
+    keeping = [pt(0.75, 0.20, 0.50), pt(1.0, 0.30, 0.40)]
+    assert decisions.operating_point(keeping, 0.5, 0.05, share=0.5)["alpha"] == 0.75
+    # no point above the baseline: the best NBA score, as before
+    flat = [pt(0.5, 0.02, 0.50), pt(1.0, 0.03, 0.40)]
+    assert decisions.operating_point(flat, 0.5, 0.05, share=0.5)["alpha"] == 1.0
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="must be in \\(0, 1\\]"):
+            decisions.operating_point(curve, 0.5, 0.05, share=bad)
+
+
 def test_general_validation_marks_the_questions_drawn_like_the_test():
     from nbatune.data import retention
 
@@ -528,3 +557,21 @@ def test_each_technique_trains_on_its_own_replay_share(answering_model_dir, tiny
                      ({"nosuch": 0.1}, "train.replay_share.nosuch: unknown method")):
         with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
             Comparison(tiny_config(tiny_model_dir, tmp_path / "bad", **{"train.replay_share": bad}))
+
+
+def test_the_bench_script_scores_a_point_on_test_as_the_run_scored_it(run, tmp_path):
+    """``bench/point_on_test.py``, whose figures judge a policy change (another point's test answers), scores the
+    run's chosen point as the run itself did."""
+    import json
+    import subprocess
+    import sys
+
+    _, res = run
+    alpha = res["lora"]["operating_point"]["alpha"]
+    out = tmp_path / "points.json"
+    done = subprocess.run([sys.executable, "bench/point_on_test.py", res["run_dir"], "lora", str(alpha), "--json",
+                           str(out)], capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    point = json.loads(out.read_text())["points"][f"{res['run_dir']}|lora|{alpha:g}"]
+    assert point["correct"] == res["lora"]["correct"]
+    assert point["accuracy"] == res["lora"]["accuracy"] and point["retention"] == res["lora"]["retention"]["accuracy"]
