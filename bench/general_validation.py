@@ -62,6 +62,7 @@ def table(out_file: str) -> None:
     from nbatune.data import retention
 
     bank = len(retention.validation_only())  # the validation-only questions come last in the split
+    like = retention.like_test(retention.records("", "validation"))
     points = json.loads(Path(out_file).read_text())["points"]
     print("| run | technique | alpha | validation: ratio / kept of base's right | of it, the 77 | of it, the bank "
           "| validation, stratified | test: ratio / kept of base's right |")
@@ -73,7 +74,6 @@ def table(out_file: str) -> None:
             continue
         b = points[f"{run}|base|1"]
         val, bv = v["validation"], b["validation"]
-        like = [True] * (len(bv) - bank) + [False] * bank
         strat = decisions.general_stratified(bv, val, like)
         print(f"| {Path(run).name} | {method} | {alpha} | {_kept(bv, val)} | {_kept(bv[:-bank], val[:-bank])} "
               f"| {_kept(bv[-bank:], val[-bank:])} | {strat:.1%} | {_kept(b['test'], v['test'])} |")

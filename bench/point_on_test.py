@@ -41,10 +41,8 @@ def main() -> int:
                                           retention.pools(), f"{a.method} {a.alpha:g} retention",
                                           evaluation.RETENTION_MAX_NEW_TOKENS)
     ran = json.loads(Path(a.run, "results.json").read_text())
-    unseen = [r.get("unseen", False) for r in test]
     point = {"accuracy": nba["accuracy"], "correct": nba["correct"],
-             "seen": sum(c for c, u in zip(nba["correct"], unseen) if not u) / max(1, unseen.count(False)),
-             "unseen": sum(c for c, u in zip(nba["correct"], unseen) if u) / max(1, unseen.count(True)),
+             **{side: f["accuracy"] for side, f in nba.get("formats", {}).items()},
              "retention": general["accuracy"], "retention_correct": general["correct"],
              "kept": general["accuracy"] / base_ret if (base_ret := ran["base"]["retention"]["accuracy"]) else None,
              "run_operating_point": ran[a.method]["operating_point"]["alpha"], "run_accuracy": ran[a.method]["accuracy"],

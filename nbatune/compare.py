@@ -99,6 +99,7 @@ class Comparison:
         sp = cfg.model.system_prompt
         self.retention_records = retention.records(sp, "test") if cfg.eval.retention else []
         self.general_val = retention.records(sp, "validation") if cfg.eval.retention else []
+        self.general_like_test = retention.like_test(self.general_val)
         self.retention_pools = retention.pools()
         # the curve's NBA measure: teacher-forced exact match on the whole validation split
         self.select_rows = tokenize_records(self.records["validation"], self.tokenizer, cfg.model.max_length, "drop",
@@ -597,7 +598,7 @@ class Comparison:
         elif (base or {}).get("general_correct") is not None:
             point["general_known"] = decisions.general_known(base["general_correct"], general["correct"])
             point["general_stratified"] = decisions.general_stratified(base["general_correct"], general["correct"],
-                                                                       retention.like_test(self.general_val))
+                                                                       self.general_like_test)
         return point
 
     def _operating_point(self, model, res: MethodResult, path) -> None:

@@ -122,7 +122,7 @@ def comparison(results: dict) -> dict:
     if points:
         rec.append("Operating points (chosen on validation): " + "; ".join(
             f"{techniques.label(m)} at alpha {p['alpha']:g} (general validation kept: {p['kept']:.0%}"
-            f"{KEPT_NOTE.get(p.get('measure'), '')})"
+            f"{MEASURE_TEXT[p.get('measure', 'score')][2]})"
             for m, p in points.items()) + "; every test figure here is at that point.")
     if out["forgot"]:
         rec.append("Forgetting (general questions, base minus technique): " + "; ".join(
@@ -219,17 +219,15 @@ def size_text(b: float) -> str:
 POLICY = ("the highest NBA validation score among the points above the strongest validation baseline that keep at "
           "least {keep:.0%} of {what}; when none does, the one that keeps the most while "
           "still {margin:.0%} above the strongest validation baseline{last}")
-LAST_RESORT = {1.0: "; else the highest NBA validation score",
-               "share": "; else the one that keeps the most while holding {share:.0%} of the best point's lead over it"}
-# what the policy's floor is a share of (eval.keep_measure)
-KEEP_MEASURES = ("score", "known", "stratified")
-KEPT_WHAT = {"score": "the base's general validation score",
-             "known": "the general validation questions the base answers right",
-             "stratified": "the base's general validation score, reweighted to the test's mix of questions it answers "
-                           "right and wrong"}
-
-
-KEPT_NOTE = {"known": " of the questions the base answers right", "stratified": ", reweighted to the test's mix"}
+# what the policy's floor is a share of (eval.keep_measure), as the policy, a reason and a chosen point's note say it
+MEASURE_TEXT = {
+    "score": ("the base's general validation score", "the base's general score", ""),
+    "known": ("the general validation questions the base answers right", "the general questions the base answers right",
+              " of the questions the base answers right"),
+    "stratified": ("the base's general validation score, reweighted to the test's mix of questions it answers right "
+                   "and wrong", "the base's general score reweighted to the test's mix", ", reweighted to the test's mix"),
+}
+KEEP_MEASURES = tuple(MEASURE_TEXT)
 
 
 def general_known(base_correct: list[bool], correct: list[bool]) -> float:
@@ -256,7 +254,7 @@ def general_stratified(base_correct: list[bool], correct: list[bool], like_test:
     wrong = [i for i, b in enumerate(base_correct) if not b]
     if not right:
         return 1.0
-    kept = sum(1 for i in right if correct[i]) / len(right)
+    kept = general_known(base_correct, correct)
     gained = sum(1 for i in wrong if correct[i]) / len(wrong) if wrong else 0.0
     like_right = sum(1 for b, t in zip(base_correct, like_test) if b and t)
     like_wrong = sum(1 for b, t in zip(base_correct, like_test) if t and not b)
@@ -323,8 +321,10 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
         raise ValueError(f"keep measure {measure!r}: must be one of {', '.join(KEEP_MEASURES)}")
     if not 0 < share <= 1:
         raise ValueError(f"fallback share {share}: must be in (0, 1]")
-    last = LAST_RESORT[1.0] if share == 1 else LAST_RESORT["share"].format(share=share)
-    policy = POLICY.format(keep=keep, margin=margin, what=KEPT_WHAT[measure], last=last)
+    what, short, _ = MEASURE_TEXT[measure]
+    last = ("; else the highest NBA validation score" if share == 1 else
+            f"; else the one that keeps the most while holding {share:.0%} of the best point's lead over it")
+    policy = POLICY.format(keep=keep, margin=margin, what=what, last=last)
 
     def kept(p):
         return _kept(p, base_general, measure)
@@ -336,13 +336,10 @@ def operating_point(curve: list[dict], base_general: float, strongest_validation
                 **({"kept_known": best["general_known"]} if "general_known" in best else {}),
                 **({"kept_stratified": best["general_stratified"]} if "general_stratified" in best else {})}
 
-    short = {"score": "the base's general score", "known": "the general questions the base answers right",
-             "stratified": "the base's general score reweighted to the test's mix"}[measure]
-
     keeping = [p for p in curve if _chosen_first(p, base_general, strongest_validation, keep, measure)]
     if keeping:
         return pick(keeping, lambda p: (p["nba_validation"], tie(p)),
-                    f"above the strongest validation baseline, keeps {keep:.0%} of {KEPT_WHAT[measure]}")
+                    f"above the strongest validation baseline, keeps {keep:.0%} of {what}")
     # a point that keeps the floor but scores no better than a baseline is the base again: never the answer
     above = [p for p in curve if p["nba_validation"] >= strongest_validation + margin]
     if above:
