@@ -224,8 +224,8 @@ MEASURE_TEXT = {
     "score": ("the base's general validation score", "the base's general score", ""),
     "known": ("the general validation questions the base answers right", "the general questions the base answers right",
               " of the questions the base answers right"),
-    "stratified": ("the base's general validation score, reweighted to the test's mix of questions it answers right "
-                   "and wrong", "the base's general score reweighted to the test's mix", ", reweighted to the test's mix"),
+    "stratified": (("the base's general validation score, reweighted to the test's mix of questions it answers right "
+                    "and wrong"), "the base's general score reweighted to the test's mix", ", reweighted to the test's mix"),
 }
 KEEP_MEASURES = tuple(MEASURE_TEXT)
 
